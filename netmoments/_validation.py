@@ -1,0 +1,92 @@
+"""Argument checks shared by the public functions.
+
+Every check raises ``TypeError`` or ``ValueError`` whose message starts with the argument's name, so a
+user who passes a bad covariance learns *which* argument is wrong and *how*.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_compatible",
+    "check_covariance",
+    "check_finite",
+]
+
+
+def check_tensor(name: str, value, *, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
+    """Return ``value`` if it is a tensor of a floating dtype with at least ``min_dim`` dims."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {value.dtype}")
+    if value.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}")
+    return value
+
+
+def check_finite(name: str, value: torch.Tensor, *, allow_inf: bool = False) -> None:
+    """Raise ``ValueError`` if ``value`` holds NaN (or +-inf unless ``allow_inf``)."""
+    if allow_inf:
+        if torch.isnan(value).any():
+            raise ValueError(f"{name} contains NaN")
+    elif not torch.isfinite(value).all():
+        bad = "NaN" if torch.isnan(value).any() else "inf"
+        raise ValueError(f"{name} contains {bad}; all entries must be finite")
+
+
+def check_compatible(**tensors: torch.Tensor) -> None:
+    """All tensors must share one dtype and one device (no silent promotion or transfer)."""
+    items = [(n, t) for n, t in tensors.items() if t is not None]
+    if not items:
+        return
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}; move them to one device"
+            )
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; use one dtype")
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    # sqrt(eps): loose enough for A @ Sigma @ A.T computed in the same precision, tight enough to catch
+    # a matrix that is genuinely not symmetric or has a clearly negative eigenvalue.
+    return torch.finfo(dtype).eps ** 0.5
+
+
+def check_covariance(name: str, cov: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Check a batch of covariance matrices ``(..., n, n)`` and return it exactly symmetrized.
+
+    Raises if ``cov`` is not square, has the wrong size ``n != dim``, holds NaN/inf, is not symmetric
+    within ``sqrt(eps)`` of its scale, or has an eigenvalue below ``-sqrt(eps)`` times its scale.
+    Rank-deficient (positive semi-definite) matrices are legal.
+    """
+    check_tensor(name, cov, min_dim=2)
+    n = cov.shape[-1]
+    if cov.shape[-2] != n:
+        raise ValueError(f"{name} must be square in its last two dimensions, got shape {tuple(cov.shape)}")
+    if dim is not None and n != dim:
+        raise ValueError(f"{name} must be ({dim}, {dim}) in its last two dimensions to match mean, got ({n}, {n})")
+    check_finite(name, cov)
+    tol = _tolerance(cov.dtype)
+    scale = cov.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(cov.dtype).tiny)
+    asym = (cov.detach() - cov.detach().mT).abs() / scale
+    if (asym > tol).any():
+        raise ValueError(f"{name} is not symmetric (max relative asymmetry {asym.max().item():.3g})")
+    sym = 0.5 * (cov + cov.mT)
+    # A cheap Cholesky with a tiny jitter settles the common positive-definite case; only failures pay for
+    # the eigenvalue decomposition that distinguishes "rank-deficient" (legal) from "indefinite" (illegal).
+    eye = torch.eye(n, dtype=cov.dtype, device=cov.device)
+    _, info = torch.linalg.cholesky_ex(sym.detach() + tol * scale * eye)
+    if (info != 0).any():
+        min_eig = torch.linalg.eigvalsh(sym.detach())[..., 0]
+        rel = min_eig / scale[..., 0, 0]
+        if (rel < -tol).any():
+            raise ValueError(
+                f"{name} is not positive semi-definite (smallest eigenvalue {min_eig.min().item():.3g}, "
+                f"relative {rel.min().item():.3g})"
+            )
+    return sym

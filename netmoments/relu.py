@@ -1,0 +1,267 @@
+"""Moments of the ReLU of Gaussians: one unit (spec section 2), a correlated pair (section 3) and a whole layer.
+
+All functions are elementwise / batched, keep their inputs' dtype and device, and are differentiable. Legal
+degenerate inputs (zero variance, correlation of exactly +-1) return their exact limits with finite gradients:
+every division is guarded by a "safe" denominator *before* it happens, because ``torch.where`` alone does not
+stop NaN gradients flowing out of the branch it discards.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._validation import check_compatible, check_covariance, check_finite, check_tensor
+from .special import bivariate_normal_cdf, bivariate_normal_cdf_series, normal_cdf, normal_pdf
+
+__all__ = [
+    "relu_moments",
+    "relu_cross_moment",
+    "relu_covariance",
+    "zero_mean_relu_kernel",
+    "RELU_COVARIANCE_METHODS",
+]
+
+RELU_COVARIANCE_METHODS = ("exact", "series", "hybrid", "zero_mean")
+_CROSS_METHODS = ("exact", "series", "zero_mean")
+_INV_2PI = 1.0 / (2.0 * math.pi)
+# Beyond |h| = 40 every normal tail is below the smallest float64, so clipping standardized means changes no
+# value while keeping h*h finite (an inf there would turn into NaN gradients through discarded branches).
+_H_CLIP = 40.0
+
+
+def _safe_positive(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask x > 0, x with its non-positive entries replaced by 1) for guarded divisions and roots."""
+    positive = x > 0
+    return positive, torch.where(positive, x, torch.ones_like(x))
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(max(x, 0)) whose gradient at 0 is 0 instead of inf (so no NaN flows back through a zero variance)."""
+    positive, x_safe = _safe_positive(x)
+    return torch.where(positive, x_safe.sqrt(), torch.zeros_like(x))
+
+
+def _relu_moments_std(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[q] and Var[q] for q = max(z, 0), z ~ N(mean, std^2), std >= 0, mean/std already broadcast."""
+    positive, std_safe = _safe_positive(std)
+    h = (mean / std_safe).clamp(-_H_CLIP, _H_CLIP)
+    # Two algebraically equal forms, each free of catastrophic cancellation on its own side of h = 0.
+    # For h >= 0 write Phi(h) = 1 - Phi(-h) and expand around the un-rectified moments (mean, std^2).
+    # Each branch sees h clamped to its own side so the derivative at h = 0 is the one-sided (true) one.
+    hp = h.clamp_min(0.0)
+    tail = normal_cdf(-hp)
+    r = normal_pdf(hp) - hp * tail  # E[(Z - h)^+] >= 0
+    mean_pos = mean + std_safe * r
+    var_pos = std_safe**2 * (1.0 - tail - hp * r - r * r)
+    hn = h.clamp_max(0.0)
+    cdf = normal_cdf(hn)
+    first_neg = hn * cdf + normal_pdf(hn)
+    mean_neg = std_safe * first_neg
+    var_neg = std_safe**2 * ((1.0 + hn * hn) * cdf + hn * normal_pdf(hn) - first_neg * first_neg)
+    nonneg = h >= 0
+    e = torch.where(nonneg, mean_pos, mean_neg)
+    v = torch.where(nonneg, var_pos, var_neg).clamp_min(0.0)
+    e = torch.where(positive, e, torch.relu(mean))
+    v = torch.where(positive, v, torch.zeros_like(v))
+    return e, v
+
+
+def relu_moments(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``max(z, 0)`` for ``z ~ N(mean, var)``, elementwise.
+
+    ``E[q] = mu Phi(h) + sigma phi(h)``, ``E[q^2] = (mu^2 + sigma^2) Phi(h) + mu sigma phi(h)``, ``h = mu / sigma``,
+    evaluated in a cancellation-free form. ``var = 0`` gives the exact limit ``(max(mu, 0), 0)``.
+
+    Args:
+        mean: ``(...)`` floating tensor.
+        var: ``(...)`` non-negative, broadcastable with ``mean``; same dtype and device.
+
+    Returns:
+        ``(E[q], Var[q])``, each of the broadcast shape.
+    """
+    check_tensor("mean", mean)
+    check_tensor("var", var)
+    check_compatible(mean=mean, var=var)
+    check_finite("mean", mean)
+    check_finite("var", var)
+    if (var < 0).any():
+        raise ValueError(f"var must be non-negative, got minimum {var.min().item():.3g}")
+    mean, var = torch.broadcast_tensors(mean, var)
+    return _relu_moments_std(mean, _safe_sqrt(var))
+
+
+def zero_mean_relu_kernel(rho: torch.Tensor) -> torch.Tensor:
+    """NM18's arc-cosine kernel ``c(rho) = (rho arccos(-rho) + sqrt(1 - rho^2)) / (2 pi)``.
+
+    ``E[q_i q_j] = sigma_i sigma_j c(rho)`` when both pre-activations have zero mean. ``rho`` is clamped to
+    ``[-1, 1]`` against round-off; the square root is guarded so the gradient at ``|rho| = 1`` is finite.
+    """
+    check_tensor("rho", rho)
+    rho = rho.clamp(-1.0, 1.0)
+    s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
+    # arccos has an infinite derivative at -rho = +-1; use arccos(-rho) = pi/2 + arcsin(rho) = pi - atan2(s, rho)
+    # which has the same value but a finite gradient through the guarded s.
+    angle = math.pi - torch.atan2(s, rho)
+    return (rho * angle + s) * _INV_2PI
+
+
+def _cross_moment(mi, mj, si, sj, rho, method: str, terms: int) -> torch.Tensor:
+    """E[q_i q_j] with all arguments already broadcast; no validation. See :func:`relu_cross_moment`."""
+    if method == "zero_mean":
+        return si * sj * zero_mean_relu_kernel(rho)
+    rho = rho.clamp(-1.0, 1.0)
+    pos_i, si_safe = _safe_positive(si)
+    pos_j, sj_safe = _safe_positive(sj)
+    hi = (mi / si_safe).clamp(-_H_CLIP, _H_CLIP)
+    hj = (mj / sj_safe).clamp(-_H_CLIP, _H_CLIP)
+    s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
+    pos_s, s_safe = _safe_positive(s)
+
+    def conditional_cdf(d: torch.Tensor) -> torch.Tensor:
+        # Phi(d / s); at s = 0 the exact limit is a step (1/2 on the tie d = 0).
+        limit = 0.5 * (1.0 + torch.sign(d))
+        return torch.where(pos_s, normal_cdf(d / s_safe), limit)
+
+    di = hi - rho * hj
+    dj = hj - rho * hi
+    if method == "exact":
+        phi2 = bivariate_normal_cdf(hi, hj, rho)
+    elif method == "series":
+        phi2 = bivariate_normal_cdf_series(hi, hj, rho, terms=terms)
+    else:  # pragma: no cover - guarded by the caller
+        raise ValueError(f"method must be one of {_CROSS_METHODS}, got {method!r}")
+    pdf_i = normal_pdf(hi)
+    pdf_j = normal_pdf(hj)
+    value = (
+        (mi * mj + rho * si_safe * sj_safe) * phi2
+        + mi * sj_safe * pdf_j * conditional_cdf(di)
+        + mj * si_safe * pdf_i * conditional_cdf(dj)
+        + torch.where(pos_s, si_safe * sj_safe * s * pdf_i * normal_pdf(dj / s_safe), torch.zeros_like(s))
+    )
+    # A unit with zero variance is the constant max(mu, 0), independent of the other unit.
+    ei, _ = _relu_moments_std(mi, si)
+    ej, _ = _relu_moments_std(mj, sj)
+    return torch.where(pos_i & pos_j, value, ei * ej)
+
+
+def relu_cross_moment(
+    mean_i: torch.Tensor,
+    mean_j: torch.Tensor,
+    std_i: torch.Tensor,
+    std_j: torch.Tensor,
+    rho: torch.Tensor,
+    method: str = "exact",
+    terms: int = 5,
+) -> torch.Tensor:
+    """``E[max(y_i, 0) max(y_j, 0)]`` for a bivariate Gaussian pair, elementwise.
+
+    ``method="exact"`` is NM20's general-mean closed form with the exact Phi2; ``"series"`` replaces Phi2 by
+    NM20's truncated series with ``terms`` terms; ``"zero_mean"`` is NM18's arc-cosine formula, which
+    *ignores the means* (exact only when both means are zero).
+
+    Args:
+        mean_i, mean_j: ``(...)`` means of the pair.
+        std_i, std_j: ``(...)`` standard deviations, ``>= 0`` (0 is legal: that unit is a constant).
+        rho: ``(...)`` correlation in ``[-1, 1]`` (``+-1`` is legal).
+
+    Returns:
+        ``(...)`` the broadcast shape of all inputs, same dtype and device.
+    """
+    args = dict(mean_i=mean_i, mean_j=mean_j, std_i=std_i, std_j=std_j, rho=rho)
+    for name, value in args.items():
+        check_tensor(name, value)
+        check_finite(name, value)
+    check_compatible(**args)
+    if method not in _CROSS_METHODS:
+        raise ValueError(f"method must be one of {_CROSS_METHODS}, got {method!r}")
+    for name in ("std_i", "std_j"):
+        if (args[name] < 0).any():
+            raise ValueError(f"{name} must be non-negative")
+    if (rho.abs() > 1 + 1e-12).any():
+        raise ValueError(f"rho must lie in [-1, 1], got extreme {rho.abs().max().item():.6g}")
+    mi, mj, si, sj, r = torch.broadcast_tensors(mean_i, mean_j, std_i, std_j, rho)
+    return _cross_moment(mi, mj, si, sj, r, method, terms)
+
+
+def _check_method(method: str, terms: int) -> None:
+    if method not in RELU_COVARIANCE_METHODS:
+        raise ValueError(f"method must be one of {RELU_COVARIANCE_METHODS}, got {method!r}")
+    if not isinstance(terms, int) or terms < 1:
+        raise ValueError(f"terms must be a positive int, got {terms!r}")
+
+
+def relu_covariance(
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    method: str = "exact",
+    terms: int = 5,
+    *,
+    chunk_elements: int = 1 << 18,
+    validate: bool = True,
+) -> torch.Tensor:
+    """Covariance ``Cov[q(y)]`` of ``q = max(y, 0)`` for ``y ~ N(mean, cov)``.
+
+    Methods (the diagonal is always the exact variance of section 2 except for ``"zero_mean"``):
+
+    * ``"exact"``: off-diagonal from NM20's general-mean cross moment with the exact Phi2.
+    * ``"series"``: the same with NM20's truncated Phi2 series (``terms`` terms).
+    * ``"hybrid"``: NM18's estimate, off-diagonal ``sigma_i sigma_j (c(rho) - 1/(2 pi))`` ignoring the means.
+    * ``"zero_mean"``: NM18's zero-mean formula everywhere (exact only if ``mean == 0``).
+
+    The ``m (m - 1) / 2`` pair computations are done in row blocks of about ``chunk_elements`` pairs, so the
+    extra memory beyond the ``(..., m, m)`` result stays bounded for large ``m``.
+
+    Args:
+        mean: ``(..., m)`` pre-activation means.
+        cov: ``(..., m, m)`` pre-activation covariance (PSD, may be rank-deficient), same dtype/device.
+
+    Returns:
+        ``(..., m, m)`` symmetric covariance of the rectified units.
+    """
+    if validate:
+        check_tensor("mean", mean, min_dim=1)
+        check_finite("mean", mean)
+        cov = check_covariance("cov", cov, dim=mean.shape[-1])
+        check_compatible(mean=mean, cov=cov)
+    _check_method(method, terms)
+    m = mean.shape[-1]
+    batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+    mean = mean.expand(*batch, m)
+    cov = cov.expand(*batch, m, m)
+    std = _safe_sqrt(torch.diagonal(cov, dim1=-2, dim2=-1))
+    std_safe = torch.where(std > 0, std, torch.ones_like(std))
+    rho_full = None
+
+    if method in ("hybrid", "zero_mean"):
+        rho_full = (cov / (std_safe.unsqueeze(-1) * std_safe.unsqueeze(-2))).clamp(-1.0, 1.0)
+        outer = std.unsqueeze(-1) * std.unsqueeze(-2)
+        result = outer * (zero_mean_relu_kernel(rho_full) - _INV_2PI)
+        if method == "zero_mean":
+            return result
+        _, exact_var = _relu_moments_std(mean, std)
+        return result - torch.diag_embed(torch.diagonal(result, dim1=-2, dim2=-1)) + torch.diag_embed(exact_var)
+
+    first, exact_var = _relu_moments_std(mean, std)
+    n_batch = max(1, math.prod(batch))
+    rows_per_block = max(1, chunk_elements // max(1, n_batch * m))
+    # Written block by block into one buffer so peak memory is the result plus one block of temporaries.
+    upper = torch.zeros(*batch, m, m, dtype=mean.dtype, device=mean.device)
+    for start in range(0, m, rows_per_block):
+        stop = min(m, start + rows_per_block)
+        # Only columns >= start: the rest of this row block is the transpose of an earlier block.
+        mi = mean[..., start:stop, None]
+        mj = mean[..., None, start:]
+        si = std[..., start:stop, None]
+        sj = std[..., None, start:]
+        rho = cov[..., start:stop, start:] / (std_safe[..., start:stop, None] * std_safe[..., None, start:])
+        # The block's diagonal (rho = 1) is discarded below; give it a harmless rho so no infinite
+        # derivative at |rho| = 1 can turn into 0 * inf = NaN in the gradient.
+        on_diagonal = torch.arange(start, stop, device=mean.device)[:, None] == torch.arange(start, m, device=mean.device)
+        rho = torch.where(on_diagonal, torch.zeros_like(rho), rho)
+        mi, mj, si, sj, rho = torch.broadcast_tensors(mi, mj, si, sj, rho)
+        second = _cross_moment(mi, mj, si, sj, rho, method, terms)
+        upper[..., start:stop, start:] = second - first[..., start:stop, None] * first[..., None, start:]
+    upper = upper.triu(diagonal=1)
+    upper.diagonal(dim1=-2, dim2=-1).copy_(0.5 * exact_var)
+    return upper + upper.mT

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+# Tests must be reproducible and fast on a 2-core CI machine.
+torch.set_default_dtype(torch.float32)
+
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=60, deadline=None)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture
+def gen():
+    """A seeded CPU generator (each test gets a fresh one)."""
+    return torch.Generator().manual_seed(1234)
