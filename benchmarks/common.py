@@ -1,0 +1,53 @@
+"""Shared timing and reporting helpers for the benchmark scripts (ratios are always measured in one run)."""
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device="cpu", repeat=5, warmup=1, min_total=0.0) -> float:
+    """Best wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    started = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - started < min_total:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def row(id_, what, measured, target, ok) -> dict:
+    return {"id": id_, "what": what, "measured": measured, "target": target, "ok": bool(ok)}
+
+
+def machine(device="cpu") -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        if names:
+            cpu = f"{names[0]} x{len(names)}"
+    except OSError:
+        pass
+    desc = f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    if torch.device(device).type == "cuda":
+        desc += f"; {torch.cuda.get_device_name()}"
+    return desc
+
+
+def markdown_table(rows) -> str:
+    lines = ["| # | what | measured | target | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['id']} | {r['what']} | {r['measured']} | {r['target']} | {'yes' if r['ok'] else 'no'} |")
+    return "\n".join(lines)
