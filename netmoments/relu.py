@@ -12,7 +12,7 @@ import math
 import torch
 
 from ._validation import check_compatible, check_covariance, check_finite, check_tensor
-from .special import bivariate_normal_cdf, bivariate_normal_cdf_series, normal_cdf, normal_pdf
+from .special import _bivariate_cdf_values, bivariate_normal_cdf, bivariate_normal_cdf_series, normal_cdf, normal_pdf
 
 __all__ = [
     "relu_moments",
@@ -107,7 +107,11 @@ def zero_mean_relu_kernel(rho: torch.Tensor) -> torch.Tensor:
 
 
 def _cross_moment(mi, mj, si, sj, rho, method: str, terms: int) -> torch.Tensor:
-    """E[q_i q_j] with all arguments already broadcast; no validation. See :func:`relu_cross_moment`."""
+    """E[q_i q_j] for broadcastable arguments; no validation. See :func:`relu_cross_moment`.
+
+    Per-unit quantities (``h``, ``phi(h)``) are computed on the unbroadcast shapes, so a caller that passes
+    rows ``(..., r, 1)`` and columns ``(..., 1, c)`` pays ``O(r + c)`` for them and ``O(r c)`` only for the pairs.
+    """
     if method == "zero_mean":
         return si * sj * zero_mean_relu_kernel(rho)
     rho = rho.clamp(-1.0, 1.0)
@@ -117,32 +121,113 @@ def _cross_moment(mi, mj, si, sj, rho, method: str, terms: int) -> torch.Tensor:
     hj = (mj / sj_safe).clamp(-_H_CLIP, _H_CLIP)
     s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
     pos_s, s_safe = _safe_positive(s)
+    degenerate_pairs = not bool(pos_s.all())
 
     def conditional_cdf(d: torch.Tensor) -> torch.Tensor:
         # Phi(d / s); at s = 0 the exact limit is a step (1/2 on the tie d = 0).
-        limit = 0.5 * (1.0 + torch.sign(d))
-        return torch.where(pos_s, normal_cdf(d / s_safe), limit)
+        value = normal_cdf(d / s_safe)
+        if degenerate_pairs:
+            value = torch.where(pos_s, value, 0.5 * (1.0 + torch.sign(d)))
+        return value
 
-    di = hi - rho * hj
-    dj = hj - rho * hi
     if method == "exact":
         phi2 = bivariate_normal_cdf(hi, hj, rho)
     elif method == "series":
         phi2 = bivariate_normal_cdf_series(hi, hj, rho, terms=terms)
     else:  # pragma: no cover - guarded by the caller
         raise ValueError(f"method must be one of {_CROSS_METHODS}, got {method!r}")
-    pdf_i = normal_pdf(hi)
-    pdf_j = normal_pdf(hj)
+    dj = hj - rho * hi
+    si_pdf_i = si_safe * normal_pdf(hi)
+    sj_pdf_j = sj_safe * normal_pdf(hj)
+    last = si_pdf_i * sj_safe * s * normal_pdf(dj / s_safe)
+    if degenerate_pairs:
+        last = torch.where(pos_s, last, torch.zeros_like(last))
     value = (
-        (mi * mj + rho * si_safe * sj_safe) * phi2
-        + mi * sj_safe * pdf_j * conditional_cdf(di)
-        + mj * si_safe * pdf_i * conditional_cdf(dj)
-        + torch.where(pos_s, si_safe * sj_safe * s * pdf_i * normal_pdf(dj / s_safe), torch.zeros_like(s))
+        (mi * mj + rho * (si_safe * sj_safe)) * phi2
+        + (mi * sj_pdf_j) * conditional_cdf(hi - rho * hj)
+        + (mj * si_pdf_i) * conditional_cdf(dj)
+        + last
     )
+    if bool(pos_i.all()) and bool(pos_j.all()):
+        return value
     # A unit with zero variance is the constant max(mu, 0), independent of the other unit.
     ei, _ = _relu_moments_std(mi, si)
     ej, _ = _relu_moments_std(mj, sj)
     return torch.where(pos_i & pos_j, value, ei * ej)
+
+
+class _PairSecondMoment(torch.autograd.Function):
+    """E[q_i q_j] as a function of (mu_i, mu_j, C_ii, C_jj, C_ij) with Gaussian-identity gradients.
+
+    Price's theorem and Stein's lemma give every derivative in closed form from quantities the forward
+    pass already needs, so the backward costs a few elementwise operations per pair instead of replaying
+    the autograd graph of the whole formula (and of Phi2's quadrature):
+
+    * dF/dC_ij = P(y_i > 0, y_j > 0) = Phi2(h_i, h_j; rho)
+    * dF/dmu_i = E[1{y_i > 0} q_j] = mu_j Phi2 + rho s_j phi(h_i) Phi(d_j / s) + s_j phi(h_j) Phi(d_i / s)
+    * dF/dC_ii = E[delta(y_i) q_j] / 2 = phi(h_i) s_j (d_j Phi(d_j / s) + s phi(d_j / s)) / (2 s_i)
+
+    with s_i = sqrt(C_ii), rho = C_ij / (s_i s_j), s = sqrt(1 - rho^2), d_i = h_i - rho h_j, d_j = h_j - rho h_i.
+    Inputs must have C_ii, C_jj > 0 (the caller substitutes a safe value for zero-variance units and masks them).
+    Shapes broadcast: rows ``(..., r, 1)``, columns ``(..., 1, c)``, pairs ``(..., r, c)``.
+    """
+
+    @staticmethod
+    def _pieces(mi, mj, vi, vj, cij):
+        si, sj = vi.sqrt(), vj.sqrt()
+        rho = (cij / (si * sj)).clamp(-1.0, 1.0)
+        hi = (mi / si).clamp(-_H_CLIP, _H_CLIP)
+        hj = (mj / sj).clamp(-_H_CLIP, _H_CLIP)
+        s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
+        pos_s, s_safe = _safe_positive(s)
+        return si, sj, rho, hi, hj, s, pos_s, s_safe
+
+    @staticmethod
+    def _conditional(d, s, pos_s, s_safe):
+        """(Phi(d/s), s phi(d/s)) with their exact s = 0 limits (step with 1/2 on ties, and 0)."""
+        x = d / s_safe
+        cdf = normal_cdf(x)
+        scaled_pdf = s * normal_pdf(x)
+        if not bool(pos_s.all()):
+            cdf = torch.where(pos_s, cdf, 0.5 * (1.0 + torch.sign(d)))
+            scaled_pdf = torch.where(pos_s, scaled_pdf, torch.zeros_like(scaled_pdf))
+        return cdf, scaled_pdf
+
+    @staticmethod
+    def forward(ctx, mi, mj, vi, vj, cij):
+        si, sj, rho, hi, hj, s, pos_s, s_safe = _PairSecondMoment._pieces(mi, mj, vi, vj, cij)
+        phi2 = _bivariate_cdf_values(hi, hj, rho)
+        cdf_i, _ = _PairSecondMoment._conditional(hi - rho * hj, s, pos_s, s_safe)
+        cdf_j, spdf_j = _PairSecondMoment._conditional(hj - rho * hi, s, pos_s, s_safe)
+        si_pdf_i = si * normal_pdf(hi)
+        value = (mi * mj + cij) * phi2 + (mi * (sj * normal_pdf(hj))) * cdf_i + (mj * si_pdf_i) * cdf_j
+        value = value + (si_pdf_i * sj) * spdf_j
+        ctx.save_for_backward(mi, mj, vi, vj, cij, phi2)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        mi, mj, vi, vj, cij, phi2 = ctx.saved_tensors
+        si, sj, rho, hi, hj, s, pos_s, s_safe = _PairSecondMoment._pieces(mi, mj, vi, vj, cij)
+        di = hi - rho * hj
+        dj = hj - rho * hi
+        cdf_i, spdf_i = _PairSecondMoment._conditional(di, s, pos_s, s_safe)
+        cdf_j, spdf_j = _PairSecondMoment._conditional(dj, s, pos_s, s_safe)
+        pdf_i = normal_pdf(hi)
+        pdf_j = normal_pdf(hj)
+        needs = ctx.needs_input_grad
+        grads = [None] * 5
+        if needs[0]:
+            grads[0] = (grad * (mj * phi2 + (rho * sj) * pdf_i * cdf_j + (sj * pdf_j) * cdf_i)).sum_to_size(mi.shape)
+        if needs[1]:
+            grads[1] = (grad * (mi * phi2 + (rho * si) * pdf_j * cdf_i + (si * pdf_i) * cdf_j)).sum_to_size(mj.shape)
+        if needs[2]:
+            grads[2] = (grad * ((0.5 * pdf_i / si) * sj * (dj * cdf_j + spdf_j))).sum_to_size(vi.shape)
+        if needs[3]:
+            grads[3] = (grad * ((0.5 * pdf_j / sj) * si * (di * cdf_i + spdf_i))).sum_to_size(vj.shape)
+        if needs[4]:
+            grads[4] = (grad * phi2).sum_to_size(cij.shape)
+        return tuple(grads)
 
 
 def relu_cross_moment(
@@ -243,6 +328,8 @@ def relu_covariance(
         return result - torch.diag_embed(torch.diagonal(result, dim1=-2, dim2=-1)) + torch.diag_embed(exact_var)
 
     first, exact_var = _relu_moments_std(mean, std)
+    var_safe = std_safe * std_safe
+    zero_var = bool((std == 0).any())
     n_batch = max(1, math.prod(batch))
     rows_per_block = max(1, chunk_elements // max(1, n_batch * m))
     # Written block by block into one buffer so peak memory is the result plus one block of temporaries.
@@ -250,18 +337,24 @@ def relu_covariance(
     for start in range(0, m, rows_per_block):
         stop = min(m, start + rows_per_block)
         # Only columns >= start: the rest of this row block is the transpose of an earlier block.
-        mi = mean[..., start:stop, None]
-        mj = mean[..., None, start:]
-        si = std[..., start:stop, None]
-        sj = std[..., None, start:]
-        rho = cov[..., start:stop, start:] / (std_safe[..., start:stop, None] * std_safe[..., None, start:])
-        # The block's diagonal (rho = 1) is discarded below; give it a harmless rho so no infinite
+        rows, cols = slice(start, stop), slice(start, m)
+        mi, mj = mean[..., rows, None], mean[..., None, cols]
+        cij = cov[..., rows, cols]
+        # The block's diagonal is discarded below; give it a harmless covariance (rho = 0) so no infinite
         # derivative at |rho| = 1 can turn into 0 * inf = NaN in the gradient.
         on_diagonal = torch.arange(start, stop, device=mean.device)[:, None] == torch.arange(start, m, device=mean.device)
-        rho = torch.where(on_diagonal, torch.zeros_like(rho), rho)
-        mi, mj, si, sj, rho = torch.broadcast_tensors(mi, mj, si, sj, rho)
-        second = _cross_moment(mi, mj, si, sj, rho, method, terms)
-        upper[..., start:stop, start:] = second - first[..., start:stop, None] * first[..., None, start:]
+        cij = torch.where(on_diagonal, torch.zeros_like(cij), cij)
+        if method == "exact":
+            second = _PairSecondMoment.apply(mi, mj, var_safe[..., rows, None], var_safe[..., None, cols], cij)
+            if zero_var:
+                # A unit with zero variance is the constant max(mu, 0), independent of the other unit.
+                keep = (std[..., rows, None] > 0) & (std[..., None, cols] > 0)
+                second = torch.where(keep, second, first[..., rows, None] * first[..., None, cols])
+        else:
+            si, sj = std[..., rows, None], std[..., None, cols]
+            rho = cij / (std_safe[..., rows, None] * std_safe[..., None, cols])
+            second = _cross_moment(mi, mj, si, sj, rho, method, terms)
+        upper[..., rows, cols] = second - first[..., rows, None] * first[..., None, cols]
     upper = upper.triu(diagonal=1)
     upper.diagonal(dim1=-2, dim2=-1).copy_(0.5 * exact_var)
     return upper + upper.mT
