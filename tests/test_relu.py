@@ -263,3 +263,25 @@ def test_bad_inputs_raise_clear_errors():
         nm.relu_covariance(good_mean.float(), good_cov)
     with pytest.raises(TypeError, match="floating dtype"):
         nm.relu_covariance(torch.zeros(3, dtype=torch.int64), good_cov)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.integers(2, 7),
+    rank=st.integers(1, 7),
+    shift=st.floats(-3, 3),
+)
+def test_relu_covariance_is_a_valid_covariance(seed, m, rank, shift):
+    # Any covariance of a random vector is symmetric PSD; a 1-Lipschitz map shrinks each variance;
+    # correlations stay in [-1, 1]. Rank-deficient inputs included.
+    g = torch.Generator().manual_seed(seed)
+    root = torch.randn(m, min(rank, m), generator=g, **f64)
+    cov = root @ root.T
+    mean = shift + torch.randn(m, generator=g, **f64)
+    out = nm.relu_covariance(mean, cov)
+    assert torch.equal(out, out.T)
+    scale = out.diagonal().max().clamp_min(1e-300)
+    assert torch.linalg.eigvalsh(out).min() >= -1e-10 * scale
+    assert (out.diagonal() <= cov.diagonal() * (1 + 1e-12) + 1e-15).all()
+    sd = out.diagonal().sqrt()
+    assert (out.abs() <= sd[:, None] * sd[None, :] * (1 + 1e-9) + 1e-15).all()
