@@ -1,0 +1,223 @@
+"""Fast checks of the book's sources: the TOC, the stored notebooks and the offline configuration.
+
+These do not build the book (``make book`` does); they catch the mistakes that would otherwise only show up as
+a failed strict build, an nbval failure on another machine, or a page that needs the internet.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+TOC = ROOT / "_toc.yml"
+CONFIG = ROOT / "_config.yml"
+BIB = BOOK / "references.bib"
+
+CDN = re.compile(r"cdn\.jsdelivr|unpkg\.com|cdnjs|googleapis|gstatic|bootstrapcdn|cdn\.mathjax|fontawesome\.com", re.I)
+# Sources whose output changes run to run (or is a widget): nbval must not compare it. Cells that display a
+# widget are also caught by their stored widget-view output.
+VOLATILE_SOURCE = re.compile(
+    r"\binteract(?:ive)?\s*\(|\binteract_manual\b|\bdisplay\s*\(\s*\w*widget"
+    r"|%%?timeit|%%?time\b|\bperf_counter\b|\btime\.time\s*\(|\btimeit\.|\btqdm\b|progress\s*=\s*True"
+)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _toc_entries() -> list[str]:
+    toc = yaml.safe_load(TOC.read_text(encoding="utf8"))
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            for key in ("sections", "chapters", "parts"):
+                walk(entry.get(key))
+
+    walk(toc.get("parts"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def _resolve(entry: str) -> Path | None:
+    base = ROOT / entry
+    if base.suffix in (".md", ".ipynb"):
+        return base if base.is_file() else None
+    for suffix in (".ipynb", ".md"):
+        if base.with_suffix(suffix).is_file():
+            return base.with_suffix(suffix)
+    return None
+
+
+NOTEBOOKS = sorted(p for p in BOOK.glob("*.ipynb"))
+NB_IDS = [p.name for p in NOTEBOOKS]
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf8"))
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+# ---------------------------------------------------------------- the table of contents
+
+
+def test_toc_root_and_parts():
+    toc = yaml.safe_load(TOC.read_text(encoding="utf8"))
+    assert toc["format"] == "jb-book"
+    assert toc["root"] == "book/intro"
+    captions = [part["caption"] for part in toc["parts"]]
+    order = [
+        "Front matter",
+        "Part I: Moments of Affine-ReLU-Affine",
+        "Part II: Deep networks",
+        "Part III: Attacks",
+        "Back matter",
+    ]
+    assert set(captions) <= set(order), f"unexpected part captions: {set(captions) - set(order)}"
+    assert captions == [c for c in order if c in captions], "parts are out of order"
+    assert captions[0] == "Front matter" and captions[-1] == "Back matter"
+    for part in toc["parts"]:
+        assert part.get("chapters"), f"part {part['caption']!r} has no chapters (the strict build rejects it)"
+
+
+def test_every_toc_entry_exists():
+    missing = [e for e in _toc_entries() if _resolve(e) is None]
+    assert not missing, f"_toc.yml lists files that do not exist: {missing}"
+
+
+def test_toc_has_no_duplicates():
+    entries = [re.sub(r"\.(md|ipynb)$", "", e) for e in _toc_entries()]
+    assert len(entries) == len(set(entries))
+
+
+def test_every_notebook_is_in_the_toc():
+    listed = {_resolve(e) for e in _toc_entries()}
+    unlisted = [p.name for p in NOTEBOOKS if p not in listed]
+    assert not unlisted, f"notebooks missing from _toc.yml (they would not be built): {unlisted}"
+
+
+def test_numbered_chapters_in_order():
+    numbered = [Path(e).name for e in _toc_entries() if re.match(r"\d\d_", Path(e).name)]
+    assert numbered == sorted(numbered), f"numbered chapters out of order in _toc.yml: {numbered}"
+
+
+# ---------------------------------------------------------------- the notebooks
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_first_code_cell_is_matplotlib_inline(path):
+    cells = _code_cells(_load(path))
+    assert cells, "a chapter notebook with no code"
+    assert "%matplotlib inline" in _source(cells[0])
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_notebook_is_stored_executed(path):
+    nb = _load(path)
+    unexecuted = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
+    assert not unexecuted, f"code cells never executed (nbval needs stored outputs): {unexecuted}"
+    errors = [
+        i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+        for out in c.get("outputs", []) if out.get("output_type") == "error"
+    ]
+    assert not errors, f"cells stored with an error output: {errors}"
+    counts = [c["execution_count"] for c in _code_cells(nb)]
+    assert counts == sorted(counts), "cells executed out of order (re-run the whole notebook)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_volatile_cells_are_tagged(path):
+    untagged = []
+    for i, cell in enumerate(_code_cells(_load(path))):
+        tags = cell.get("metadata", {}).get("tags", [])
+        volatile = VOLATILE_SOURCE.search(_source(cell)) or any(
+            WIDGET_VIEW in out.get("data", {}) for out in cell.get("outputs", [])
+        )
+        if volatile and "nbval-ignore-output" not in tags:
+            untagged.append(i)
+    assert not untagged, f"code cells with widgets/timing/progress bars not tagged nbval-ignore-output: {untagged}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_notebook_does_not_touch_the_backend(path):
+    for cell in _code_cells(_load(path)):
+        src = _source(cell)
+        assert "MPLBACKEND" not in src, "never set MPLBACKEND: it hides figures from the book"
+        assert not re.search(r"matplotlib\.use\s*\(", src), "never switch the matplotlib backend in a chapter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NB_IDS)
+def test_notebook_uses_the_python3_kernel(path):
+    assert _load(path)["metadata"].get("kernelspec", {}).get("name") == "python3"
+
+
+# ---------------------------------------------------------------- citations
+
+
+def _bib_keys() -> set[str]:
+    return set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", BIB.read_text(encoding="utf8")))
+
+
+def test_bibliography_has_the_papers():
+    keys = _bib_keys()
+    for key in ("bibi2018analytic", "alfadly2020network", "genz2004numerical", "owen1956tables",
+                "drezner1990computation", "lecun1998gradient"):
+        assert key in keys
+
+
+def test_every_citation_is_defined():
+    keys = _bib_keys()
+    texts = [p.read_text(encoding="utf8") for p in BOOK.glob("*.md")]
+    texts += ["\n".join(_source(c) for c in _load(p)["cells"] if c["cell_type"] == "markdown") for p in NOTEBOOKS]
+    cited = set()
+    for text in texts:
+        for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text):
+            cited.update(k.strip() for k in group.split(","))
+    assert cited <= keys, f"cited but not in references.bib: {sorted(cited - keys)}"
+
+
+# ---------------------------------------------------------------- offline configuration
+
+
+def test_config_has_no_cdn():
+    text = CONFIG.read_text(encoding="utf8")
+    assert not CDN.search(text)
+    assert not re.search(r"https?://", text), "_config.yml must not point the book at the network"
+
+
+def test_config_is_strict_and_offline():
+    config = yaml.safe_load(CONFIG.read_text(encoding="utf8"))
+    assert config["execute"]["execute_notebooks"] == "force"
+    assert config["only_build_toc_files"] is True
+    sphinx = config["sphinx"]["config"]
+    assert "sphinx_thebe" not in sphinx["extensions"]
+    assert {"sphinx_exercise", "sphinxcontrib.bibtex", "myst_nb"} <= set(sphinx["extensions"])
+    assert "_static_vendor" in sphinx["html_static_path"]
+    assert sphinx["mathjax_path"].startswith("vendor/mathjax/")
+    widget_js = list(sphinx["nb_ipywidgets_js"])
+    assert any(p.endswith("require.js") for p in widget_js) and any(p.endswith("embed-amd.js") for p in widget_js)
+    assert not any("//" in p for p in widget_js)
+    # A root-level _static/ would make Jupyter Book inject every .js under html_static_path into every page.
+    assert not (ROOT / "_static").exists()
+
+
+def test_vendor_script_provides_what_the_config_loads():
+    config = yaml.safe_load(CONFIG.read_text(encoding="utf8"))["sphinx"]["config"]
+    script = (ROOT / "scripts" / "vendor_js.sh").read_text(encoding="utf8")
+    assert "npm pack" in script
+    for path in [config["mathjax_path"], *config["nb_ipywidgets_js"]]:
+        folder, name = path.split("/")[-2:]
+        assert f"{folder}/" in script and name in script, f"{path} is loaded but vendor_js.sh does not provide it"
