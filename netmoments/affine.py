@@ -23,6 +23,15 @@ def affine_variance(cov: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return ((weight @ cov) * weight).sum(-1)
 
 
+def _apply(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``W x`` for weights ``(..., m, n)`` and vectors ``(..., n)`` -> ``(..., m)``.
+
+    Written as a row vector times ``W^T``: with an unbatched ``W`` and many vectors this is one GEMM,
+    whereas ``W @ x[..., None]`` would broadcast ``W`` over the batch (about 10x slower on CPU).
+    """
+    return (x.unsqueeze(-2) @ weight.mT).squeeze(-2)
+
+
 def _check_affine_inputs(mean, cov, weight, bias, weight_name="weight", bias_name="bias"):
     check_tensor("mean", mean, min_dim=1)
     check_tensor(weight_name, weight, min_dim=2)
@@ -60,7 +69,7 @@ def affine_moments(
     if output not in ("cov", "var"):
         raise ValueError(f"output must be 'cov' or 'var', got {output!r}")
     cov = _check_affine_inputs(mean, cov, weight, bias)
-    out_mean = (weight @ mean.unsqueeze(-1)).squeeze(-1) + bias
+    out_mean = _apply(weight, mean) + bias
     if output == "var":
         return out_mean, affine_variance(cov, weight)
     out_cov = weight @ cov @ weight.mT
@@ -118,8 +127,8 @@ class AffineReLUAffine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The real network: ``(..., n) -> (..., p)``."""
-        hidden = torch.relu((self.A @ x.unsqueeze(-1)).squeeze(-1) + self.c1)
-        return (self.B @ hidden.unsqueeze(-1)).squeeze(-1) + self.c2
+        hidden = torch.relu(_apply(self.A, x) + self.c1)
+        return _apply(self.B, hidden) + self.c2
 
     def hidden_moments(self, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``(..., m)`` and covariance ``(..., m, m)`` of the pre-activations ``y = A x + c1``."""
@@ -153,7 +162,7 @@ class AffineReLUAffine(nn.Module):
         y_mean, y_cov = self.hidden_moments(mean, cov)
         std = _safe_sqrt(torch.diagonal(y_cov, dim1=-2, dim2=-1))
         q_mean, _ = _relu_moments_std(y_mean, std)
-        out_mean = (self.B @ q_mean.unsqueeze(-1)).squeeze(-1) + self.c2
+        out_mean = _apply(self.B, q_mean) + self.c2
         q_cov = relu_covariance(y_mean, y_cov, method=method, terms=terms, validate=False)
         if output == "var":
             return out_mean, affine_variance(q_cov, self.B)
