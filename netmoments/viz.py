@@ -31,6 +31,12 @@ __all__ = [
     "plot_zero_mean_ratio",
     # chapters 6-7: deep networks
     "plot_variance_histograms",
+    "plot_linear_regions",
+    "plot_linearization_error",
+    "plot_noise_sensitivity",
+    "plot_error_by_cluster",
+    "plot_digits",
+    "plot_error_vs_sigma",
 ]
 
 INPUT_COLOR = "#3182bd"
@@ -633,7 +639,8 @@ def plot_series_error_maps(h, rho, maps: dict, terms, max_errors, quoted: dict |
         ax.set_title(f"N = {n_terms}: max error {err.max():.1e}", fontsize=10)
         ax.set_xlabel(r"$\rho$")
         ax.set_ylabel("$h$")
-    fig.colorbar(image, ax=list(flat[:5]), shrink=0.85, label=r"$\max_k |\Phi_2^{(N)}(h, k; \rho) - \Phi_2(h, k; \rho)|$")
+    fig.colorbar(image, ax=list(flat[:5]), shrink=0.85,
+                 label=r"$\max_k |\Phi_2^{(N)}(h, k; \rho) - \Phi_2(h, k; \rho)|$")
     ax = flat[5]
     ax.semilogy(to_numpy(terms), to_numpy(max_errors), "o-", color=OUTPUT_COLOR, lw=2, label="measured maximum")
     if quoted:
@@ -652,18 +659,32 @@ def plot_speed_accuracy(entries, ax: Axes | None = None) -> Figure:
 
     Args:
         entries: list of ``(label, seconds per 1e5 evaluations, max absolute error)``; errors below
-            ``1e-16`` are drawn at ``1e-16``.
+            ``1e-16`` are drawn at ``1e-16``. Labels of the form ``"series N=<n> ..."`` are drawn as one
+            connected curve, in the given order, whose end points are labelled by ``n``.
     """
     fig, ax = _new_axes(ax, (7.0, 4.4))
+    series = [(label.split("N=")[1].split()[0], seconds, max(float(error), 1e-16))
+              for label, seconds, error in entries if label.startswith("series N=")]
+    if series:
+        ax.loglog([s[1] for s in series], [s[2] for s in series], "o-", ms=7, color=SERIES_COLOR, lw=1,
+                  label="NM20 series, N terms")
+        # the error falls with N, so the ends of the curve identify the rest; labelling every point overlaps
+        for n_terms, seconds, error in (series[0], series[-1]):
+            ax.annotate(f"N={n_terms}", (seconds, error), textcoords="offset points", xytext=(7, -3), fontsize=8,
+                        color=SERIES_COLOR)
     for label, seconds, error in entries:
+        if label.startswith("series N="):
+            continue
         shown = max(float(error), 1e-16)
-        series = label.startswith("series")
-        ax.loglog(seconds, shown, "o" if series else "D", ms=7, color=SERIES_COLOR if series else OUTPUT_COLOR)
-        ax.annotate(label, (seconds, shown), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.loglog(seconds, shown, "D", ms=7, color=OUTPUT_COLOR)
+        ax.annotate(label, (seconds, shown), textcoords="offset points", xytext=(7, 4), fontsize=8)
+    ax.set_xlim(right=ax.get_xlim()[1] * 30)  # room for the labels of the rightmost points
     ax.set_xlabel(r"seconds per $10^5$ pairs")
     ax.set_ylabel(r"max error in $\Phi_2$")
     ax.set_title("Speed against accuracy", fontsize=10)
     ax.grid(alpha=0.3, which="both")
+    if series:
+        ax.legend(fontsize=8, loc="center right")
     return fig
 
 
@@ -761,4 +782,159 @@ def plot_attack_budget_curves(curves: dict) -> Figure:
     ax2.set_title("smooth, untargeted")
     ax2.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_linear_regions(model, xlim=(-3.0, 3.0), ylim=(-3.0, 3.0), resolution: int = 300, points=None,
+                        ax: Axes | None = None) -> Figure:
+    """The linear regions of a piecewise-linear network on 2-D inputs: one colour per activation pattern.
+
+    Args:
+        model: ``nn.Sequential`` taking ``(N, 2)`` inputs (see :func:`netmoments.linearize.activation_pattern`).
+        xlim, ylim: the plotted square; resolution: grid points per side.
+        points: optional ``(K, 2)`` points to mark (e.g. linearization points).
+    """
+    from .linearize import activation_pattern
+
+    fig, ax = _new_axes(ax, (5.0, 4.6))
+    xs = np.linspace(*xlim, resolution)
+    ys = np.linspace(*ylim, resolution)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=next(model.parameters()).dtype)
+    pattern = torch.cat([p.reshape(grid.shape[0], -1).to(torch.int64) for p in activation_pattern(model, grid)], 1)
+    _, region = torch.unique(pattern, dim=0, return_inverse=True)
+    # Shuffle region ids so neighbouring regions rarely share similar colours.
+    perm = np.random.default_rng(0).permutation(int(region.max()) + 1)
+    ids = perm[region.numpy()].reshape(resolution, resolution)
+    ax.imshow(ids % 20, origin="lower", extent=(*xlim, *ylim), cmap="tab20", interpolation="nearest", aspect="auto")
+    if points is not None:
+        pts = to_numpy(points).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], "k*", ms=12, mec="w", label="linearization point")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(f"{int(region.max()) + 1} linear regions in view", fontsize=10)
+    return fig
+
+
+def plot_linearization_error(steps, errors: dict, ax: Axes | None = None) -> Figure:
+    """Error of linearizations along a ray ``x + t d`` against ``t``, log-log.
+
+    Args:
+        steps: ``(T,)`` positive step sizes ``t``.
+        errors: ``{label: (T,) max |linearized - network|}``; zeros are drawn at the bottom of the axis.
+    """
+    fig, ax = _new_axes(ax, (5.6, 3.8))
+    t = to_numpy(steps)
+    floor = min([to_numpy(e)[to_numpy(e) > 0].min() for e in errors.values() if (to_numpy(e) > 0).any()] + [1e-16])
+    for (label, err), color in zip(errors.items(), (OUTPUT_COLOR, INPUT_COLOR, MC_COLOR, "#31a354")):
+        err = to_numpy(err)
+        ax.loglog(t, np.maximum(err, floor / 10), "o-", ms=3, color=color, label=label)
+    ax.set_xlabel("step size $t$ along a random unit direction")
+    ax.set_ylabel("max |linearized − network| over logits")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_noise_sensitivity(image, maps: dict, title: str | None = None) -> Figure:
+    """A digit and, beside it, per-pixel maps (e.g. each pixel's share of a logit's variance).
+
+    Args:
+        image: ``(H, W)`` (or ``(1, H, W)``) pixel values.
+        maps: ``{panel title: (H, W) map}``; each map gets its own symmetric colour scale (shares can be < 0).
+    """
+    image = to_numpy(image).reshape(to_numpy(image).shape[-2:])
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(2.9 * (1 + len(maps)) + 0.4, 3.2), layout="constrained")
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(image, cmap="gray_r", vmin=0, vmax=1)
+    axes[0].set_title("input digit", fontsize=9)
+    for ax, (label, values) in zip(axes[1:], maps.items()):
+        values = to_numpy(values).reshape(image.shape)
+        limit = float(np.abs(values).max()) or 1.0
+        shown = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.contour(image, levels=[0.5], colors="k", linewidths=0.6)
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(shown, ax=ax, shrink=0.8, format="%.0e")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_error_by_cluster(ks, centroid_err, farthest_err, sigmas, input_err=None, ylabel: str = "error") -> Figure:
+    """NM20 Table 3 as a figure: error of linearizing at cluster centroids / farthest members against k.
+
+    Args:
+        ks: ``(K,)`` cluster counts.
+        centroid_err, farthest_err: ``(S, K)`` errors (one row per sigma).
+        sigmas: ``(S,)`` noise levels.
+        input_err: optional ``(S,)`` error at p = x, drawn as a dashed line.
+    """
+    ks = to_numpy(ks)
+    centroid_err, farthest_err = to_numpy(centroid_err), to_numpy(farthest_err)
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(3.3 * len(sigmas), 3.2), layout="constrained", sharey=True)
+    axes = np.atleast_1d(axes)
+    for s, (ax, sigma) in enumerate(zip(axes, sigmas)):
+        ax.plot(ks, centroid_err[s], "o-", color=OUTPUT_COLOR, label="centroid")
+        ax.plot(ks, farthest_err[s], "s--", color=INPUT_COLOR, label="farthest member")
+        if input_err is not None:
+            ax.axhline(to_numpy(input_err)[s], color=MC_COLOR, ls=":", label="p = x")
+        ax.set_xscale("log")
+        ax.set_xlabel("clusters k")
+        ax.set_title(rf"$\sigma$ = {sigma:g}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_digits(images, labels=None, predictions=None, n_cols: int = 10) -> Figure:
+    """A grid of digits ``(N, 1, H, W)`` titled with their labels (and predictions, red when wrong)."""
+    images = to_numpy(images)
+    n = images.shape[0]
+    rows = math.ceil(n / n_cols)
+    fig, axes = plt.subplots(rows, n_cols, figsize=(1.2 * n_cols, 1.35 * rows), layout="constrained")
+    axes = np.atleast_1d(axes).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        ax.imshow(images[i].reshape(images.shape[-2:]), cmap="gray_r", vmin=0, vmax=1)
+        parts = []
+        if labels is not None:
+            parts.append(f"label {int(labels[i])}")
+        if predictions is not None:
+            parts.append(f"pred {int(predictions[i])}")
+        wrong = labels is not None and predictions is not None and int(labels[i]) != int(predictions[i])
+        ax.set_title("\n".join(parts), fontsize=7, color="#de2d26" if wrong else "black")
+    return fig
+
+
+def plot_error_vs_sigma(sigmas, curves: dict, floor=None, ax: Axes | None = None) -> Figure:
+    """Median (line) and interquartile range (band) of an error over images and logits, against the noise level.
+
+    Args:
+        sigmas: ``(S,)`` noise levels.
+        curves: ``{label: list of S arrays}``, each array the errors pooled over images and logits at one sigma.
+        floor: optional ``(S,)`` Monte Carlo noise floor, drawn dotted.
+    """
+    fig, ax = _new_axes(ax, (5.6, 3.8))
+    s = to_numpy(sigmas)
+    colors = (OUTPUT_COLOR, "#31a354", INPUT_COLOR, "#756bb1")
+    for (label, per_sigma), color in zip(curves.items(), colors):
+        q = np.array([np.nanpercentile(to_numpy(v), [25, 50, 75]) for v in per_sigma])
+        ax.plot(s, q[:, 1], "o-", color=color, label=label)
+        ax.fill_between(s, q[:, 0], q[:, 2], color=color, alpha=0.15)
+    if floor is not None:
+        ax.plot(s, to_numpy(floor), ":", color=MC_COLOR, label="Monte Carlo noise floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"average per-pixel noise std $\sigma$")
+    ax.set_ylabel("symmetric relative error")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     return fig

@@ -27,7 +27,7 @@ from .montecarlo import monte_carlo_moments
 from .relu import relu_moments
 # chapters 3-5
 from .affine import AffineReLUAffine
-from .relu import relu_covariance, relu_cross_moment, zero_mean_relu_kernel
+from .relu import relu_cross_moment, zero_mean_relu_kernel
 from .special import bivariate_normal_cdf, bivariate_normal_cdf_series
 
 __all__ = [
@@ -37,6 +37,9 @@ __all__ = [
     # chapter 2
     "relu_gaussian_summary",
     "relu_gaussian_widget",
+    # chapter 6: deep networks
+    "noise_sensitivity_summary",
+    "noise_sensitivity_widget",
 ]
 
 _SLIDER_LAYOUT = ipywidgets.Layout(width="420px")
@@ -543,4 +546,76 @@ def attack_browser_widget(data: dict) -> ipywidgets.interactive:
         image=ipywidgets.IntSlider(value=0, min=0, max=n_img - 1, description="digit", continuous_update=False),
         target=ipywidgets.IntSlider(value=0, min=0, max=n_tgt - 1, description="target #", continuous_update=False),
         weight=ipywidgets.IntSlider(value=1, min=0, max=n_w - 1, description="L1 weight #", continuous_update=False),
+    )
+
+
+# ----------------------------------------------------------------------------- chapter 6: deep networks
+
+
+def noise_sensitivity_summary(model, image: torch.Tensor, logit: int, sigma: float, method: str = "exact",
+                              linearization=None) -> dict:
+    """Which pixels' noise drives a logit's variance, for ``x ~ N(image, sigma^2 I)`` through ``model``'s TSL.
+
+    Args:
+        model: a piecewise-linear ``nn.Sequential`` classifier (e.g. the book's LeNet).
+        image: ``(1, H, W)`` digit.
+        logit: which output to explain.
+        sigma: per-pixel noise standard deviation.
+        linearization: optional precomputed float64 :func:`netmoments.linearize.two_stage_linearize` at ``image``.
+
+    Returns:
+        dict with ``attribution`` ``(H, W)`` (``v_i dVar/dv_i`` through the closed form), ``linear`` ``(H, W)``
+        (the first-order share ``w_i^2 sigma^2``, ``w = A^T D b_logit``), ``variance`` (closed form),
+        ``attribution_sum``, ``linear_variance``, ``logits`` ``(p,)`` and ``prediction``.
+    """
+    from .linearize import pixel_noise_sensitivity, two_stage_linearize
+
+    tsl = linearization if linearization is not None else two_stage_linearize(model, image, dtype=torch.float64)
+    x = image.to(torch.float64).reshape(-1)
+    attribution, variance = pixel_noise_sensitivity(tsl, x, sigma**2, logits=[logit], method=method)
+    on = (tsl.A @ x + tsl.c1 > 0).to(x.dtype)
+    w = tsl.A.mT @ (on * tsl.B[logit])
+    linear = w**2 * sigma**2
+    logits = tsl(x)
+    shape = image.shape[-2:]
+    return {
+        "attribution": attribution[0].reshape(shape),
+        "linear": linear.reshape(shape),
+        "variance": float(variance[logit]),
+        "attribution_sum": float(attribution.sum()),
+        "linear_variance": float(linear.sum()),
+        "logits": logits,
+        "prediction": int(logits.argmax()),
+    }
+
+
+def noise_sensitivity_widget(model, images: torch.Tensor, labels: torch.Tensor, n_digits: int = 12,
+                             method: str = "exact") -> ipywidgets.interactive:
+    """Pick a digit, a logit and a noise level; shows the digit and which pixels' noise drives that logit's
+    variance (see :func:`noise_sensitivity_summary`). Linearizations are cached per digit."""
+    cache = {}
+
+    def draw(digit, logit, sigma):
+        if digit not in cache:
+            from .linearize import two_stage_linearize
+
+            cache[digit] = two_stage_linearize(model, images[digit], dtype=torch.float64)
+        summary = noise_sensitivity_summary(model, images[digit], logit, sigma, method, cache[digit])
+        fig = viz.plot_noise_sensitivity(
+            images[digit][0],
+            {f"share of Var[logit {logit}] (closed form)": summary["attribution"],
+             "first-order share $w_i^2\\sigma^2$": summary["linear"]},
+            title=(f"digit {int(labels[digit])}, predicted {summary['prediction']}; Var[logit {logit}] = "
+                   f"{summary['variance']:.3e} (shares sum to {summary['attribution_sum']:.3e})"),
+        )
+        _show(fig)
+        return summary
+
+    digits = [(f"#{i}: a {int(labels[i])}", i) for i in range(min(n_digits, images.shape[0]))]
+    return ipywidgets.interactive(
+        draw,
+        digit=ipywidgets.Dropdown(options=digits, value=0, description="digit"),
+        logit=ipywidgets.Dropdown(options=list(range(10)), value=int(labels[0]), description="logit"),
+        sigma=ipywidgets.FloatLogSlider(value=0.1, base=10, min=-2, max=-0.5, step=0.25, description="σ (noise)",
+                                        continuous_update=False),
     )

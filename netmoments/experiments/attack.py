@@ -1,0 +1,218 @@
+"""``python -m netmoments.experiments attack``: Gaussian adversarial attacks on the trained LeNet (spec 7).
+
+Writes ``OUT.csv`` (one row per image), ``OUT.json`` (options, pooled Monte Carlo success with Wilson intervals,
+sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other.
+``--book-data DIR`` instead regenerates the precomputed sweeps behind ``book/08_gaussian_attacks.ipynb``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["register", "run_attack", "precompute_book_data"]
+
+
+def _load(device, count, offset=0):
+    from ..data import load_mnist
+    from ..models import load_lenet
+
+    model = load_lenet().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    images, labels = load_mnist("test")
+    with torch.no_grad():
+        ok = model(images.to(device)).argmax(-1).cpu() == labels
+    idx = ok.nonzero().flatten()[offset : offset + count]
+    return model, images[idx].to(device), labels[idx].to(device)
+
+
+def _targets(spec, labels, seed):
+    if spec in (None, "none"):
+        return None
+    if spec == "random":
+        gen = torch.Generator().manual_seed(seed)
+        shift = torch.randint(1, 10, labels.shape, generator=gen).to(labels.device)
+        return (labels + shift) % 10
+    try:
+        value = int(spec)
+    except ValueError:
+        raise ValueError(f"--target must be none, random or a class 0..9, got {spec!r}") from None
+    if not 0 <= value <= 9:
+        raise ValueError(f"--target must be none, random or a class 0..9, got {spec!r}")
+    return torch.full_like(labels, value)
+
+
+def run_attack(args) -> dict:
+    from ..attacks import evaluate_attack, gaussian_attack
+
+    torch.manual_seed(args.seed)
+    model, images, labels = _load(args.device, args.images)
+    target = _targets(args.target, labels, args.seed)
+    if target is not None:
+        # a fixed target equal to the label is no attack: keep only the images that differ
+        keep = target != labels
+        images, labels, target = images[keep], labels[keep], target[keep]
+    options = dict(steps=args.steps, variables=args.variables, variance=args.variance, seed=args.seed,
+                   progress=not args.no_progress)
+    if args.l1_weight is not None:
+        options["l1_weight"] = args.l1_weight
+    result = gaussian_attack(model, images, labels, target=target, structure=args.structure, **options)
+    gen = torch.Generator(device=images.device).manual_seed(args.seed)
+    ev = evaluate_attack(model, result, labels, target=target, n_samples=args.samples, generator=gen)
+    out = Path(args.out)
+    stem = out.with_suffix("") if out.suffix in (".csv", ".json", ".npz") else out
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.with_suffix(".csv"), "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "label", "target", "success_rate", "pixels_touched", "total_variation", "l2",
+                         "linf", "mean_noise_std"])
+        for i in range(len(labels)):
+            writer.writerow([i, int(labels[i]), "" if target is None else int(target[i]),
+                             f"{float(ev.per_image_success[i]):.4f}", int(ev.pixels_touched[i]),
+                             f"{float(ev.total_variation[i]):.4f}", f"{float(ev.l2[i]):.4f}",
+                             f"{float(ev.linf[i]):.4f}", f"{float(ev.mean_noise_std[i]):.5f}"])
+    summary = dict(command=" ".join(getattr(args, "argv", []) or []), structure=args.structure,
+                   target=args.target, options=result.options, evaluation=ev.summary(),
+                   time_s=result.time_s, time_linearize_s=result.time_linearize_s)
+    with open(stem.with_suffix(".json"), "w") as fh:
+        json.dump(summary, fh, indent=2, default=str)
+    np.savez_compressed(
+        stem.with_suffix(".npz"), clean=images.cpu().numpy(), mean=result.mean.cpu().numpy(),
+        noise_std=result.noise_std.cpu().numpy(), labels=labels.cpu().numpy(),
+        target=(np.full(len(labels), -1) if target is None else target.cpu().numpy()),
+        success=ev.per_image_success.numpy(),
+    )
+    print(f"success {ev.success_rate:.3f} (95% CI {ev.success_ci[0]:.3f}-{ev.success_ci[1]:.3f}) on "
+          f"{len(labels)} images x {ev.n_samples} draws; median pixels touched "
+          f"{float(ev.pixels_touched.float().median()):.0f}; {result.time_s / len(labels):.2f} s per image")
+    return summary
+
+
+def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=200, seed=0, progress=True,
+                         parts=("curves", "widget")):
+    """The sweeps shown in chapter 8 (a few minutes on a 2-core CPU), written to ``out_dir``.
+
+    * ``attacks_curves.json``: success vs budget. Sparse Gaussian attacks over fixed L1 weights
+      (``l1_decay=1``) vs L0-PGD at the matched per-image pixel count and at fixed k; smooth Gaussian attacks
+      over L2 weights vs blurred L2-PGD at the matched L2 norm; the ``variance`` ablation (linear vs none) at
+      the default options.
+    * ``attacks_widget.npz``: for ``n_widget`` digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the
+      clean digit, attack mean, noise std, three draws and the MC success; browsed by
+      :func:`netmoments.widgets.attack_browser_widget`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, images, labels = _load(device, n_curve)
+    gen = lambda: torch.Generator(device=images.device).manual_seed(seed)  # noqa: E731
+    curves = None
+    if "curves" in parts:
+        curves = _curves(model, images, labels, gen, samples, progress)
+        with open(out / "attacks_curves.json", "w") as fh:
+            json.dump(curves, fh, indent=1, default=float)
+    if "widget" in parts:
+        _widget(out, model, images[:n_widget], labels[:n_widget], gen, samples, progress)
+    return curves
+
+
+def _curves(model, images, labels, gen, samples, progress):
+    from ..attacks import evaluate_attack, gaussian_attack, smooth_pgd_attack, sparse_pgd_attack
+
+    curves = dict(n_images=len(labels), samples=samples, sparse=[], smooth=[], variance=[])
+    started = time.perf_counter()
+    for weight in (0.1, 0.3, 1.0, 3.0):
+        res = gaussian_attack(model, images, labels, structure="sparse", l1_weight=weight, l1_decay=1.0,
+                              progress=progress)
+        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
+        k = ev.pixels_touched.clamp_min(1).long().to(images.device)
+        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
+        curves["sparse"].append(dict(l1_weight=weight, l1_decay=1.0, gaussian=ev.summary(),
+                                     l0_pgd_matched=base.summary()))
+    for k in (5, 10, 20, 40, 80):
+        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
+        curves.setdefault("l0_pgd_fixed", []).append(dict(k=k, **base.summary()))
+    for variance in ("linear", "none"):  # the defaults (with the L1 continuation), with and without Var[M]
+        res = gaussian_attack(model, images, labels, structure="sparse", variance=variance, progress=progress)
+        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
+        curves["variance"].append(dict(variance=variance, **ev.summary()))
+    for weight in (0.02, 0.05, 0.2):
+        res = gaussian_attack(model, images, labels, structure="smooth", l2_weight=weight, progress=progress)
+        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
+        eps = float(ev.l2.median())
+        base = evaluate_attack(model, smooth_pgd_attack(model, images, labels, eps=eps), labels)
+        curves["smooth"].append(dict(l2_weight=weight, gaussian=ev.summary(), smooth_pgd=dict(eps=eps,
+                                                                                               **base.summary())))
+    curves["time_s"] = time.perf_counter() - started
+    return curves
+
+
+def _widget(out, model, w_images, w_labels, gen, samples, progress):
+    from ..attacks import evaluate_attack, gaussian_attack
+
+    weights = (0.1, 0.3, 1.0)
+    shifts = (1, 4)
+    means, stds, draws, success = [], [], [], []
+    targets = torch.stack([(w_labels + s) % 10 for s in shifts], 1)  # (n_widget, len(shifts))
+    for t_idx in range(len(shifts)):
+        row_means, row_stds, row_draws, row_succ = [], [], [], []
+        for weight in weights:
+            res = gaussian_attack(model, w_images, w_labels, target=targets[:, t_idx], structure="sparse",
+                                  l1_weight=weight, l1_decay=1.0, progress=progress)
+            ev = evaluate_attack(model, res, w_labels, target=targets[:, t_idx], n_samples=samples, generator=gen())
+            row_means.append(res.mean.cpu())
+            row_stds.append(res.noise_std.cpu())
+            row_draws.append(res.sample(3, generator=gen()).transpose(0, 1).cpu())
+            row_succ.append(ev.per_image_success)
+        means.append(torch.stack(row_means, 1))
+        stds.append(torch.stack(row_stds, 1))
+        draws.append(torch.stack(row_draws, 1))
+        success.append(torch.stack(row_succ, 1))
+    # arrays indexed [image, target, weight, ...]
+    np.savez_compressed(
+        out / "attacks_widget.npz",
+        clean=w_images.cpu().numpy(), labels=w_labels.cpu().numpy(), targets=targets.cpu().numpy(),
+        weights=np.array(weights), mean=torch.stack(means, 1).numpy(),
+        noise_std=torch.stack(stds, 1).numpy(),
+        draws=torch.stack(draws, 1).numpy(),
+        success=torch.stack(success, 1).numpy(),
+    )
+    return curves
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``attack`` subcommand to an argparse ``subparsers`` object."""
+    parser = subparsers.add_parser(
+        "attack",
+        help="Gaussian adversarial attacks (sparse / smooth, targeted / untargeted) on the trained LeNet",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--images", type=int, default=16, help="number of correctly classified test digits")
+    parser.add_argument("--structure", choices=["sparse", "smooth", "sparse+smooth"], default="sparse")
+    parser.add_argument("--target", default="none", help="none (untargeted), random, or a class 0..9")
+    parser.add_argument("--variables", choices=["mean", "noise", "both"], default="both")
+    parser.add_argument("--variance", choices=["none", "linear", "exact", "series", "hybrid"], default="linear")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--l1-weight", type=float, default=None, help="default: the structure's default")
+    parser.add_argument("--samples", type=int, default=500, help="Monte Carlo draws per image for the verdict")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/attack", help="output stem: writes .csv, .json and .npz")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--book-data", default=None, metavar="DIR",
+                        help="regenerate the chapter-8 sweeps into DIR instead of a single attack")
+
+    def handler(args):
+        if args.book_data:
+            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress)
+        else:
+            run_attack(args)
+        return 0
+
+    parser.set_defaults(func=handler)
+    return parser
