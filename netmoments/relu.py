@@ -25,9 +25,17 @@ __all__ = [
 RELU_COVARIANCE_METHODS = ("exact", "series", "hybrid", "zero_mean")
 _CROSS_METHODS = ("exact", "series", "zero_mean")
 _INV_2PI = 1.0 / (2.0 * math.pi)
-# Beyond |h| = 40 every normal tail is below the smallest float64, so clipping standardized means changes no
-# value while keeping h*h finite (an inf there would turn into NaN gradients through discarded branches).
-_H_CLIP = 40.0
+
+
+def _clip_h(h: torch.Tensor) -> torch.Tensor:
+    """Clip standardized means at max_float^(1/4) (1e77 in float64, 1e9 in float32).
+
+    That is far beyond any normal tail, where every phi and Phi factor is exactly 0 or 1, so no value changes
+    and linear terms such as mu_j - rho s_j h_i stay exact; it keeps h*h finite, since an inf there would
+    turn into NaN gradients through branches that torch.where discards.
+    """
+    bound = torch.finfo(h.dtype).max ** 0.25
+    return h.clamp(-bound, bound)
 
 
 def _safe_positive(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +53,7 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 def _relu_moments_std(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E[q] and Var[q] for q = max(z, 0), z ~ N(mean, std^2), std >= 0, mean/std already broadcast."""
     positive, std_safe = _safe_positive(std)
-    h = (mean / std_safe).clamp(-_H_CLIP, _H_CLIP)
+    h = _clip_h(mean / std_safe)
     # Two algebraically equal forms, each free of catastrophic cancellation on its own side of h = 0.
     # For h >= 0 write Phi(h) = 1 - Phi(-h) and expand around the un-rectified moments (mean, std^2).
     # Each branch sees h clamped to its own side so the derivative at h = 0 is the one-sided (true) one.
@@ -117,8 +125,8 @@ def _cross_moment(mi, mj, si, sj, rho, method: str, terms: int) -> torch.Tensor:
     rho = rho.clamp(-1.0, 1.0)
     pos_i, si_safe = _safe_positive(si)
     pos_j, sj_safe = _safe_positive(sj)
-    hi = (mi / si_safe).clamp(-_H_CLIP, _H_CLIP)
-    hj = (mj / sj_safe).clamp(-_H_CLIP, _H_CLIP)
+    hi = _clip_h(mi / si_safe)
+    hj = _clip_h(mj / sj_safe)
     s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
     pos_s, s_safe = _safe_positive(s)
     degenerate_pairs = not bool(pos_s.all())
@@ -176,8 +184,8 @@ class _PairSecondMoment(torch.autograd.Function):
     def _pieces(mi, mj, vi, vj, cij):
         si, sj = vi.sqrt(), vj.sqrt()
         rho = (cij / (si * sj)).clamp(-1.0, 1.0)
-        hi = (mi / si).clamp(-_H_CLIP, _H_CLIP)
-        hj = (mj / sj).clamp(-_H_CLIP, _H_CLIP)
+        hi = _clip_h(mi / si)
+        hj = _clip_h(mj / sj)
         s = _safe_sqrt((1.0 - rho) * (1.0 + rho))
         pos_s, s_safe = _safe_positive(s)
         return si, sj, rho, hi, hj, s, pos_s, s_safe

@@ -285,3 +285,15 @@ def test_relu_covariance_is_a_valid_covariance(seed, m, rank, shift):
     assert (out.diagonal() <= cov.diagonal() * (1 + 1e-12) + 1e-15).all()
     sd = out.diagonal().sqrt()
     assert (out.abs() <= sd[:, None] * sd[None, :] * (1 + 1e-9) + 1e-15).all()
+
+
+@pytest.mark.parametrize("far", [39.0, 41.0, 135.0, -80.0])
+def test_relu_covariance_gradient_exact_when_a_partner_is_far_in_the_tail(far):
+    # Regression: standardized means were once clipped at 40 inside linear terms of the backward pass.
+    mean = t([0.17, far]).requires_grad_()
+    factor = torch.linalg.cholesky(t([[1.0, -0.3], [-0.3, 1.0]])).requires_grad_()
+
+    def fn(mu, f):
+        return nm.relu_covariance(mu, f @ f.T)
+
+    assert torch.autograd.gradcheck(fn, (mean, factor))
