@@ -5,6 +5,7 @@ a failed strict build, an nbval failure on another machine, or a page that needs
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -28,20 +29,16 @@ VOLATILE_SOURCE = re.compile(
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
+def _load_check_book():
+    spec = importlib.util.spec_from_file_location("check_book", ROOT / "scripts" / "check_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _toc_entries() -> list[str]:
-    toc = yaml.safe_load(TOC.read_text(encoding="utf8"))
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            for key in ("sections", "chapters", "parts"):
-                walk(entry.get(key))
-
-    walk(toc.get("parts"))
-    walk(toc.get("chapters"))
-    return files
+    # One TOC walker for the build check and the tests.
+    return _load_check_book().toc_files(TOC)
 
 
 def _resolve(entry: str) -> Path | None:
