@@ -43,20 +43,22 @@ def cross_moment_quad(mi, mj, si, sj, rho):
 
 
 def owens_t_phi2(h, k, rho):
-    """Phi2(h, k; rho) from SciPy's Owen's T (spec section 4), vectorised numpy, finite h and k, |rho| < 1."""
-    from scipy.special import owens_t
+    """Phi2(h, k; rho) from SciPy's Owen's T (spec section 4), vectorised numpy; finite h, k and |rho| < 1.
 
-    h, k, rho = np.broadcast_arrays(np.asarray(h, float), np.asarray(k, float), np.asarray(rho, float))
+    The numerators k - rho h and h - rho k are formed without cancellation near |rho| = 1.
+    """
+    from scipy.special import ndtr, owens_t
+
+    h, k, rho = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (h, k, rho)))
     s = np.sqrt((1 - rho) * (1 + rho))
+    num_h = np.where(rho >= 0, (k - h) + (1 - rho) * h, (k + h) - (1 + rho) * h)  # k - rho h
+    num_k = np.where(rho >= 0, (h - k) + (1 - rho) * k, (h + k) - (1 + rho) * k)  # h - rho k
     with np.errstate(divide="ignore", invalid="ignore"):
-        a_h = np.where(h != 0, (k - rho * h) / (h * s), np.sign(k - rho * h) * np.inf)
-        a_k = np.where(k != 0, (h - rho * k) / (k * s), np.sign(h - rho * k) * np.inf)
-    t_h = np.where(h != 0, owens_t(h, a_h), np.sign(k - rho * h) * 0.25)
-    t_k = np.where(k != 0, owens_t(k, a_k), np.sign(h - rho * k) * 0.25)
+        t_h = np.where(h != 0, owens_t(h, num_h / (h * s)), np.sign(num_h) * 0.25)
+        t_k = np.where(k != 0, owens_t(k, num_k / (k * s)), np.sign(num_k) * 0.25)
     beta = np.where((h * k < 0) | ((h * k == 0) & (h + k < 0)), 0.5, 0.0)
-    out = 0.5 * (stats.norm.cdf(h) + stats.norm.cdf(k)) - t_h - t_k - beta
-    both_zero = (h == 0) & (k == 0)
-    return np.where(both_zero, 0.25 + np.arcsin(rho) / (2 * np.pi), out)
+    out = 0.5 * (ndtr(h) + ndtr(k)) - t_h - t_k - beta
+    return np.where((h == 0) & (k == 0), 0.25 + np.arcsin(rho) / (2 * np.pi), out)
 
 
 def relu_covariance_reference(mean, cov):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 import netmoments.special as sp
+from reference import owens_t_phi2
 from netmoments import (
     bivariate_normal_cdf,
     bivariate_normal_cdf_series,
@@ -33,20 +34,6 @@ def t(x, dtype=torch.float64):
 
 
 # ------------------------------------------------------------------------------------------ references
-def owens_t_phi2(h, k, rho):
-    """Phi2 from Owen's T (spec 4); finite h, k and |rho| < 1. Numerators written without cancellation."""
-    h, k, rho = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (h, k, rho)))
-    s = np.sqrt((1 - rho) * (1 + rho))
-    num_h = np.where(rho >= 0, (k - h) + (1 - rho) * h, (k + h) - (1 + rho) * h)  # k - rho h
-    num_k = np.where(rho >= 0, (h - k) + (1 - rho) * k, (h + k) - (1 + rho) * k)  # h - rho k
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_h = np.where(h != 0, special.owens_t(h, num_h / (h * s)), np.sign(num_h) * 0.25)
-        t_k = np.where(k != 0, special.owens_t(k, num_k / (k * s)), np.sign(num_k) * 0.25)
-    beta = np.where((h * k < 0) | ((h * k == 0) & (h + k < 0)), 0.5, 0.0)
-    out = 0.5 * (special.ndtr(h) + special.ndtr(k)) - t_h - t_k - beta
-    return np.where((h == 0) & (k == 0), 0.25 + np.arcsin(rho) / (2 * np.pi), out)
-
-
 def plackett_quad_phi2(h, k, rho):
     """Phi2 = Phi(h)Phi(k) + (1/2pi) int_0^{asin rho} exp(-(h^2+k^2-2hk sin t)/(2cos^2 t)) dt, adaptive quadrature."""
     f = lambda th: math.exp(-(h * h + k * k - 2 * h * k * math.sin(th)) / (2 * math.cos(th) ** 2))
