@@ -15,15 +15,13 @@ P7  Forward + backward over forward time of the attack objective (one fixed line
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_time, machine, markdown_table, row  # noqa: E402
+from common import best_time, main, row  # noqa: E402
 
 from netmoments.attacks import LinearizedAttackObjective, evaluate_attack, gaussian_attack, sparse_pgd_attack  # noqa: E402
 from netmoments.data import load_mnist  # noqa: E402
@@ -109,21 +107,5 @@ def run(device="cpu", quick=False) -> list[dict]:
     return rows
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's default); on a busy 2-core machine the "
-                             "default can make small convolutions an order of magnitude slower")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    rows = run(args.device, quick=args.quick)
-    print(f"Machine: {machine(args.device)}; device {args.device}; total {time.perf_counter() - started:.0f} s\n")
-    print(markdown_table(rows))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -15,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netmoments as nm  # noqa: E402
-from common import best_time, markdown_table, row, sync  # noqa: E402
+from common import best_time, main, row, sync  # noqa: E402
 
 
 def _network(n, m, p, device, gen):
@@ -164,8 +163,4 @@ def run(device="cpu", quick=False):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true", help="extrapolate the Monte Carlo run from at most 50k draws")
-    args = parser.parse_args()
-    print(markdown_table(run(args.device, args.quick)))
+    main(run, __doc__)

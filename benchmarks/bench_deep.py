@@ -14,7 +14,6 @@ Times are best-of-several wall clock after a warm-up, all measured in this run o
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netmoments as nm  # noqa: E402
-from common import best_time, machine, markdown_table, row, sync  # noqa: E402
+from common import best_time, main, row, sync  # noqa: E402
 from netmoments.data import load_mnist  # noqa: E402
 from netmoments.linearize import prune_inactive_units, two_stage_linearize  # noqa: E402
 from netmoments.models import load_lenet, load_mlp  # noqa: E402
@@ -108,16 +107,5 @@ def run(device="cpu", quick=False) -> list[dict]:
     return rows
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    rows = run(args.device, quick=args.quick)
-    print(f"Machine: {machine(args.device)}; device {args.device}; total {time.perf_counter() - started:.0f} s\n")
-    print(markdown_table(rows))
-
-
 if __name__ == "__main__":
-    main()
+    main(run, __doc__)

@@ -12,7 +12,6 @@ single-threaded): on a shared machine wall-clock ratios with several threads swi
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 import netmoments as nm  # noqa: E402
 from reference import owens_t_phi2  # noqa: E402
-from common import best_time, machine, markdown_table, row  # noqa: E402
+from common import best_time, main, row  # noqa: E402
 
 
 def _best_cpu_time(fn, repeat):
@@ -113,10 +112,4 @@ def run(device="cpu", quick=False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    rows = run(args.device, quick=args.quick)
-    print(f"Machine: {machine(args.device)}; device {args.device}\n")
-    print(markdown_table(rows))
+    main(run, __doc__)

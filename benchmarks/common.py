@@ -51,3 +51,22 @@ def markdown_table(rows) -> str:
     for r in rows:
         lines.append(f"| {r['id']} | {r['what']} | {r['measured']} | {r['target']} | {'yes' if r['ok'] else 'no'} |")
     return "\n".join(lines)
+
+
+def main(run, doc, argv=None) -> None:
+    """The command line every suite shares: ``--device``, ``--quick``, ``--threads``; prints the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (fewer images, draws or repeats)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's default); on a busy 2-core machine the "
+                             "default can make small operations an order of magnitude slower")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    rows = run(args.device, quick=args.quick)
+    print(f"Machine: {machine(args.device)}; device {args.device}; total {time.perf_counter() - started:.0f} s\n")
+    print(markdown_table(rows))
