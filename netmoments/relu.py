@@ -324,7 +324,6 @@ def relu_covariance(
     cov = cov.expand(*batch, m, m)
     std = _safe_sqrt(torch.diagonal(cov, dim1=-2, dim2=-1))
     std_safe = torch.where(std > 0, std, torch.ones_like(std))
-    rho_full = None
 
     if method in ("hybrid", "zero_mean"):
         rho_full = (cov / (std_safe.unsqueeze(-1) * std_safe.unsqueeze(-2))).clamp(-1.0, 1.0)

@@ -217,8 +217,7 @@ def test_relu_covariance_float32_close_to_float64(gen):
 
 
 def test_relu_covariance_gradcheck_and_finite_at_degenerate_units(gen):
-    mean, cov = _layer(gen, m=4, n=3)
-    root = torch.linalg.cholesky(cov[[0, 3]][:, [0, 3]])
+    mean, _ = _layer(gen, m=4, n=3)
     mean = mean.requires_grad_()
     # full-rank random case for gradcheck (through a covariance factor so perturbations stay PSD)
     factor = torch.randn(4, 4, generator=gen, **f64).requires_grad_()
@@ -233,7 +232,6 @@ def test_relu_covariance_gradcheck_and_finite_at_degenerate_units(gen):
     mean2 = mean2.requires_grad_()
     nm.relu_covariance(mean2, cov2).sum().backward()
     assert torch.isfinite(cov2.grad).all() and torch.isfinite(mean2.grad).all()
-    assert root.shape == (2, 2)
 
 
 # ---------------------------------------------------------------- bad input
