@@ -230,132 +230,142 @@ def _structured_supported(part: nn.Sequential, shape: Sequence[int]) -> bool:
 class _Patches:
     """The Jacobian of a feature map ``(Bt, C, H, W)`` w.r.t. an input image ``(Cin, Hin, Win)``, as local windows.
 
-    ``values (Bt, C, H, W, Cin, K0, K1)``; the window of unit ``(c, h, w)`` starts at input pixel
-    ``(h * stride[0] + offset[0], w * stride[1] + offset[1])`` (offsets may be negative: zero padding).
+    ``values (K0, K1, Cin, Bt, C, H, W)``: entry ``[ky, kx, ci, b, c, h, w]`` is the derivative of unit
+    ``(c, h, w)`` of item ``b`` w.r.t. input pixel ``(ci, h * stride[0] + offset[0] + ky, w * stride[1] +
+    offset[1] + kx)`` (offsets may be negative: zero padding). The window indices come first so that placing a
+    window at an offset inside a larger one is a slice of the leading dimensions, with whole feature maps as
+    contiguous rows (strided writes of a few floats each cost several times the arithmetic).
     """
 
     def __init__(self, values, stride, offset):
         self.values, self.stride, self.offset = values, stride, offset
 
+    @classmethod
+    def identity(cls, batch: int, shape, dtype, device) -> "_Patches":
+        C, H, W = shape
+        eye = torch.eye(C, dtype=dtype, device=device).view(1, 1, C, 1, C, 1, 1)
+        return cls(eye.expand(1, 1, C, batch, C, H, W), (1, 1), (0, 0))
+
     @property
     def window(self) -> tuple[int, int]:
-        return self.values.shape[-2], self.values.shape[-1]
+        return self.values.shape[0], self.values.shape[1]
 
-    def _shifted_sum(self, taps, kernel, stride, padding, out_hw):
-        """Sum over kernel taps ``(a, b)`` of ``taps(a, b, gathered)`` placed at offset ``(a, b) * S`` in the window.
+    def _grown(self, kernel, stride, padding) -> tuple[torch.Tensor, tuple, tuple]:
+        """A zero window grown by a ``kernel`` of taps, and the new geometry (stride, offset)."""
+        (k0, k1), (S0, S1), (K0, K1) = kernel, self.stride, self.window
+        geometry = ((stride[0] * S0, stride[1] * S1), (self.offset[0] - padding[0] * S0, self.offset[1] - padding[1] * S1))
+        return (K0 + (k0 - 1) * S0, K1 + (k1 - 1) * S1), geometry
 
-        ``gathered`` is this map read at ``h = ho * s - p + a`` for every output row ``ho`` that hits the map.
+    def _shifted_sum(self, taps, kernel, stride, padding, out_hw, channels):
+        """Sum over kernel taps ``(a, b)`` of ``taps(a, b, src)`` placed at offset ``(a * S0, b * S1)``.
+
+        ``src (K0, K1, Cin, Bt, C, Ho, Wo)`` is this map read at rows ``ho * s - p + a`` (zero outside the map).
         """
         (k0, k1), (s0, s1), (p0, p1) = kernel, stride, padding
         (S0, S1), (K0, K1) = self.stride, self.window
-        H, W = self.values.shape[2:4]
         Ho, Wo = out_hw
-        out = None
+        padded = nn.functional.pad(self.values, (p1, p1, p0, p0)) if (p0 or p1) else self.values
+        size, geometry = self._grown(kernel, stride, padding)
+        out = padded.new_zeros(*size, *padded.shape[2:4], channels, Ho, Wo)
         for a in range(k0):
-            lo0, hi0 = _tap_range(Ho, H, s0, p0, a)
             for b in range(k1):
-                lo1, hi1 = _tap_range(Wo, W, s1, p1, b)
-                if lo0 >= hi0 or lo1 >= hi1:
-                    continue
-                src = self.values[:, :, lo0 * s0 - p0 + a : (hi0 - 1) * s0 - p0 + a + 1 : s0,
-                                  lo1 * s1 - p1 + b : (hi1 - 1) * s1 - p1 + b + 1 : s1]
-                contrib = taps(a, b, src)
-                if out is None:
-                    out = contrib.new_zeros(*contrib.shape[:2], Ho, Wo, contrib.shape[4],
-                                            K0 + (k0 - 1) * S0, K1 + (k1 - 1) * S1)
-                out[:, :, lo0:hi0, lo1:hi1, :, a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += contrib
-        new_offset = (self.offset[0] - p0 * S0, self.offset[1] - p1 * S1)
-        return _Patches(out, (s0 * S0, s1 * S1), new_offset)
+                src = padded[..., a : a + s0 * (Ho - 1) + 1 : s0, b : b + s1 * (Wo - 1) + 1 : s1]
+                out[a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += taps(a, b, src)
+        return _Patches(out, *geometry)
 
     def conv(self, layer: nn.Conv2d, out_hw) -> "_Patches":
         weight = layer.weight
-        Bt, C = self.values.shape[:2]
 
         def taps(a, b, src):
-            flat = src.reshape(Bt, C, -1)
-            return (weight[:, :, a, b] @ flat).reshape(Bt, weight.shape[0], *src.shape[2:])
+            lead, (C, Ho, Wo) = src.shape[:4], src.shape[4:]
+            return (weight[:, :, a, b] @ src.reshape(-1, C, Ho * Wo)).view(*lead, -1, Ho, Wo)
 
-        return self._shifted_sum(taps, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), out_hw)
+        return self._shifted_sum(taps, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), out_hw,
+                                 weight.shape[0])
 
     def avg_pool(self, layer: nn.AvgPool2d, out_hw) -> "_Patches":
         kernel = _pair(layer.kernel_size)
         scale = 1.0 / (kernel[0] * kernel[1])
         stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
-        return self._shifted_sum(lambda a, b, src: src * scale, kernel, stride, _pair(layer.padding), out_hw)
+        return self._shifted_sum(lambda a, b, src: src * scale, kernel, stride, _pair(layer.padding), out_hw,
+                                 self.values.shape[4])
 
     def max_pool(self, layer: nn.MaxPool2d, indices: torch.Tensor) -> "_Patches":
         """``indices (Bt, C, Ho, Wo)``: flat ``h * W + w`` of each window's chosen input (as max_pool2d returns)."""
-        (k0, k1) = _pair(layer.kernel_size)
+        kernel = _pair(layer.kernel_size)
         (s0, s1) = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
         (p0, p1) = _pair(layer.padding)
-        Bt, C, H, W = self.values.shape[:4]
+        H, W = self.values.shape[-2:]
         Ho, Wo = indices.shape[-2:]
         (S0, S1), (K0, K1) = self.stride, self.window
-        rest = self.values.shape[4:]
-        flat = self.values.reshape(Bt, C, H * W, -1)
-        chosen = flat.gather(2, indices.reshape(Bt, C, Ho * Wo, 1).expand(-1, -1, -1, flat.shape[-1]))
-        chosen = chosen.reshape(Bt, C, Ho, Wo, *rest)
+        lead = self.values.shape[:5]
+        flat = self.values.reshape(*lead, H * W)
+        chosen = flat.gather(-1, indices.reshape(1, 1, 1, *indices.shape[:2], Ho * Wo).expand(*lead, -1))
+        chosen = chosen.view(*lead, Ho, Wo)
         rows = torch.arange(Ho, device=indices.device).view(-1, 1) * s0 - p0
         cols = torch.arange(Wo, device=indices.device).view(1, -1) * s1 - p1
         tap0, tap1 = indices // W - rows, indices % W - cols  # which tap of its window each unit chose
-        out = chosen.new_zeros(Bt, C, Ho, Wo, rest[0], K0 + (k0 - 1) * S0, K1 + (k1 - 1) * S1)
-        for a in range(k0):
-            for b in range(k1):
-                hit = ((tap0 == a) & (tap1 == b)).to(chosen.dtype).view(Bt, C, Ho, Wo, 1, 1, 1)
-                out[..., a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += chosen * hit
-        new_offset = (self.offset[0] - p0 * S0, self.offset[1] - p1 * S1)
-        return _Patches(out, (s0 * S0, s1 * S1), new_offset)
+        size, geometry = self._grown(kernel, (s0, s1), (p0, p1))
+        out = chosen.new_zeros(*size, *lead[2:], Ho, Wo)
+        for a in range(kernel[0]):
+            for b in range(kernel[1]):
+                hit = ((tap0 == a) & (tap1 == b)).to(chosen.dtype)
+                out[a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += chosen * hit
+        return _Patches(out, *geometry)
 
     def mask(self, on: torch.Tensor) -> "_Patches":
-        return _Patches(self.values * on.to(self.values.dtype)[..., None, None, None], self.stride, self.offset)
+        return _Patches(self.values * on.to(self.values.dtype), self.stride, self.offset)
 
-    def linear(self, weight: torch.Tensor, in_shape) -> torch.Tensor:
+    def linear(self, weight: torch.Tensor, in_shape, weight_t: torch.Tensor | None = None) -> torch.Tensor:
         """``weight (O, C * H * W) @ dense Jacobian`` as a dense ``(Bt, O, n)``: one GEMM per spatial position.
 
-        Each position's block ``(O, C) @ (C, window)`` is added onto a canvas that covers every window; the canvas
+        Each position's block ``(window, C) @ (C, O)`` is added onto a canvas that covers every window; the canvas
         is then cropped to the image (the parts outside are zero padding). This costs ``O * C * H * W * window``
         multiply-adds, less than the dense product ``O * C * H * W * n`` whenever windows are smaller than images.
         """
-        Bt, C, H, W, Cin, K0, K1 = self.values.shape
+        K0, K1, Cin, Bt, C, H, W = self.values.shape
         out_features = weight.shape[0]
         (S0, S1), (O0, O1) = self.stride, self.offset
         size0, size1 = (H - 1) * S0 + K0, (W - 1) * S1 + K1
-        canvas = self.values.new_zeros(Bt, out_features, Cin, size0, size1)
-        w = weight.reshape(out_features, C, H, W)
+        by_position = self.values.permute(5, 6, 0, 1, 2, 3, 4).reshape(H, W, -1, C)
+        if weight_t is None:
+            weight_t = _weight_by_position(weight, (C, H, W))
+        canvas = self.values.new_zeros(size0, size1, Cin, Bt, out_features)
         for h in range(H):
             for v in range(W):
-                block = w[:, :, h, v] @ self.values[:, :, h, v].reshape(Bt, C, -1)
-                canvas[..., h * S0 : h * S0 + K0, v * S1 : v * S1 + K1] += block.view(Bt, out_features, Cin, K0, K1)
+                block = (by_position[h, v] @ weight_t[h, v]).view(K0, K1, Cin, Bt, out_features)
+                canvas[h * S0 : h * S0 + K0, v * S1 : v * S1 + K1] += block
         (r0, r1), (w0, w1) = _clip_window(O0, size0, in_shape[1])
         (c0, c1), (u0, u1) = _clip_window(O1, size1, in_shape[2])
         out = self.values.new_zeros(Bt, out_features, *in_shape)
-        out[..., r0:r1, c0:c1] = canvas[..., w0:w1, u0:u1]
+        out[..., r0:r1, c0:c1] = canvas[w0:w1, u0:u1].permute(3, 4, 2, 0, 1)
         return out.reshape(Bt, out_features, -1)
 
     def dense(self, in_shape) -> torch.Tensor:
         """The dense Jacobian ``(Bt, C * H * W, n)``."""
-        Bt, C, H, W, Cin, K0, K1 = self.values.shape
-        out = self.values.new_zeros(Bt, C, H, W, *in_shape)
-        for h in range(H):
-            (r0, r1), (w0, w1) = _clip_window(h * self.stride[0] + self.offset[0], K0, in_shape[1])
-            for v in range(W):
-                (c0, c1), (u0, u1) = _clip_window(v * self.stride[1] + self.offset[1], K1, in_shape[2])
-                if r1 > r0 and c1 > c0:
-                    out[:, :, h, v, :, r0:r1, c0:c1] = self.values[:, :, h, v, :, w0:w1, u0:u1]
-        return out.reshape(Bt, C * H * W, -1)
+        K0, K1, Cin, Bt, C, H, W = self.values.shape
+        Hin, Win = in_shape[1:]
+        device = self.values.device
+        rows = (torch.arange(H, device=device) * self.stride[0] + self.offset[0]).view(H, 1) + torch.arange(K0, device=device)
+        cols = (torch.arange(W, device=device) * self.stride[1] + self.offset[1]).view(W, 1) + torch.arange(K1, device=device)
+        r, c = rows.view(H, 1, K0, 1), cols.view(1, W, 1, K1)
+        inside = (r >= 0) & (r < Hin) & (c >= 0) & (c < Win)
+        pixel = torch.where(inside, r * Win + c, Hin * Win)  # (H, W, K0, K1); outside -> a spare column
+        src = self.values.permute(3, 4, 5, 6, 2, 0, 1).reshape(Bt, C, H, W, Cin, K0 * K1)
+        index = pixel.view(1, 1, H, W, 1, K0 * K1).expand_as(src)
+        out = src.new_zeros(Bt, C, H, W, Cin, Hin * Win + 1).scatter_(-1, index, src)
+        return out[..., :-1].reshape(Bt, C * H * W, -1)
+
+
+def _weight_by_position(weight: torch.Tensor, shape) -> torch.Tensor:
+    """A Linear weight ``(O, C * H * W)`` read on a ``(C, H, W)`` map, as ``(H, W, C, O)`` blocks."""
+    return weight.reshape(weight.shape[0], *shape).permute(2, 3, 1, 0).contiguous()
 
 
 def _clip_window(start: int, size: int, full: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(input range, window range) of a window ``[start, start + size)`` clipped to ``[0, full)``."""
     lo, hi = max(start, 0), min(start + size, full)
     return (lo, hi), (lo - start, hi - start)
-
-
-def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tuple[int, int]:
-    """Output rows ``[lo, hi)`` whose tap ``tap`` reads an input row inside ``0..n_in-1`` (``ho*s - p + tap``)."""
-    lo = max(0, -(-(padding - tap) // stride))
-    hi = min(n_out, (n_in - 1 + padding - tap) // stride + 1)
-    return lo, max(lo, hi)
 
 
 @torch.no_grad()
@@ -375,19 +385,21 @@ def _forward_pattern(part: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor
     return x, pattern
 
 
-def _structured_jacobian(part: nn.Sequential, points: torch.Tensor, shape, pattern) -> torch.Tensor:
+def _structured_jacobian(part: nn.Sequential, points: torch.Tensor, shape, pattern, prepared=None) -> torch.Tensor:
     """Jacobian ``(Bt, m, n)`` of ``part`` at the points whose per-layer ``pattern`` is given (see _forward_pattern).
 
     Returns ``None`` for an empty part (the identity). A part with no conv layer never forms an identity matrix:
-    its first Linear's weight is the Jacobian so far.
+    its first Linear's weight is the Jacobian so far. ``prepared`` (a dict) keeps rearranged weights between
+    calls on chunks of the same batch.
     """
+    prepared = {} if prepared is None else prepared
     Bt = points.shape[0]
     state = None  # None: identity so far; _Patches; or a dense (Bt or 1, m, n) tensor
     spatial = tuple(shape)
     for layer, pat in zip(part, pattern):
         if isinstance(layer, (nn.Identity, nn.Flatten)):
             if isinstance(layer, nn.Flatten):
-                spatial = (math.prod(spatial),)
+                spatial_before_flatten, spatial = spatial, (math.prod(spatial),)
             continue
         if isinstance(layer, nn.ReLU):
             on = pat.reshape(Bt, *spatial)
@@ -403,16 +415,17 @@ def _structured_jacobian(part: nn.Sequential, points: torch.Tensor, shape, patte
             if state is None:
                 state = weight.unsqueeze(0)
             elif isinstance(state, _Patches):
-                state = state.linear(weight, shape)
+                key = ("by_position", id(layer))
+                if key not in prepared:
+                    prepared[key] = _weight_by_position(weight, spatial_before_flatten)
+                state = state.linear(weight, shape, prepared[key])
             else:
                 state = weight @ state
             spatial = (weight.shape[0],)
             continue
         # spatial layers: start from the identity as 1x1 windows, one per input pixel and channel
         if state is None:
-            C, H, W = spatial
-            eye = torch.eye(C, dtype=points.dtype, device=points.device).view(1, C, 1, 1, C, 1, 1)
-            state = _Patches(eye.expand(Bt, C, H, W, C, 1, 1), (1, 1), (0, 0))
+            state = _Patches.identity(Bt, spatial, points.dtype, points.device)
         if isinstance(layer, nn.MaxPool2d):
             state = state.max_pool(layer, pat)
             spatial = (spatial[0], *pat.shape[-2:])
@@ -476,7 +489,8 @@ class TwoStageLinearization:
         dtype: computation dtype (default ``points.dtype``).
         method: how the dense ``A`` (and ``B``) are formed: ``"structured"`` (layer by layer with locality),
             ``"autograd"`` (torch.func Jacobians) or ``"auto"`` (structured when every layer allows it).
-        chunk_size: points per dense-Jacobian pass (bounds memory).
+        chunk_size: points per dense-Jacobian pass (bounds memory); ``None``: one point at a time for the
+            structured method on a CPU (cache-friendly), the whole batch on a GPU, 16 for the autograd method.
 
     Attributes:
         points ``(Bt, n)``; pre ``(Bt, m)`` (the kept ReLU's input at the points); c1 ``(Bt, m)``;
@@ -484,7 +498,7 @@ class TwoStageLinearization:
     """
 
     def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, method: str = "auto",
-                 chunk_size: int | None = 16, mode: str = "auto"):
+                 chunk_size: int | None = None, mode: str = "auto"):
         _check_method(method)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -646,14 +660,21 @@ def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto
         first = [p[:1] if p is not None else None for p in pattern]
         return _dense_jacobian(part, points[:1], shape, first, method, chunk_size, mode).expand(Bt, -1, -1)
     if method == "autograd":
-        return batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size)[1].detach()
-    step = Bt if chunk_size is None else chunk_size
-    chunks = []
-    for start in range(0, Bt, step):
-        sub = [p[start : start + step] if p is not None else None for p in pattern]
-        with torch.no_grad():
-            chunks.append(_structured_jacobian(part, points[start : start + step], shape, sub))
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size or 16)[1].detach()
+    # On a CPU one point at a time keeps the windows of a layer in cache (a batch of 16 LeNet points would
+    # stream ~150 MB per layer through memory); a GPU wants the whole batch at once.
+    step = chunk_size or (Bt if points.device.type == "cuda" else 1)
+    prepared, out = {}, None
+    with torch.no_grad():
+        for start in range(0, Bt, step):
+            sub = [p[start : start + step] if p is not None else None for p in pattern]
+            jac = _structured_jacobian(part, points[start : start + step], shape, sub, prepared)
+            if step >= Bt:
+                return jac
+            if out is None:
+                out = jac.new_empty(Bt, *jac.shape[1:])
+            out[start : start + step] = jac
+    return out
 
 
 def affine_linearize(
@@ -664,7 +685,7 @@ def affine_linearize(
     dtype: torch.dtype | None = None,
     method: str = "auto",
     mode: str = "auto",
-    chunk_size: int | None = 16,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order Taylor expansion of the whole network at ``point``: ``model(x) ~ W x + b`` (x flattened).
 
@@ -676,7 +697,7 @@ def affine_linearize(
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
         method: ``"structured"`` (layer by layer with locality), ``"autograd"`` (torch.func) or ``"auto"``.
-        mode, chunk_size: see :func:`batched_jacobian` (``mode`` applies to the autograd method).
+        mode, chunk_size: see :func:`two_stage_linearize` (``mode`` applies to the autograd method).
 
     Returns:
         ``W (p, n)``, ``b (p,)`` for one point; ``W (B, p, n)``, ``b (B, p)`` for a batch; on ``point``'s device.
@@ -704,7 +725,7 @@ def two_stage_linearize(
     dtype: torch.dtype | None = None,
     method: str = "auto",
     mode: str = "auto",
-    chunk_size: int | None = 16,
+    chunk_size: int | None = None,
 ) -> AffineReLUAffine:
     """Two-stage linearization: ``model(x) ~ B relu(A x + c1) + c2`` around ``point`` (x flattened).
 
@@ -726,7 +747,7 @@ def two_stage_linearize(
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
         method: ``"auto"``, ``"structured"`` or ``"autograd"`` (see above).
         mode: Jacobian mode of the autograd method (``"auto"`` picks forward or reverse by the smaller dimension).
-        chunk_size: points per Jacobian pass (bounds memory).
+        chunk_size: points per Jacobian pass (bounds memory); ``None`` picks a good size for the method and device.
 
     Returns:
         :class:`netmoments.AffineReLUAffine` with ``A (m, n)``, ``c1 (m,)``, ``B (p, m)``, ``c2 (p,)``, or with a
