@@ -528,8 +528,19 @@ class TwoStageLinearization:
         return (jac if jac.stride(0) == 0 else jac.contiguous()), bias
 
     # -- matrix-free products -----------------------------------------------------------------------------------
+    def _check_vectors(self, name: str, x, size: int) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        Bt = self.points.shape[0]
+        if x.dim() not in (2, 3) or x.shape[0] != Bt or x.shape[-1] != size:
+            raise ValueError(f"{name} must have shape ({Bt}, {size}) or ({Bt}, k, {size}), got {tuple(x.shape)}")
+        if x.dtype != self.points.dtype or x.device != self.points.device:
+            raise TypeError(f"{name} must be {self.points.dtype} on {self.points.device} like the linearization's "
+                            f"points, got {x.dtype} on {x.device}")
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``A @ v``: ``v (Bt, n)`` -> ``(Bt, m)``, or ``(Bt, k, n)`` -> ``(Bt, k, m)``."""
+        self._check_vectors("v", v, self.points.shape[-1])
         single = v.dim() == 2
         with torch.no_grad():
             out = _linear_apply(self.before, self._pattern, v.unsqueeze(1) if single else v, self.input_shape)
@@ -537,6 +548,7 @@ class TwoStageLinearization:
 
     def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
         """``A^T @ u``: ``u (Bt, m)`` -> ``(Bt, n)``, or ``(Bt, k, m)`` -> ``(Bt, k, n)``."""
+        self._check_vectors("u", u, self.pre.shape[-1])
         single = u.dim() == 2
         u = u.unsqueeze(1) if single else u
         with torch.enable_grad():
@@ -566,6 +578,10 @@ class TwoStageLinearization:
         With ``weights = Phi(mu_h / sd_h)`` this is the Jacobian of the output mean, and ``M Sigma M^T`` the
         linearized output covariance.
         """
+        self._check_vectors("weights", weights, self.pre.shape[-1])
+        if weights.dim() != 2:
+            raise ValueError(f"weights must have shape ({self.points.shape[0]}, {self.pre.shape[-1]}), "
+                             f"got {tuple(weights.shape)}")
         return self.rmatvec(self.B * weights.unsqueeze(-2))
 
     # -- dense views --------------------------------------------------------------------------------------------

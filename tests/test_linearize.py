@@ -312,6 +312,12 @@ def test_matrix_free_products_match_the_dense_matrix(gen):
         lin.columns(torch.tensor([n]))
     with pytest.raises(TypeError, match="index"):
         lin.columns(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="v must have shape"):
+        lin.matvec(torch.zeros(2, n, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float64"):
+        lin.rmatvec(torch.zeros(3, m))
+    with pytest.raises(ValueError, match="weights"):
+        lin.weighted_output_map(torch.zeros(3, 2, m, dtype=torch.float64))
 
 
 def test_update_recomputes_only_points_whose_region_changed(lenet64, digits, gen):
