@@ -60,3 +60,28 @@ def cross_moment(mean_i, mean_j, std_i, std_j, rho):
 def zero_mean_cross_moment(std_i, std_j, rho):
     """NM18's zero-mean ``E[relu(x_i) relu(x_j)] = std_i std_j c(rho)`` (package kernel)."""
     return std_i * std_j * nm.zero_mean_relu_kernel(rho)
+
+
+def cross_wrong_answers(mean_i, mean_j, std_i, std_j, rho) -> dict[str, torch.Tensor]:
+    """Typical wrong general-mean ``E[relu(x_i) relu(x_j)]`` (see :func:`cross_moment` for the right one)."""
+
+    def formula(mi, mj, si, sj, r, flip=1.0, drop_last=False, drop_mixed=False, h_scale=None):
+        hi = mi / (h_scale(si) if h_scale else si)
+        hj = mj / (h_scale(sj) if h_scale else sj)
+        s = torch.sqrt((1 - r) * (1 + r))
+        phi2 = nm.bivariate_normal_cdf(hi, hj, flip * r)
+        value = (mi * mj + r * si * sj) * phi2 + mj * si * _pdf(hi) * torch.special.ndtr((hj - r * hi) / s)
+        if not drop_mixed:
+            value = value + mi * sj * _pdf(hj) * torch.special.ndtr((hi - r * hj) / s)
+        if not drop_last:
+            value = value + si * sj * s * _pdf(hi) * _pdf((hj - r * hi) / s)
+        return value
+
+    args = (mean_i, mean_j, std_i, std_j, rho)
+    return {
+        "flipped_rho": formula(*args, flip=-1.0),
+        "dropped_last_term": formula(*args, drop_last=True),
+        "dropped_mixed_term": formula(*args, drop_mixed=True),
+        "variance_as_std": formula(*args, h_scale=lambda s: s * s),
+        "zero_mean_everywhere": zero_mean_cross_moment(std_i, std_j, rho),
+    }
