@@ -3,8 +3,8 @@
     .venv/bin/python course/authoring/build.py [a1 ...]     # then execute the notebooks (see the Makefile)
 
 Cell headers (one per cell):
-    # %% [markdown]                       locked markdown
-    # %% [code] tags=a,b                  ordinary code (read-only for grading)
+    # %% [markdown]                       markdown
+    # %% [code] tags=a,b                  ordinary code
     # %% [solution] id=NAME               student's blank: the part between ### BEGIN/END SOLUTION is removed
     # %% [tests] id=NAME points=P         graded test cell (visible tests; ### BEGIN/END HIDDEN TESTS removed)
 Every cell that can raise in the student version (tests, and code that calls a blank) gets the
@@ -67,9 +67,8 @@ def build(script: Path) -> Path:
         elif kind == "solution":
             cell.metadata["nbgrader"] = {"grade": False, "solution": True, "locked": False, "task": False,
                                          "grade_id": opts["id"], "schema_version": 3}
-        else:
-            cell.metadata["nbgrader"] = {"grade": False, "solution": False, "locked": True, "task": False,
-                                         "grade_id": f"cell_{i:02d}", "schema_version": 3}
+        # Other cells carry no nbgrader metadata: students may edit or delete them (grading only needs the
+        # solution cells and the graded test cells, which nbgrader restores from its database).
         if tags:
             cell.metadata["tags"] = sorted(set(tags))
         nb.cells.append(cell)

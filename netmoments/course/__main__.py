@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("submissions", type=Path)
     p.add_argument("--csv", type=Path, required=True, help="where to write the scores")
     p.add_argument("--timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT)
+    p.add_argument("--jobs", type=int, default=1, help="assignments graded in parallel")
     args = parser.parse_args(argv)
 
     if args.command == "release":
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         print(f"no submissions found under {args.submissions} (expected DIR/<student>/<assignment>.ipynb)",
               file=sys.stderr)
         return 1
-    reports = grading.grade_submissions(submissions, cell_timeout=args.timeout)
+    reports = grading.grade_submissions(submissions, cell_timeout=args.timeout, jobs=args.jobs)
     grading.write_csv(reports, args.csv)
     for student in sorted(reports):
         for name, report in sorted(reports[student].items()):

@@ -183,11 +183,25 @@ def _report_from_autograded(assignment: str, notebook: Path | None, cell_timeout
             meta = cell.metadata.get("nbgrader", {})
             if meta.get("grade"):
                 executed[meta["grade_id"]] = cell
+    notes = [error] if error else []
+    if notebook is not None and notebook.exists():
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or cell.metadata.get("nbgrader", {}).get("grade"):
+                continue
+            for out in cell.get("outputs", []):
+                if out.get("output_type") != "error":
+                    continue
+                if out.get("ename") in ("KeyboardInterrupt", "CellTimeoutError"):
+                    notes.append(f"code cell {index} ran longer than {cell_timeout:g} s and was stopped")
+                else:
+                    notes.append(f"code cell {index} raised {out.get('ename')}: {out.get('evalue', '')}"[:300])
+    error = "; ".join(notes)
     questions = []
     for grade_id, points in expected:
         cell = executed.get(grade_id)
         if cell is None:
-            questions.append(QuestionResult(grade_id, 0.0, points, error or "this graded cell was not found"))
+            questions.append(QuestionResult(grade_id, 0.0, points, notes[0] if notes else
+                                            "this graded cell was not found in the submission"))
             continue
         cell.metadata.nbgrader["points"] = points  # trust the source, not the submission
         score, _ = determine_grade(cell)
@@ -195,43 +209,58 @@ def _report_from_autograded(assignment: str, notebook: Path | None, cell_timeout
     return Report(assignment, sum(q.score for q in questions), sum(q.max_score for q in questions), questions, error)
 
 
+def _autograde_one(name: str, students: dict[str, Path], root: Path, cell_timeout: float,
+                   total_timeout: float | None) -> dict[str, Report]:
+    """Autograde every student's notebook of one assignment in the course directory ``root``."""
+    make_course_dir(root, [name])
+    for student, notebook in students.items():
+        dest = root / "submitted" / student / name
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(notebook, dest / f"{name}.ipynb")
+    limit = total_timeout or (60 + 20 * cell_timeout * len(students))
+    error = ""
+    try:
+        done = _nbgrader(root, "autograde", name, "--force", "--Autograde.create_student=True",
+                         f"--Execute.timeout={int(cell_timeout)}", timeout=limit)
+        if done.returncode != 0:
+            error = "the grader reported a problem (did the kernel die?): " + (done.stderr or done.stdout)[-1500:]
+    except subprocess.TimeoutExpired:
+        error = f"grading was stopped after {limit:g} s (the notebook hangs or is far too slow)"
+    reports = {}
+    for student in students:
+        graded = root / "autograded" / student / name / f"{name}.ipynb"
+        found = graded.exists()
+        reports[student] = _report_from_autograded(name, graded if found else None, cell_timeout,
+                                                   "" if found else (error or "the notebook could not be executed"))
+    return reports
+
+
 def grade_submissions(
     submissions: dict[str, dict[str, Path]],
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
     total_timeout: float | None = None,
-    workdir: Path | None = None,
+    jobs: int = 1,
 ) -> dict[str, dict[str, Report]]:
     """Autograde ``{student: {assignment: notebook_path}}``; returns ``{student: {assignment: Report}}``.
 
-    One nbgrader course directory, one ``nbgrader autograde`` run per assignment (each notebook in a fresh
-    kernel with the hidden tests restored from the gradebook). ``total_timeout`` bounds each autograde run
-    (default: ``cell_timeout`` times 20 per notebook plus a minute).
+    One nbgrader course directory and one ``nbgrader autograde`` run per assignment (every notebook in a fresh
+    kernel, with the hidden tests restored from the gradebook); ``jobs`` assignments are graded at a time.
+    ``total_timeout`` bounds each autograde run (default: 60 s plus 20 cell timeouts per notebook).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     assignments = sorted({a for per in submissions.values() for a in per})
     reports: dict[str, dict[str, Report]] = {s: {} for s in submissions}
-    with tempfile.TemporaryDirectory(prefix="netmoments-grade-") as tmp:
-        root = Path(workdir) if workdir is not None else Path(tmp)
-        make_course_dir(root, assignments)
-        for name in assignments:
-            students = [s for s in submissions if name in submissions[s]]
-            for student in students:
-                dest = root / "submitted" / student / name
-                dest.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(submissions[student][name], dest / f"{name}.ipynb")
-            limit = total_timeout or (60 + 20 * cell_timeout * len(students))
-            error = ""
-            try:
-                done = _nbgrader(root, "autograde", name, "--force", "--Autograde.create_student=True",
-                                 f"--Execute.timeout={int(cell_timeout)}", timeout=limit)
-                if done.returncode != 0:
-                    error = "the grader reported a problem: " + (done.stderr or done.stdout)[-2000:]
-            except subprocess.TimeoutExpired:
-                error = f"grading was stopped after {limit:g} s (the notebook hangs or is far too slow)"
-            for student in students:
-                graded = root / "autograded" / student / name / f"{name}.ipynb"
-                reports[student][name] = _report_from_autograded(
-                    name, graded if graded.exists() else None, cell_timeout,
-                    error if not graded.exists() else "")
+    with tempfile.TemporaryDirectory(prefix="netmoments-grade-") as tmp, \
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {
+            name: pool.submit(_autograde_one, name, {s: per[name] for s, per in submissions.items() if name in per},
+                              Path(tmp) / name, cell_timeout, total_timeout)
+            for name in assignments
+        }
+        for name, future in futures.items():
+            for student, report in future.result().items():
+                reports[student][name] = report
     return reports
 
 
