@@ -41,6 +41,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     reports = grading.grade_submissions(submissions, cell_timeout=args.timeout, jobs=args.jobs)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
     grading.write_csv(reports, args.csv)
     for student in sorted(reports):
         for name, report in sorted(reports[student].items()):

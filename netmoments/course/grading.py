@@ -294,7 +294,10 @@ def find_submissions(directory: Path) -> dict[str, dict[str, Path]]:
 
 
 def write_csv(reports: dict[str, dict[str, Report]], path) -> None:
-    """One row per (student, assignment, question), plus one ``total`` row per (student, assignment)."""
+    """One row per (student, assignment, question), plus one ``total`` row per (student, assignment).
+
+    Feedback lines are joined with `` | `` so that every row is one line.
+    """
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["student", "assignment", "question", "score", "max_score", "feedback"])
@@ -302,6 +305,5 @@ def write_csv(reports: dict[str, dict[str, Report]], path) -> None:
             for name in sorted(reports[student]):
                 report = reports[student][name]
                 for q in report.questions:
-                    writer.writerow([student, name, q.name, q.score, q.max_score, q.feedback.splitlines()[0:1] and
-                                     q.feedback.splitlines()[0] or ""])
+                    writer.writerow([student, name, q.name, q.score, q.max_score, " | ".join(q.feedback.splitlines())])
                 writer.writerow([student, name, "total", report.score, report.max_score, report.error])

@@ -1,17 +1,13 @@
-"""Grading correctness of the course assignments (netmoments.course, nbgrader).
+"""The catalogue of typical wrong answers, and the feedback the graded cells give each of them.
 
-Every submission below is graded by the real tool chain (nbgrader autograde in a fresh kernel, hidden tests
-restored from its gradebook): the reference solutions must get full marks, and each typical wrong answer,
-made by a small edit of a reference solution, must lose marks on the right question with feedback that names
-the mistake. All notebooks are graded in one module fixture (one autograde run per assignment, two at a time).
+Each wrong answer is a small edit of a reference solution. Its notebook (hidden tests included) runs in this
+process, one namespace per submission: the question named in the catalogue must fail (nbgrader scores a
+failing graded cell 0) with a message that names the mistake, and the reference solutions must pass every
+graded cell. ``test_course_grading.py`` runs a sample of the same submissions through nbgrader itself.
 """
 from __future__ import annotations
 
-import csv
-import json
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import pytest
 
@@ -169,25 +165,33 @@ def _edited(assignment: str, cell_id: str, edits, drop_explore: bool = True) -> 
     return nb
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Reports for the reference solutions (full notebooks) and every wrong answer, graded in one go."""
-    root = tmp_path_factory.mktemp("submissions")
-    submissions = {"reference": {name: grading.source_notebook(name) for name in grading.ASSIGNMENTS}}
-    for wrong, (assignment, cell_id, edits, _, _) in WRONG.items():
-        path = root / wrong / f"{assignment}.ipynb"
-        path.parent.mkdir()
-        nbformat.write(_edited(assignment, cell_id, edits), path)
-        submissions[wrong] = {assignment: path}
-    return grading.grade_submissions(submissions, cell_timeout=300, jobs=2)
+def run_in_process(nb) -> dict[str, str]:
+    """Run a notebook's code cells in one namespace of this process: ``{graded cell id: error message or ""}``.
+
+    These are the cell sources nbgrader runs (hidden tests included), without a kernel per notebook. A graded
+    cell that raises scores 0 under nbgrader's rule, and its message is the feedback. The end-to-end tests below
+    check on a sample that nbgrader agrees.
+    """
+    namespace = {"__name__": "__main__"}
+    results = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
+        try:
+            exec(compile(source, "<cell>", "exec"), namespace)
+            error = ""
+        except Exception as exc:  # a graded cell's failure is the result
+            error = f"{type(exc).__name__}: {exc}"
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade"):
+            results[meta["grade_id"]] = error
+    return results
 
 
-def test_reference_solutions_get_full_marks(graded):
-    for name in grading.ASSIGNMENTS:
-        report = graded["reference"][name]
-        assert report.max_score > 0 and not report.error, (name, report.error)
-        assert report.score == report.max_score, report.to_text()
-        assert [q.name for q in report.questions] == [g for g, _ in grading.grade_cells(name)]
+def _first_solution(name: str) -> str:
+    nb = nbformat.read(grading.source_notebook(name), as_version=4)
+    return next(c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
 
 
 def test_catalogue_has_at_least_six_wrong_answers_per_assignment():
@@ -195,76 +199,17 @@ def test_catalogue_has_at_least_six_wrong_answers_per_assignment():
         assert sum(a == name for a, *_ in WRONG.values()) >= 6, name
 
 
+@pytest.mark.parametrize("name", grading.ASSIGNMENTS)
+def test_reference_solution_passes_every_graded_cell(name):
+    results = run_in_process(_edited(name, _first_solution(name), []))
+    assert results == {g: "" for g, _ in grading.grade_cells(name)}, results
+
+
 @pytest.mark.parametrize("wrong", sorted(WRONG))
-def test_wrong_answer_loses_marks_with_the_right_message(graded, wrong):
-    assignment, _, _, question, pattern = WRONG[wrong]
-    report = graded[wrong][assignment]
-    assert report.score < report.max_score, report.to_text()
-    result = {q.name: q for q in report.questions}[question]
-    assert result.score < result.max_score, report.to_text()
-    import re
-
-    assert re.search(pattern, result.feedback), f"{wrong}: /{pattern}/ not in feedback:\n{result.feedback}"
+def test_wrong_answer_loses_marks_with_the_right_message(wrong):
+    assignment, cell_id, edits, question, pattern = WRONG[wrong]
+    results = run_in_process(_edited(assignment, cell_id, edits))
+    assert results[question], f"{wrong}: {question} passed"
+    assert re.search(pattern, results[question]), f"{wrong}: /{pattern}/ not in feedback:\n{results[question]}"
 
 
-def test_csv_has_a_row_per_student_and_question(graded, tmp_path):
-    path = tmp_path / "grades.csv"
-    grading.write_csv(graded, path)
-    rows = list(csv.DictReader(path.open()))
-    ref = [r for r in rows if r["student"] == "reference" and r["assignment"] == A1]
-    assert [r["question"] for r in ref] == [g for g, _ in grading.grade_cells(A1)] + ["total"]
-    assert float(ref[-1]["score"]) == float(ref[-1]["max_score"]) == sum(p for _, p in grading.grade_cells(A1))
-
-
-def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "netmoments.course", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def test_broken_submissions_still_get_a_report(tmp_path):
-    """Crash (kernel dies), hang (time limit), deleted function, raw student version: a report, no traceback."""
-    subs = tmp_path / "subs"
-    cases = {
-        "crash": [(None, "import os\nos._exit(1)\n")],
-        "hang": [(None, "import time\ntime.sleep(3600)\n")],
-        "deleted": [(None, "pass\n")],
-    }
-    for student, edits in cases.items():
-        path = subs / student / f"{A1}.ipynb"
-        path.parent.mkdir(parents=True)
-        nbformat.write(_edited(A1, "relu_mean_var", edits), path)
-    released = tmp_path / "released"
-    done = _cli("release", str(released), "--only", A1)
-    assert done.returncode == 0, done.stderr
-    student_version = released / A1 / f"{A1}.ipynb"
-    text = student_version.read_text()
-    assert "raise NotImplementedError()" in text and "BEGIN SOLUTION" not in text and "HIDDEN" not in text
-    assert "torch.where(positive" not in text and "_nm.relu_moments" not in text  # no solution, no hidden test
-    (subs / "blank").mkdir()
-    (subs / "blank" / f"{A1}.ipynb").write_text(text)
-    out_csv = tmp_path / "grades.csv"
-    done = _cli("grade-all", str(subs), "--csv", str(out_csv), "--timeout", "10")
-    assert done.returncode == 0 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
-    rows = {(r["student"], r["question"]): r for r in csv.DictReader(out_csv.open())}
-    for student in ("crash", "hang", "deleted", "blank"):
-        assert float(rows[student, "total"]["score"]) == 0.0, (student, rows[student, "total"])
-    assert "kernel" in rows["crash", "total"]["feedback"] or "could not be executed" in rows["crash", "total"]["feedback"]
-    assert "ran longer than 10 s" in rows["hang", "total"]["feedback"]
-    assert "is not defined" in rows["deleted", "test_relu_regular"]["feedback"]
-    assert "not implemented yet" in rows["blank", "test_relu_regular"]["feedback"]
-
-
-def test_grade_json_on_a_file_that_is_not_a_notebook(tmp_path):
-    bogus = tmp_path / f"{A1}.ipynb"
-    bogus.write_text("this is not JSON")
-    done = _cli("grade", str(bogus), "--json", timeout=120)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
-    report = json.loads(done.stdout)
-    assert set(report) >= {"score", "max_score", "questions"} and report["score"] == 0.0 and report["error"]
-
-
-def test_core_package_does_not_import_the_grader():
-    code = "import sys, netmoments; assert 'netmoments.course' not in sys.modules and 'nbgrader' not in sys.modules"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    code = "import sys, netmoments.course.checks; assert 'nbgrader' not in sys.modules"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
