@@ -92,3 +92,18 @@ def test_source_notebook_is_a_complete_assignment(name):
         assert "raises-exception" in cell["metadata"].get("tags", [])
     for cell in source["cells"]:  # the reference run is clean
         assert not any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stored_tracebacks_lex_cleanly(name):
+    """The strict build fails on a traceback Pygments' ipythontb lexer cannot read (e.g. a backtick, "class 0")."""
+    lexers = pytest.importorskip("pygments.lexers")
+    from pygments.token import Error
+
+    lexer = lexers.get_lexer_by_name("ipythontb")
+    for cell in _load(BOOK / f"{name}.ipynb")["cells"]:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(out["traceback"]))
+                bad = [value for token, value in lexer.get_tokens(text) if token is Error]
+                assert not bad, f"{name}: {bad} in {out['evalue'][:200]!r}"

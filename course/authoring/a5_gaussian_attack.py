@@ -54,7 +54,7 @@ def margin_moments(mean, cov, label, other):
 check = Check(globals(), "margin_moments")
 _mean = torch.tensor([1.0, 3.0, -0.5])
 _cov = torch.tensor([[2.0, 0.6, 0.1], [0.6, 1.0, -0.3], [0.1, -0.3, 0.5]])
-out = check.call("margin_moments", _mean, _cov, 1, 0, case="label 1 vs class 0")
+out = check.call("margin_moments", _mean, _cov, 1, 0, case="label 1 against label 0")
 if out is not None:
     check.close("mean of g_1 - g_0", torch.as_tensor(out[0]), torch.tensor(2.0), check_dtype=False)
     check.close("std of g_1 - g_0", torch.as_tensor(out[1]), torch.tensor(math.sqrt(1.0 + 2.0 - 1.2)),
@@ -63,7 +63,7 @@ if out is not None:
                            (torch.tensor(math.sqrt(3.0)), "you dropped the covariance term -2 Cov[g_y, g_j]"),
                            (torch.tensor(math.sqrt(4.2)), "wrong sign: Var[a - b] = Var[a] + Var[b] - 2 Cov[a, b]")])
 ### BEGIN HIDDEN TESTS
-out = check.call("margin_moments", _mean, _cov, 2, 1, case="label 2 vs class 1")
+out = check.call("margin_moments", _mean, _cov, 2, 1, case="label 2 against label 1")
 if out is not None:
     check.close("mean of g_2 - g_1", torch.as_tensor(out[0]), torch.tensor(-3.5), check_dtype=False)
     check.close("std of g_2 - g_1", torch.as_tensor(out[1]), torch.tensor(math.sqrt(0.5 + 1.0 + 0.6)),

@@ -17,7 +17,8 @@ import torch
 
 __all__ = ["Check", "NOT_DONE"]
 
-NOT_DONE = "not implemented yet: replace the `raise NotImplementedError()` under YOUR CODE HERE with your solution"
+# No backticks in messages: the book renders tracebacks with the ipythontb lexer, which rejects them.
+NOT_DONE = "not implemented yet: replace raise NotImplementedError() under YOUR CODE HERE with your solution"
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
@@ -63,8 +64,8 @@ class Check:
         """The student's function ``name``, or ``None`` (recorded as a failure) if it is missing."""
         value = self.namespace.get(name)
         if value is None or not callable(value):
-            self.fail(f"`{name}`", f"`{name}` is not defined (did you delete or rename it, or not run its cell?)",
-                      hint=f"keep the signature `{name}(...)` given in the notebook and run its cell")
+            self.fail(name, f"{name} is not defined (did you delete or rename it, or not run its cell?)",
+                      hint=f"keep the signature {name}(...) given in the notebook and run its cell")
             return None
         return value
 
@@ -80,11 +81,11 @@ class Check:
         except NotImplementedError:
             if name not in self._not_done:  # say it once, not once per case
                 self._not_done.add(name)
-                self.fail(case or f"`{name}`", f"`{name}` is {NOT_DONE}")
+                self.fail(case or name, f"{name} is {NOT_DONE}")
             else:
-                self.failures.append(f"[{case}] skipped: `{name}` is not implemented yet")
+                self.failures.append(f"[{case}] skipped: {name} is not implemented yet")
         except Exception as exc:  # the student's code may raise anything; report it, keep grading
-            self.fail(case or f"`{name}`", f"`{name}` raised {type(exc).__name__}: {exc}")
+            self.fail(case or name, f"{name} raised {type(exc).__name__}: {exc}")
         return None
 
     # -- assertions -------------------------------------------------------------------------------------
