@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make book   set up .venv, vendor the offline JS, execute every notebook, build the HTML strictly
-#   make test   set up .venv, run unit + property tests and nbval over book/
+#   make test   set up .venv, run unit + property tests and nbval over book/ and netmoments/course/source/
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.netmoments-installed
