@@ -1,0 +1,180 @@
+# %% [markdown]
+# # Assignment 4: linearizing a small CNN
+#
+# **Time:** about 45 minutes (running every cell takes well under a minute).
+# **Prerequisite:** {doc}`../06_linearizing_deep_networks` and {doc}`../07_how_tight_is_it`.
+#
+# **Learning objectives.** After this assignment you can
+# 1. approximate a CNN around a point by two-stage linearization (TSL), $g(x) \approx B\,\mathrm{relu}(Ax + c_1) + c_2$,
+#    with `netmoments.linearize.two_stage_linearize`, and get its output moments under Gaussian noise;
+# 2. measure how tight the approximation is against Monte Carlo on the real network, in standard errors;
+# 3. explain why tightness changes as the point moves (the linear region of the layers before the kept ReLU).
+#
+# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep names and
+# signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases.
+
+# %% [code]
+%matplotlib inline
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+import netmoments as nm
+from netmoments.course.checks import Check
+from netmoments.linearize import two_stage_linearize
+
+torch.set_default_dtype(torch.float64)
+
+
+def small_cnn(seed=0):
+    """A 1x10x10 -> 3 CNN with two ReLUs (random weights, fixed by the seed)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 20), nn.ReLU(), nn.Linear(20, 3),
+    ).double().eval()
+
+
+cnn = small_cnn()
+x0 = torch.rand(1, 10, 10, generator=torch.Generator().manual_seed(1))
+direction = torch.randn(1, 10, 10, generator=torch.Generator().manual_seed(2))
+direction = direction / direction.norm()
+
+# %% [markdown]
+# ## Question 1: TSL output moments (3 points)
+#
+# `two_stage_linearize(model, point)` keeps the **last** ReLU and linearizes everything before it (stage 1: $A$, $c_1$)
+# and after it (stage 2: $B$, $c_2$) at `point`; it returns an `nm.AffineReLUAffine` acting on the *flattened*
+# input. Implement `tsl_output_moments(model, point, sigma)`: the mean `(p,)` and variance `(p,)` of the TSL
+# approximation for $x \sim \mathcal{N}(\text{point}, \sigma^2 I)$ (`point` has shape `(1, 10, 10)`; `sigma` is a
+# standard deviation). Hint: `net.moments(mean, cov, output="var")`.
+
+# %% [solution] id=tsl_output_moments
+def tsl_output_moments(model, point, sigma):
+    """Mean (p,) and variance (p,) of the two-stage linearization at `point` under N(point, sigma^2 I)."""
+    ### BEGIN SOLUTION
+    net = two_stage_linearize(model, point)
+    n = point.numel()
+    return net.moments(point.flatten(), sigma ** 2 * torch.eye(n), output="var")
+    ### END SOLUTION
+
+# %% [tests] id=test_tsl_moments points=3
+check = Check(globals(), "tsl_output_moments")
+# Visible: with almost no noise, the mean is the network's output at the point and the variance is tiny.
+out = check.call("tsl_output_moments", cnn, x0, 1e-6, case="sigma = 1e-6")
+if out is not None:
+    with torch.no_grad():
+        _f0 = cnn(x0.unsqueeze(0))[0]
+    check.close("sigma = 1e-6: mean ~ cnn(x0)", out[0], _f0, rtol=1e-6, atol=1e-8,
+                hint="linearize AT the point: two_stage_linearize(model, point)")
+    check.true("sigma = 1e-6: variance ~ 0", bool((torch.as_tensor(out[1]).abs() < 1e-8).all()),
+               f"expected a variance near 0, got {out[1]}")
+### BEGIN HIDDEN TESTS
+for _sigma, _pt in ((0.1, x0), (0.3, x0 + 0.8 * direction)):
+    _net = two_stage_linearize(cnn, _pt)
+    _want = _net.moments(_pt.flatten(), _sigma ** 2 * torch.eye(100), output="var")
+    out = check.call("tsl_output_moments", cnn, _pt, _sigma, case=f"sigma = {_sigma}")
+    if out is not None:
+        _first = two_stage_linearize(cnn, _pt, relu_index=0).moments(_pt.flatten(), _sigma ** 2 * torch.eye(100),
+                                                                      output="var")
+        _root = _net.moments(_pt.flatten(), _sigma * torch.eye(100), output="var")
+        check.close(f"sigma = {_sigma}: mean", out[0], _want[0], rtol=1e-8,
+                    hint="the TSL mean is E[B relu(A x + c1) + c2], not the network at the point",
+                    diagnoses=[(_first[0], "you kept the first ReLU (relu_index=0); TSL keeps the last one"),
+                               (_root[0], "Sigma = sigma^2 I: you used sigma I")])
+        check.close(f"sigma = {_sigma}: variance", out[1], _want[1], rtol=1e-8,
+                    hint="Sigma = sigma^2 I on the flattened input",
+                    diagnoses=[(_root[1], "sigma is a standard deviation: the covariance is sigma^2 I, not sigma I"),
+                               (_first[1], "you kept the first ReLU (relu_index=0); TSL keeps the last one")])
+### END HIDDEN TESTS
+check.done()
+
+# %% [markdown]
+# ## Question 2: how tight is it? (3 points)
+#
+# Given standard normal draws `noise` of shape `(n, 1, 10, 10)`, the real network's outputs at
+# $x_k = \text{point} + \sigma\,\text{noise}_k$ are Monte Carlo samples of $g(x)$. Implement
+# `tsl_max_abs_z(model, point, sigma, noise)`: the largest (over the outputs) $|z|$ of the TSL mean,
+# $z = (\bar g - \mathbb{E}_{\text{TSL}}[g]) / (s/\sqrt n)$, with $s$ the unbiased sample standard deviation. Return a
+# Python float or 0-d tensor. Large values mean the TSL moments are not those of the real network.
+
+# %% [solution] id=tsl_max_abs_z
+def tsl_max_abs_z(model, point, sigma, noise):
+    """max over outputs of |MC mean - TSL mean| / (s / sqrt(n)) with the real network sampled at point + sigma noise."""
+    ### BEGIN SOLUTION
+    mean, _ = tsl_output_moments(model, point, sigma)
+    with torch.no_grad():
+        outputs = model(point + sigma * noise)
+    standard_error = outputs.std(0) / math.sqrt(outputs.shape[0])
+    return ((outputs.mean(0) - mean) / standard_error).abs().max()
+    ### END SOLUTION
+
+# %% [tests] id=test_tsl_z points=3
+check = Check(globals(), "tsl_max_abs_z")
+_noise = torch.randn(4000, 1, 10, 10, generator=torch.Generator().manual_seed(5))
+
+
+def _max_z(point, sigma, noise, se_scale=1.0, scale_noise=True):
+    _m, _ = two_stage_linearize(cnn, point).moments(point.flatten(), sigma ** 2 * torch.eye(100), output="var")
+    with torch.no_grad():
+        _out = cnn(point + (sigma if scale_noise else 1.0) * noise)
+    return ((_out.mean(0) - _m) / (_out.std(0) / math.sqrt(_out.shape[0]) * se_scale)).abs().max()
+
+
+out = check.call("tsl_max_abs_z", cnn, x0, 0.05, _noise, case="sigma = 0.05 at x0")
+if out is not None:
+    check.close("sigma = 0.05 at x0", torch.as_tensor(out), _max_z(x0, 0.05, _noise), rtol=1e-6, check_dtype=False,
+                hint="z = (sample mean - TSL mean) / (s / sqrt(n)); max of |z| over the 3 outputs",
+                diagnoses=[(_max_z(x0, 0.05, _noise, se_scale=math.sqrt(4000)),
+                            "the standard error is s / sqrt(n), not s")])
+### BEGIN HIDDEN TESTS
+_pt = x0 + 1.5 * direction
+out = check.call("tsl_max_abs_z", cnn, _pt, 0.3, _noise[:2000], case="sigma = 0.3, moved point")
+if out is not None:
+    check.close("sigma = 0.3 at x0 + 1.5 d", torch.as_tensor(out), _max_z(_pt, 0.3, _noise[:2000]), rtol=1e-6,
+                check_dtype=False, hint="sample the real network at point + sigma * noise",
+                diagnoses=[(_max_z(_pt, 0.3, _noise[:2000], scale_noise=False),
+                            "you sampled point + noise: scale the standard normal draws by sigma"),
+                           (_max_z(_pt, 0.3, _noise[:2000], se_scale=math.sqrt(2000)),
+                            "the standard error is s / sqrt(n), not s")])
+### END HIDDEN TESTS
+check.done()
+
+# %% [markdown]
+# ## Explore: tightness as the point moves
+#
+# Walk along $x(t) = x_0 + t\,d$ and track the TSL's max $|z|$ at a fixed noise level, together with the share of
+# first-layer ReLUs whose pre-activation is within $2\sigma\,\lVert w\rVert$ of zero (units the noise can switch,
+# which breaks stage 1's linearity). Where many first-layer units sit near their kink, the TSL is loose.
+
+# %% [code] tags=raises-exception
+sigma = 0.02
+noise = torch.randn(3000, 1, 10, 10, generator=torch.Generator().manual_seed(7))
+ts = torch.linspace(-3.0, 3.0, 13)
+conv = cnn[0]
+kernel_norm = conv.weight.flatten(1).norm(dim=1).reshape(1, 4, 1, 1)
+max_z, near_kink = [], []
+for t in ts:
+    point = x0 + t * direction
+    max_z.append(float(tsl_max_abs_z(cnn, point, sigma, noise)))
+    with torch.no_grad():
+        pre = conv(point.unsqueeze(0))
+    near_kink.append((pre.abs() < 2 * sigma * kernel_norm).double().mean().item())
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(ts.numpy(), max_z, "o-", label="TSL max |z| vs Monte Carlo")
+ax.axhline(4, color="gray", ls="--", lw=1)
+ax.set_xlabel("t (point = x0 + t d)")
+ax.set_ylabel("max |z|")
+ax2 = ax.twinx()
+ax2.plot(ts.numpy(), near_kink, "s:", color="C1", label="first-layer units near the kink")
+ax2.set_ylabel("share near kink")
+fig.legend(loc="upper center", fontsize=8)
+plt.show()
+print("max |z| along the line:", [round(z, 1) for z in max_z])
+
+# %% [markdown]
+# ## Reflection (not graded)
+# 1. Is a large $|z|$ here a failure of the closed form or of the linearization? How would you tell?
+# 2. Why can the kept (last) ReLU switch freely without making the TSL inexact?

@@ -1,0 +1,54 @@
+"""``python -m netmoments.course release OUTDIR`` | ``grade NOTEBOOK [--json]`` | ``grade-all DIR --csv FILE``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import grading
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netmoments.course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("release", help="write every assignment's student notebook to OUTDIR/<assignment>/")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--only", nargs="*", choices=grading.ASSIGNMENTS, help="release only these assignments")
+    p = sub.add_parser("grade", help="grade one submitted notebook with the hidden tests")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a text report")
+    p.add_argument("--timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT,
+                   help="seconds one cell may run (default %(default)s)")
+    p = sub.add_parser("grade-all", help="grade DIR/<student>/<assignment>.ipynb for every student")
+    p.add_argument("submissions", type=Path)
+    p.add_argument("--csv", type=Path, required=True, help="where to write the scores")
+    p.add_argument("--timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT)
+    p.add_argument("--jobs", type=int, default=1, help="assignments graded in parallel")
+    args = parser.parse_args(argv)
+
+    if args.command == "release":
+        for path in grading.release(args.outdir, tuple(args.only or grading.ASSIGNMENTS)):
+            print(path)
+        return 0
+    if args.command == "grade":
+        report = grading.grade_notebook(args.notebook, cell_timeout=args.timeout)
+        print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
+        return 0
+    submissions = grading.find_submissions(args.submissions)
+    if not submissions:
+        print(f"no submissions found under {args.submissions} (expected DIR/<student>/<assignment>.ipynb)",
+              file=sys.stderr)
+        return 1
+    reports = grading.grade_submissions(submissions, cell_timeout=args.timeout, jobs=args.jobs)
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    grading.write_csv(reports, args.csv)
+    for student in sorted(reports):
+        for name, report in sorted(reports[student].items()):
+            print(f"{student:20s} {name:24s} {report.score:g} / {report.max_score:g}")
+    print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
