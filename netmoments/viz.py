@@ -944,6 +944,16 @@ def plot_error_vs_sigma(sigmas, curves: dict, floor=None, ax: Axes | None = None
 # (bookteach) Printing helpers, kept apart from the plotting code above: a chapter calls one function instead of a
 # loop of format strings, and every closed-form-versus-sampling table in Part I reads the same way.
 
+from typing import NamedTuple  # noqa: E402  (kept with the block that uses it)
+
+
+class MonteCarloTable(NamedTuple):
+    """What :func:`monte_carlo_table` printed: row names, ``{label: z-scores (rows,)}`` and the threshold."""
+
+    rows: list
+    z: dict
+    threshold: float
+
 
 def bonferroni_threshold(n_compared: int, level: float = 0.01) -> float:
     """Two-sided Bonferroni threshold ``z_{1 - level / (2 k)}`` for ``k = n_compared`` z-scores.
@@ -968,7 +978,7 @@ def monte_carlo_table(
     level: float = 0.01,
     digits: int = 4,
     name: str = "y",
-) -> tuple[dict, float]:
+) -> MonteCarloTable:
     """Print closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``.
 
     The z-scores of the means and variances are :meth:`netmoments.MonteCarloResult.z_scores`; those of the
@@ -979,7 +989,7 @@ def monte_carlo_table(
         mc: a :class:`netmoments.MonteCarloResult` of ``f(x)`` with outputs ``(..., p)`` (leading dimensions
             are flattened into rows).
         closed_forms: ``{label: (mean, second)}`` with ``mean`` shaped like ``mc.mean`` and ``second`` either
-            the variances (shaped like ``mc.var``) or the covariance ``(..., p, p)``.
+            the variances (shaped like ``mc.var``), the covariance ``(..., p, p)``, or ``None`` (means only).
         labels: names of the flattened outputs (default ``y1, y2, ...``).
         variances: compare the variances.
         covariances: compare the off-diagonal covariances (needs ``mc.cov`` and covariance ``second``).
@@ -988,7 +998,8 @@ def monte_carlo_table(
         name: stem of the default labels.
 
     Returns:
-        ``({label: z-scores (rows,)}, threshold)``.
+        :class:`MonteCarloTable` ``(rows, z, threshold)``: the row names, ``{label: z-scores (rows,)}`` and the
+        Bonferroni threshold.
     """
     p = mc.mean.shape[-1]
     n_out = mc.mean.numel()
@@ -1017,6 +1028,12 @@ def monte_carlo_table(
     values, z_scores = {}, {}
     for label, (mean, second) in closed_forms.items():
         mean = torch.as_tensor(mean).to(mc.mean).reshape(mc.mean.shape)
+        if second is None:
+            if variances or use_cov:
+                raise ValueError(f"closed form {label!r} gives no second moment; pass variances=False, covariances=False")
+            (z_mean,) = mc.z_scores(mean)
+            values[label], z_scores[label] = mean.reshape(-1), z_mean.reshape(-1)
+            continue
         second = torch.as_tensor(second).to(mc.mean)
         is_cov = second.dim() == mc.var.dim() + 1  # (..., p, p) covariance rather than (..., p) variances
         var = torch.diagonal(second, dim1=-2, dim2=-1) if is_cov else second.reshape(mc.var.shape)
@@ -1051,4 +1068,4 @@ def monte_carlo_table(
     verdicts = ", ".join(f"{label}: {int((z > threshold).sum())} of {len(rows)} above it"
                          for label, z in z_scores.items())
     print(f"Bonferroni threshold for {len(rows)} numbers at level {level}: {threshold:.2f}; {verdicts}")
-    return z_scores, threshold
+    return MonteCarloTable(rows, z_scores, threshold)
