@@ -81,6 +81,7 @@ def test_toc_root_and_parts():
         "Part I: Moments of Affine-ReLU-Affine",
         "Part II: Deep networks",
         "Part III: Attacks",
+        "Appendix",
         "Back matter",
     ]
     assert set(captions) <= set(order), f"unexpected part captions: {set(captions) - set(order)}"
