@@ -241,13 +241,16 @@ class _PairSecondMoment(torch.autograd.Function):
 def relu_cross_moment(
     mean_i: torch.Tensor,
     mean_j: torch.Tensor,
-    std_i: torch.Tensor,
-    std_j: torch.Tensor,
+    var_i: torch.Tensor,
+    var_j: torch.Tensor,
     rho: torch.Tensor,
     method: str = "exact",
     terms: int = 5,
 ) -> torch.Tensor:
     """``E[max(y_i, 0) max(y_j, 0)]`` for a bivariate Gaussian pair, elementwise.
+
+    The pair is ``y_i ~ N(mean_i, var_i)``, ``y_j ~ N(mean_j, var_j)`` with correlation ``rho``: like
+    :func:`relu_moments`, it takes *variances* (not standard deviations).
 
     ``method="exact"`` is NM20's general-mean closed form with the exact Phi2; ``"series"`` replaces Phi2 by
     NM20's truncated series with ``terms`` terms; ``"zero_mean"`` is NM18's arc-cosine formula, which
@@ -255,26 +258,27 @@ def relu_cross_moment(
 
     Args:
         mean_i, mean_j: ``(...)`` means of the pair.
-        std_i, std_j: ``(...)`` standard deviations, ``>= 0`` (0 is legal: that unit is a constant).
+        var_i, var_j: ``(...)`` variances, ``>= 0`` (0 is legal: that unit is a constant).
         rho: ``(...)`` correlation in ``[-1, 1]`` (``+-1`` is legal).
 
     Returns:
         ``(...)`` the broadcast shape of all inputs, same dtype and device.
     """
-    args = dict(mean_i=mean_i, mean_j=mean_j, std_i=std_i, std_j=std_j, rho=rho)
+    args = dict(mean_i=mean_i, mean_j=mean_j, var_i=var_i, var_j=var_j, rho=rho)
     for name, value in args.items():
         check_tensor(name, value)
         check_finite(name, value)
     check_compatible(**args)
     if method not in _CROSS_METHODS:
         raise ValueError(f"method must be one of {_CROSS_METHODS}, got {method!r}")
-    for name in ("std_i", "std_j"):
+    for name in ("var_i", "var_j"):
         if (args[name] < 0).any():
-            raise ValueError(f"{name} must be non-negative")
+            raise ValueError(f"{name} must be non-negative, got minimum {args[name].min().item():.3g}")
     if (rho.abs() > 1 + 1e-12).any():
         raise ValueError(f"rho must lie in [-1, 1], got extreme {rho.abs().max().item():.6g}")
-    mi, mj, si, sj, r = torch.broadcast_tensors(mean_i, mean_j, std_i, std_j, rho)
-    return _cross_moment(mi, mj, si, sj, r, method, terms)
+    mi, mj, vi, vj, r = torch.broadcast_tensors(mean_i, mean_j, var_i, var_j, rho)
+    # _safe_sqrt: a zero variance has a finite (zero) gradient instead of sqrt's infinite one.
+    return _cross_moment(mi, mj, _safe_sqrt(vi), _safe_sqrt(vj), r, method, terms)
 
 
 def _check_method(method: str, terms: int) -> None:

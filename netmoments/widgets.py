@@ -245,8 +245,8 @@ def relu_pair_summary(
         raise ValueError(f"rho must lie in [-1, 1], got {rho}")
     dtype = torch.float64
     mi, mj, si, sj, r = (torch.tensor(float(v), dtype=dtype) for v in (mu_i, mu_j, sigma_i, sigma_j, rho))
-    cross_exact = relu_cross_moment(mi, mj, si, sj, r)
-    cross_zero_mean = relu_cross_moment(mi, mj, si, sj, r, method="zero_mean")
+    cross_exact = relu_cross_moment(mi, mj, si * si, sj * sj, r)
+    cross_zero_mean = relu_cross_moment(mi, mj, si * si, sj * sj, r, method="zero_mean")
     first, _ = relu_moments(torch.stack([mi, mj]), torch.stack([si, sj]) ** 2)
     cov_exact = cross_exact - first[0] * first[1]
     cov_zero_mean = si * sj * (zero_mean_relu_kernel(r) - _INV_2PI)

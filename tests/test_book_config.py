@@ -82,6 +82,7 @@ def test_toc_root_and_parts():
         "Part II: Deep networks",
         "Part III: Attacks",
         "Part IV: Course assignments",
+        "Appendix",
         "Back matter",
     ]
     assert set(captions) <= set(order), f"unexpected part captions: {set(captions) - set(order)}"

@@ -69,7 +69,8 @@ SPEC_CROSS = [((0.7, -0.3, 1.3, 0.8, 0.6), 0.359227391170802), ((2.0, 1.5, 1.0, 
 
 @pytest.mark.parametrize("args,expected", SPEC_CROSS)
 def test_cross_moment_spec_reference_values(args, expected):
-    value = nm.relu_cross_moment(*map(t, args))
+    mi, mj, si, sj, rho = args
+    value = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho))
     assert abs(value.item() - expected) < 1e-13
 
 
@@ -89,7 +90,7 @@ def test_cross_moment_against_quadrature_random_grid():
         mi, mj = rng.normal(0, 2, 2)
         si, sj = rng.uniform(0.1, 3, 2)
         rho = rng.uniform(-0.999, 0.999)
-        got = nm.relu_cross_moment(t(mi), t(mj), t(si), t(sj), t(rho)).item()
+        got = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho)).item()
         ref = cross_moment_quad(mi, mj, si, sj, rho)
         assert abs(got - ref) <= 1e-11 * max(1.0, abs(ref)), (mi, mj, si, sj, rho, got, ref)
 
@@ -97,9 +98,9 @@ def test_cross_moment_against_quadrature_random_grid():
 @pytest.mark.parametrize("rho", [1.0, -1.0])
 def test_cross_moment_at_unit_correlation_is_exact_limit(rho):
     for mi, mj, si, sj in [(0.4, -0.2, 1.0, 2.0), (-0.5, 1.0, 0.7, 0.3), (1.0, 2.0, 1.0, 2.0)]:
-        got = nm.relu_cross_moment(t(mi), t(mj), t(si), t(sj), t(rho)).item()
+        got = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho)).item()
         ref = cross_moment_quad(mi, mj, si, sj, rho)
-        near = nm.relu_cross_moment(t(mi), t(mj), t(si), t(sj), t(rho * (1 - 1e-12))).item()
+        near = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho * (1 - 1e-12))).item()
         assert abs(got - ref) < 1e-11
         assert abs(got - near) < 1e-5  # continuous at the limit
 
@@ -107,30 +108,45 @@ def test_cross_moment_at_unit_correlation_is_exact_limit(rho):
 def test_cross_moment_diagonal_equals_second_moment():
     mu, sigma = t(0.37), t(1.9)
     e, v = nm.relu_moments(mu, sigma**2)
-    second = nm.relu_cross_moment(mu, mu, sigma, sigma, t(1.0))
+    second = nm.relu_cross_moment(mu, mu, sigma**2, sigma**2, t(1.0))
     torch.testing.assert_close(second, v + e * e, rtol=1e-13, atol=0)
 
 
-def test_cross_moment_zero_std_is_product_of_means():
-    got = nm.relu_cross_moment(t(0.8), t(0.3), t(0.0), t(1.2), t(0.5))
+def test_cross_moment_takes_variances_like_relu_moments():
+    # Both pair functions take variances (relu_moments(mean, var), relu_cross_moment(..., var_i, var_j, rho)).
+    # With var != std (here var = 4, std = 2) a call that passed standard deviations would disagree with the
+    # independent quadrature reference, which is parametrised by standard deviations.
+    mi, mj, si, sj, rho = 0.4, -0.3, 2.0, 0.5, 0.35
+    got = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho)).item()
+    assert got == pytest.approx(cross_moment_quad(mi, mj, si, sj, rho), rel=1e-11, abs=1e-13)
+    wrong = nm.relu_cross_moment(t(mi), t(mj), t(si), t(sj), t(rho)).item()
+    assert abs(wrong - got) > 1e-2
+    # rho = 1 on one unit reproduces relu_moments' second moment with the very same variance argument
+    e, v = nm.relu_moments(t(mi), t(si**2))
+    torch.testing.assert_close(nm.relu_cross_moment(t(mi), t(mi), t(si**2), t(si**2), t(1.0)), v + e * e,
+                               rtol=1e-13, atol=0)
+
+
+def test_cross_moment_zero_variance_is_product_of_means():
+    got = nm.relu_cross_moment(t(0.8), t(0.3), t(0.0), t(1.44), t(0.5))
     e_j, _ = nm.relu_moments(t(0.3), t(1.44))
     torch.testing.assert_close(got, 0.8 * e_j, rtol=1e-15, atol=0)
 
 
 def test_cross_moment_general_reduces_to_zero_mean():
     rho = torch.linspace(-0.99, 0.99, 21, **f64)
-    si, sj = t(1.3), t(0.6)
-    exact = nm.relu_cross_moment(t(0.0), t(0.0), si, sj, rho)
-    zero_mean = nm.relu_cross_moment(t(0.0), t(0.0), si, sj, rho, method="zero_mean")
+    vi, vj = t(1.3**2), t(0.6**2)
+    exact = nm.relu_cross_moment(t(0.0), t(0.0), vi, vj, rho)
+    zero_mean = nm.relu_cross_moment(t(0.0), t(0.0), vi, vj, rho, method="zero_mean")
     torch.testing.assert_close(exact, zero_mean, rtol=1e-13, atol=1e-15)
 
 
-def test_cross_moment_gradcheck_including_near_unit_correlation_and_small_std():
+def test_cross_moment_gradcheck_including_near_unit_correlation_and_small_variance():
     args = [
         t([0.7, -0.4, 1.2, 0.0]).requires_grad_(),
         t([-0.3, 0.9, 1.1, 0.0]).requires_grad_(),
-        t([1.3, 0.2, 1e-3, 1.0]).requires_grad_(),
-        t([0.8, 1.1, 0.5, 2.0]).requires_grad_(),
+        t([1.69, 0.04, 1e-4, 1.0]).requires_grad_(),
+        t([0.64, 1.21, 0.25, 4.0]).requires_grad_(),
         t([0.6, -0.3, 0.999, -0.9995]).requires_grad_(),
     ]
     assert torch.autograd.gradcheck(nm.relu_cross_moment, args)
@@ -149,8 +165,8 @@ def test_cross_moment_series_close_to_exact():
     mi, mj = (t(rng.normal(0, 1, 200)) for _ in range(2))
     si, sj = (t(rng.uniform(0.5, 2, 200)) for _ in range(2))
     rho = t(rng.uniform(-0.95, 0.95, 200))
-    exact = nm.relu_cross_moment(mi, mj, si, sj, rho)
-    series = nm.relu_cross_moment(mi, mj, si, sj, rho, method="series", terms=10)
+    exact = nm.relu_cross_moment(mi, mj, si**2, sj**2, rho)
+    series = nm.relu_cross_moment(mi, mj, si**2, sj**2, rho, method="series", terms=10)
     scale = (mi * mj + rho * si * sj).abs() + 1
     assert ((exact - series).abs() / scale).max() < 1e-2
     assert ((exact - series).abs() / scale).max() > 0  # it is an approximation, not the exact path
@@ -245,7 +261,7 @@ def test_bad_inputs_raise_clear_errors():
         nm.relu_moments(t(float("nan")), t(1.0))
     with pytest.raises(ValueError, match="rho must lie in"):
         nm.relu_cross_moment(t(0.0), t(0.0), t(1.0), t(1.0), t(1.5))
-    with pytest.raises(ValueError, match="std_i must be non-negative"):
+    with pytest.raises(ValueError, match="var_i must be non-negative"):
         nm.relu_cross_moment(t(0.0), t(0.0), t(-1.0), t(1.0), t(0.5))
     with pytest.raises(ValueError, match="method must be one of"):
         nm.relu_covariance(good_mean, good_cov, method="bogus")

@@ -1,0 +1,51 @@
+"""The table helpers of chapters 1-5 (netmoments.viz.monte_carlo_table, bonferroni_threshold)."""
+import pytest
+import torch
+from scipy import stats
+
+import netmoments as nm
+from netmoments import viz
+
+f64 = dict(dtype=torch.float64)
+
+
+def test_bonferroni_threshold_matches_scipy():
+    for k, level in [(1, 0.01), (9, 0.01), (40, 0.05)]:
+        assert viz.bonferroni_threshold(k, level) == pytest.approx(stats.norm.ppf(1 - level / (2 * k)), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bonferroni_threshold_rejects_bad_counts(bad):
+    with pytest.raises(ValueError, match="n_compared"):
+        viz.bonferroni_threshold(bad)
+
+
+def _result():
+    # a hand-made Monte Carlo result for p = 2 outputs, so every z-score is known in advance
+    return nm.MonteCarloResult(
+        mean=torch.tensor([1.0, 2.0], **f64), var=torch.tensor([4.0, 9.0], **f64),
+        mean_se=torch.tensor([0.1, 0.5], **f64), var_se=torch.tensor([1.0, 2.0], **f64),
+        cov=torch.tensor([[4.0, 1.0], [1.0, 9.0]], **f64), cov_se=torch.tensor([[1.0, 0.25], [0.25, 2.0]], **f64),
+        n_samples=100)
+
+
+def test_monte_carlo_table_scores_rows_and_threshold(capsys):
+    mean = torch.tensor([1.4, 1.0], **f64)
+    cov = torch.tensor([[6.0, 0.5], [0.5, 9.0]], **f64)
+    table = viz.monte_carlo_table(_result(), {"f": (mean, cov)}, ["a", "b"])
+    assert table.rows == ["E[a]", "E[b]", "Var[a]", "Var[b]", "Cov[a,b]"]
+    torch.testing.assert_close(table.z["f"], torch.tensor([4.0, 2.0, 2.0, 0.0, 2.0], **f64), rtol=1e-12, atol=1e-12)
+    assert table.threshold == pytest.approx(stats.norm.ppf(1 - 0.01 / 10), rel=1e-12)
+    out = capsys.readouterr().out
+    assert "Cov[a,b]" in out and "1 of 5 above it" in out  # only E[a] (z = 4) exceeds z_{1 - 0.001} = 3.09
+
+
+def test_monte_carlo_table_means_only_and_bad_labels():
+    table = viz.monte_carlo_table(_result(), {"f": (torch.tensor([1.0, 2.5], **f64), None)},
+                                  variances=False, covariances=False)
+    torch.testing.assert_close(table.z["f"], torch.tensor([0.0, 1.0], **f64))
+    with pytest.raises(ValueError, match="no second moment"):
+        viz.monte_carlo_table(_result(), {"f": (torch.zeros(2, **f64), None)})
+    with pytest.raises(ValueError, match="labels must name"):
+        viz.monte_carlo_table(_result(), {"f": (torch.zeros(2, **f64), torch.ones(2, **f64))}, ["only one"],
+                              covariances=False)
