@@ -351,3 +351,44 @@ def test_cli_attack_writes_csv_json_npz(tmp_path):
     with pytest.raises(ValueError, match="--target"):
         main(["attack", "--images", "1", "--steps", "1", "--target", "eleven", "--no-progress",
               "--out", str(stem)])
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_devices_must_agree(mlp):
+    images = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="labels is on device meta"):
+        gaussian_attack(mlp, images, torch.tensor([1, 2], device="meta"))
+    with pytest.raises(ValueError, match="images are on the meta device"):
+        gaussian_attack(mlp, images.to("meta"), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="model's parameters are on meta"):
+        gaussian_attack(copy.deepcopy(mlp).to("meta"), images, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="model's parameters are on meta"):
+        sparse_pgd_attack(copy.deepcopy(mlp).to("meta"), images, torch.tensor([1, 2]), k=3)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.0), "eps must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=-1.0), "eps must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.1, step_size=0.0), "step_size must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.1, kappa=-1.0), "kappa must be"),
+        (lambda m, x, y: smooth_pgd_attack(m, x, y, eps=float("nan")), "eps must be"),
+        (lambda m, x, y: smooth_pgd_attack(m, x, y, blur_sigma=0.0), "blur_sigma must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=0), "k must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=3, step_size=-0.1), "step_size must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=3, target=y), "target equals the true label"),
+        (lambda m, x, y: sparse_pgd_attack(m, x[:, 0], y, k=3), "images must have shape"),
+        (lambda m, x, y: gaussian_attack(m, x, y, l1_budget=0.0), "l1_budget must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, structure="smooth", l2_budget=-2.0), "l2_budget must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, noise_scale=0.0), "noise_scale must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, budget=3), "unknown option"),
+    ],
+)
+def test_budgets_and_options_are_checked(mlp, call, match):
+    images = torch.rand(2, 1, 28, 28)
+    labels = torch.tensor([1, 2])
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(mlp, images, labels)

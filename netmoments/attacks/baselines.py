@@ -11,13 +11,14 @@ one), and return an :class:`AttackResult` with zero noise so :func:`evaluate_att
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from torch import nn
 
 from ._ops import blur, project_l0_box
-from .gaussian import AttackResult, _check_batch
+from .gaussian import AttackResult, _check_batch, _check_device
 
 __all__ = ["pgd_attack", "sparse_pgd_attack", "smooth_pgd_attack", "margin_loss"]
 
@@ -35,16 +36,30 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
 
 
 def _check_images(images):
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise TypeError("images must be a (B, C, H, W) torch.Tensor")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
 
 
-def _prepare(model, images, labels, target, steps):
+def _positive(name, value, *, allow_zero=False):
+    """A finite float > 0 (or >= 0 with ``allow_zero``), else a ValueError naming ``name``."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _prepare(model, images, labels, target, steps, kappa=0.0):
     _check_images(images)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    _positive("kappa", kappa, allow_zero=True)
+    labels, target = _check_batch(images, labels, target)
+    _check_device(model, images)
     with torch.no_grad():
         num_classes = model(images[:1]).shape[-1]
     return _check_batch(images, labels, target, num_classes)
@@ -52,7 +67,7 @@ def _prepare(model, images, labels, target, steps):
 
 def _run(model, images, labels, target, steps, kappa, update, name, structure, options, init=None, to_delta=None):
     """Shared PGD loop: ``update(param, grad) -> param`` is the projected step; ``to_delta(param)`` -> delta."""
-    labels, target = _prepare(model, images, labels, target, steps)
+    labels, target = _prepare(model, images, labels, target, steps, kappa)
     start = time.perf_counter()
     clean = images.detach()
     to_delta = to_delta or (lambda p: p)
@@ -93,9 +108,8 @@ def pgd_attack(model, images, labels, target=None, norm="linf", eps=0.3, steps=1
     _check_images(images)
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    _positive("eps", eps)
+    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
     clean = images.detach()
     low, high = -clean, 1.0 - clean
 
@@ -125,7 +139,8 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
     if isinstance(k, int) and not isinstance(k, bool):
         k = torch.full((bsz,), k, dtype=torch.int64, device=clean.device)
     if not isinstance(k, torch.Tensor) or k.shape != (bsz,) or k.is_floating_point() or (k < 1).any():
-        raise ValueError(f"k must be a positive int or a ({bsz},) integer tensor of positive budgets")
+        raise ValueError(f"k must be a positive int or a ({bsz},) integer tensor of positive budgets, got {k!r}")
+    _positive("step_size", step_size)
     low, high = -clean.flatten(1), 1.0 - clean.flatten(1)
 
     def update(delta, grad):
@@ -142,9 +157,9 @@ def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.
                       kappa=1.0):
     """L2 PGD over ``v`` with ``delta = G v`` (``G`` a Gaussian blur), ``||G v||_2 <= eps`` by radial scaling."""
     _check_images(images)
-    if not eps > 0 or not blur_sigma > 0:
-        raise ValueError(f"eps and blur_sigma must be > 0, got {eps!r}, {blur_sigma!r}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    _positive("eps", eps)
+    _positive("blur_sigma", blur_sigma)
+    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
     shape = tuple(images.shape[1:])
 
     def to_delta(v):

@@ -384,6 +384,14 @@ def _resolve_options(structure: str, options: dict) -> dict:
     return opts
 
 
+def _check_device(model, images):
+    """``model``'s parameters and ``images`` must share a device (say which is where instead of a matmul error)."""
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != images.device:
+        raise ValueError(f"images are on device {images.device} but model's parameters are on {param.device}; "
+                         "move one of them (e.g. images.to(next(model.parameters()).device))")
+
+
 def _check_batch(images, labels, target, num_classes=None):
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -393,6 +401,8 @@ def _check_batch(images, labels, target, num_classes=None):
         raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images must hold at least one image")
+    if images.device.type == "meta":
+        raise ValueError("images are on the meta device (no data); pass real tensors")
     if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
         raise ValueError("images must be finite and lie in the pixel box [0, 1]")
     labels = _as_class_tensor("labels", labels, images.shape[0], images.device, num_classes)
@@ -416,7 +426,9 @@ def _as_class_tensor(name, value, batch, device, num_classes):
             value = value.expand(batch)
         if value.shape != (batch,):
             raise ValueError(f"{name} must have shape ({batch},) (one per image), got {tuple(value.shape)}")
-        value = value.to(device=device, dtype=torch.int64)
+        if value.device != device:
+            raise ValueError(f"{name} is on device {value.device} but images are on {device}; put them together")
+        value = value.to(dtype=torch.int64)
     else:
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
     if num_classes is not None and ((value < 0).any() or (value >= num_classes).any()):
@@ -508,6 +520,7 @@ def gaussian_attack(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     opts = _resolve_options(structure, options)
     labels, target = _check_batch(images, labels, target)
+    _check_device(model, images)
     start_time = time.perf_counter()
     with torch.no_grad():
         num_classes = model(images[:1]).shape[-1]
