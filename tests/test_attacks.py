@@ -392,3 +392,44 @@ def test_budgets_and_options_are_checked(mlp, call, match):
     labels = torch.tensor([1, 2])
     with pytest.raises((ValueError, TypeError), match=match):
         call(mlp, images, labels)
+
+
+# ----------------------------------------------------------------------------------------------- support solver
+
+
+def test_support_linearization_matches_the_dense_two_stage_linearization(lenet, mnist):
+    from netmoments.attacks.support import SupportLinearization
+    from netmoments.linearize import two_stage_linearize
+
+    model = copy.deepcopy(lenet).double()
+    images = mnist[0][:3].double()
+    support = torch.tensor([[100, 200, 300, 300], [5, 406, 407, 5], [700, 701, 702, 703]])
+    valid = torch.tensor([[True, True, True, False], [True, True, True, False], [True] * 4])
+    lin = SupportLinearization(model, images, support, valid)
+    dense = two_stage_linearize(model, images)
+    for b in range(3):
+        for j in range(4):
+            expected = dense.A[b][:, support[b, j]] if valid[b, j] else torch.zeros(dense.A.shape[1], dtype=torch.float64)
+            assert torch.allclose(lin.A_S[b, :, j], expected, rtol=0, atol=1e-12)
+    assert torch.allclose(lin.B, dense.B) and torch.allclose(lin.c2, dense.c2)
+    assert not lin.region_changed(images).any()
+    # at the linearization point the surrogate on the support inputs is the real network
+    assert torch.allclose(lin.network()(images.flatten(1).gather(1, support) * valid), model(images),
+                          atol=1e-9)
+    assert lin.jvp_passes.tolist() == [3.0, 3.0, 4.0]
+
+
+def test_support_solver_fools_lenet_and_counts_its_cost(lenet, mnist):
+    images, labels = _correct(lenet, *mnist, 4)
+    res = gaussian_attack(lenet, images, labels, mean_steps=40, steps=30)
+    assert res.options["solver"] == "support"
+    assert res.options["forward_passes"] >= 40 and res.options["backward_passes"] == 40
+    assert res.options["jvp_passes"] >= 1
+    # noise lives only on the pixels the mean shift moved
+    assert ((res.noise_var > 0) <= (res.delta_param != 0)).all()
+    ev = evaluate_attack(lenet, res, labels, n_samples=200)
+    assert ev.image_success_rate >= 0.75
+    with pytest.raises(ValueError, match="solver"):
+        gaussian_attack(lenet, images, labels, solver="fast")
+    with pytest.raises(ValueError, match="solver='support' needs blur_sigma"):
+        gaussian_attack(lenet, images, labels, structure="smooth", solver="support")

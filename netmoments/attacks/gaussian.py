@@ -78,7 +78,16 @@ _COMMON_DEFAULTS = dict(
     seed=0,
     progress=False,
     linearizer=None,
+    # the support solver (structure "sparse"; see netmoments.attacks.support)
+    solver="auto",
+    mean_steps=60,
+    max_support=100,
+    final_draws=32,
+    final_goal=0.9,
+    tighten_rounds=1,
+    kappa_step=1.0,
 )
+SOLVERS = ("auto", "support", "dense")
 
 
 def default_options(structure: str = "sparse") -> dict:
@@ -381,6 +390,26 @@ def _resolve_options(structure: str, options: dict) -> dict:
         raise TypeError("clip_aware and progress must be bools")
     if opts["noise_lr"] is None:
         opts["noise_lr"] = opts["lr"]
+    if opts["solver"] not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {opts['solver']!r}")
+    if opts["solver"] == "auto":
+        opts["solver"] = "support" if structure == "sparse" and opts["linearizer"] is None else "dense"
+    if opts["solver"] == "support":
+        if opts["blur_sigma"] > 0:
+            raise ValueError("solver='support' needs blur_sigma = 0 (the sparse structure); use solver='dense'")
+        if opts["linearizer"] is not None or opts["l1_budget"] is not None or opts["l2_budget"] is not None:
+            raise ValueError("solver='support' supports neither linearizer nor l1_budget/l2_budget; "
+                             "use solver='dense'")
+    _check_int("mean_steps", opts["mean_steps"], 0)
+    _check_int("max_support", opts["max_support"], 1)
+    _check_int("final_draws", opts["final_draws"], 0)
+    _check_int("tighten_rounds", opts["tighten_rounds"], 0)
+    _check_float("final_goal", opts["final_goal"], positive=True, upper=1.0)
+    _check_float("kappa_step", opts["kappa_step"])
+    if opts["variance"] == "none" and opts["variables"] != "mean" and opts["noise_reward"] > 0 and \
+            "noise_reward" not in options:
+        # the surrogate cannot see the noise without a variance: a reward would push it to its cap unchecked
+        opts["noise_reward"] = 0.0
     return opts
 
 
@@ -525,6 +554,10 @@ def gaussian_attack(
     with torch.no_grad():
         num_classes = model(images[:1]).shape[-1]
     labels, target = _check_batch(images, labels, target, num_classes)
+    if opts["solver"] == "support":
+        from .support import support_attack
+
+        return support_attack(model, images, labels, target, opts, _Adam, LinearizedAttackObjective, AttackResult)
     linearize = opts["linearizer"] or _default_linearizer(opts["relu_index"])
 
     shape = tuple(images.shape[1:])
