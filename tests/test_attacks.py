@@ -433,3 +433,32 @@ def test_support_solver_fools_lenet_and_counts_its_cost(lenet, mnist):
         gaussian_attack(lenet, images, labels, solver="fast")
     with pytest.raises(ValueError, match="solver='support' needs blur_sigma"):
         gaussian_attack(lenet, images, labels, structure="smooth", solver="support")
+
+
+# ----------------------------------------------------------------------------------------------- tuned baselines
+
+
+def test_tuned_baselines_respect_budgets_and_count_passes(mlp, mnist):
+    from netmoments.attacks import eot_attack, fmn_attack, l0_pgd_attack, tune_step_size
+
+    images, labels = _correct(mlp, *mnist, 4)
+    k = torch.tensor([3, 6, 9, 12])
+    res = l0_pgd_attack(mlp, images, labels, k=k, steps=10, restarts=2)
+    assert ((res.delta.flatten(1).abs() > 0).sum(1) <= k).all()
+    assert res.options["forward_passes"] >= 2 * 10 and res.options["backward_passes"] == 2 * 10
+    eps = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    smooth = smooth_pgd_attack(mlp, images, labels, eps=eps, steps=10)
+    assert (smooth.delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    best, scores = tune_step_size(sparse_pgd_attack, mlp, images, labels, (0.1, 0.3), k=5, steps=5)
+    assert best in scores and set(scores) == {0.1, 0.3}
+    eot = eot_attack(mlp, images, labels, steps=6, samples=3)
+    assert ((eot.noise_var > 0) <= (eot.delta_param != 0)).all() and eot.noise_var.max() <= 0.3**2 + 1e-7
+    assert eot.options["forward_passes"] == 18 and eot.options["backward_passes"] == 18
+    fmn = fmn_attack(mlp, images, labels, norm="l1", steps=10)
+    assert fmn.is_point and fmn.options["forward_passes"] > 0 and fmn.mean.min() >= 0
+    with pytest.raises(ValueError, match="norm must be"):
+        fmn_attack(mlp, images, labels, norm="l2")
+    with pytest.raises(ValueError, match="samples must be"):
+        eot_attack(mlp, images, labels, samples=0)
+    with pytest.raises(ValueError, match="eps must be finite and > 0 for every image"):
+        smooth_pgd_attack(mlp, images, labels, eps=torch.tensor([1.0, 0.0, 1.0, 1.0]))

@@ -3,7 +3,16 @@
 ``gaussian_attack`` optimizes an input distribution ``N(x + delta, Sigma)`` through the closed-form moments of
 the two-stage-linearized network; ``evaluate_attack`` judges any attack by sampling the real network.
 """
-from .baselines import margin_loss, pgd_attack, smooth_pgd_attack, sparse_pgd_attack
+from .baselines import (
+    eot_attack,
+    fmn_attack,
+    l0_pgd_attack,
+    margin_loss,
+    pgd_attack,
+    smooth_pgd_attack,
+    sparse_pgd_attack,
+    tune_step_size,
+)
 from .evaluate import AttackEvaluation, evaluate_attack
 from .gaussian import (
     STRUCTURES,
@@ -26,6 +35,10 @@ __all__ = [
     "sparse_pgd_attack",
     "smooth_pgd_attack",
     "margin_loss",
+    "fmn_attack",
+    "l0_pgd_attack",
+    "eot_attack",
+    "tune_step_size",
     "STRUCTURES",
     "VARIABLES",
     "VARIANCES",
