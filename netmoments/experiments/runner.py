@@ -230,6 +230,7 @@ class RunSummary:
         n_skipped: tasks already complete in ``out`` (``resume``).
         n_run: tasks run and written by this call.
         task_seconds: wall seconds of each task run by this call (measured where it ran), in completion order.
+        task_cpu_seconds: CPU seconds of the same tasks (independent of other load on the machine).
         wall_s: wall seconds of the whole call (cluster start-up included).
         workers: number of worker processes (0 = in-process), or the scheduler address.
         out: the output file.
@@ -240,6 +241,7 @@ class RunSummary:
     n_skipped: int
     n_run: int = 0
     task_seconds: list[float] = field(default_factory=list)
+    task_cpu_seconds: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     workers: int | str = 0
     out: str = ""
@@ -256,20 +258,26 @@ class RunSummary:
             "task_seconds_mean": round(sum(secs) / len(secs), 3) if secs else None,
             "task_seconds_median": round(secs[len(secs) // 2], 3) if secs else None,
             "task_seconds_total": round(sum(secs), 3),
+            "task_cpu_seconds_mean": round(sum(self.task_cpu_seconds) / len(secs), 3) if secs else None,
+            "task_cpu_seconds_total": round(sum(self.task_cpu_seconds), 3),
             "complete": self.complete,
         }
 
 
 def _call_task(fn, key, context, threads: int):
-    """Run one task with ``threads`` torch threads; returns ``(rows, seconds)``. Runs in-process or on a worker."""
+    """Run one task with ``threads`` torch threads; returns ``(rows, (wall seconds, CPU seconds))``.
+
+    Runs in-process or on a worker. The CPU seconds (this process's, all its threads) are the cost that does
+    not depend on how busy the machine was.
+    """
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         rows = fn(key) if context is None else fn(key, context)
-        seconds = time.perf_counter() - start
+        seconds = (time.perf_counter() - start, time.process_time() - start_cpu)
     finally:
         torch.set_num_threads(previous)
     rows = list(rows)
@@ -410,11 +418,12 @@ def run_tasks(
         bar = tqdm(total=len(tasks), initial=summary.n_skipped, desc=desc, unit="task")
     last_checkpoint = time.perf_counter()
 
-    def record(i: int, rows: list[dict], seconds: float) -> None:
+    def record(i: int, rows: list[dict], seconds: tuple[float, float]) -> None:
         nonlocal last_checkpoint
         appender.append(ids[i], rows)
         summary.n_run += 1
-        summary.task_seconds.append(seconds)
+        summary.task_seconds.append(seconds[0])
+        summary.task_cpu_seconds.append(seconds[1])
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and time.perf_counter() - last_checkpoint >= checkpoint_s:

@@ -602,9 +602,10 @@ def run_tightness(
         meta["tasks_done"] = sum(1 for _ in _task_ids(out))
         meta["n_tasks"] = len(tasks)
         meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
-        secs = [s["task_seconds_total"] for s in meta["sittings"] if s.get("n_run")]
         runs = sum(s.get("n_run", 0) for s in meta["sittings"])
-        meta["task_seconds_mean"] = round(sum(secs) / runs, 3) if runs else None
+        for name in ("task_seconds", "task_cpu_seconds"):
+            total = sum(s.get(f"{name}_total", 0.0) for s in meta["sittings"] if s.get("n_run"))
+            meta[f"{name}_mean"] = round(total / runs, 3) if runs else None
         _write_json(meta_path, meta)
 
     run_tasks(tasks, tightness_task, out, context=ctx, desc="tightness", checkpoint=checkpoint,
@@ -769,7 +770,8 @@ def provenance(metadata: dict) -> str:
         f"- settings: {s['n_images']} test digits x σ {s['sigmas']} x covariances {s['covs']}; "
         f"{s['config']['mc_samples']} draws per task; fingerprint {s['fingerprint']}",
         f"- tasks done: {metadata.get('tasks_done')} of {metadata.get('n_tasks')}; wall time over all sittings "
-        f"{metadata.get('wall_s_total')} s; mean seconds per task {metadata.get('task_seconds_mean')}",
+        f"{metadata.get('wall_s_total')} s; mean seconds per task {metadata.get('task_seconds_mean')} wall, "
+        f"{metadata.get('task_cpu_seconds_mean')} CPU",
     ]
     for i, sit in enumerate(metadata["sittings"], 1):
         lines.append(
