@@ -344,3 +344,69 @@ def support_attack(model, images, labels, target, opts, adam_cls, objective_cls,
         loss_history=hist, success_prob_history=probs, time_s=elapsed, time_linearize_s=lin_time,
         n_linearizations=n_lin, options=options,
     )
+
+
+@torch.no_grad()
+def surrogate_check(model, result, labels, target=None, n_draws=200, generator=None, variance=None):
+    """The surrogate's margin against the real network's, at an attack's *final* distribution (sparse, G = I).
+
+    The two-stage linearization is taken afresh at the final (clip-aware) mean; the margin class ``k*`` is the
+    surrogate's easiest competitor (untargeted: ``argmin_k E[M_k] / sd[M_k]``; targeted: the hardest rival).
+    ``M_k = g_y - g_k`` untargeted, ``g_k - g_t`` targeted; success means ``M < 0``.
+
+    Returns a dict of ``(B,)`` tensors: ``pred_success`` = ``Phi(-E/sd)`` of ``M_k*`` under the surrogate (no
+    ``kappa``, no temperature), ``sur_mean``, ``sur_var``, and on ``n_draws`` draws through the real network
+    ``mc_mean``, ``mc_var``, ``mc_success_kstar`` (fraction with ``M_k* < 0``) and ``margin_z`` =
+    ``(sur_mean - mc_mean) / SE(mc_mean)``.
+    """
+    from .gaussian import LinearizedAttackObjective
+
+    if result.blur_sigma > 0:
+        raise ValueError("surrogate_check needs a sparse (G = I) attack result")
+    variance = variance or result.options.get("variance", "linear")
+    clean = result.clean.flatten(1)
+    bsz, n = clean.shape
+    w = result.noise_var
+    support_mask = (result.delta_param != 0) | (w > 0)
+    counts = support_mask.sum(1)
+    k = max(int(counts.max()), 1)
+    order = support_mask.to(clean.dtype).argsort(dim=1, descending=True, stable=True)[:, :k]
+    valid = torch.arange(k, device=clean.device).unsqueeze(0) < counts.unsqueeze(1)
+    support = torch.where(valid, order, order[:, :1])
+    clean_S = clean.gather(1, support) * valid
+    v_S = result.delta_param.gather(1, support) * valid
+    w_S = w.gather(1, support) * valid
+    from ._ops import clipped_gaussian_moments
+
+    mean_S, _ = clipped_gaussian_moments((clean_S + v_S).clamp(0, 1), w_S)
+    point = _put(clean, support, valid, mean_S).view_as(result.clean)
+    lin = SupportLinearization(model, point, support, valid, result.options.get("relu_index", -1))
+    targeted = target is not None
+    reference = target if targeted else labels
+    obj = LinearizedAttackObjective(lin.network(), clean_S, reference, targeted, (1, 1, k), 0.0,
+                                    variance=variance, kappa=0.0, temperature=1.0, clip_aware=True)
+    g_mean, g_cov = obj.output_moments(v_S, w_S)
+    ref = reference.unsqueeze(-1)
+    diag = torch.diagonal(g_cov, dim1=-2, dim2=-1)
+    diff = g_mean - g_mean.gather(-1, ref)
+    m_mean = diff if targeted else -diff
+    m_var = (diag.gather(-1, ref) + diag - 2 * g_cov.gather(-2, ref.unsqueeze(-1).expand(-1, 1, g_cov.shape[-1]))
+             .squeeze(-2)).clamp_min(0)
+    score = m_mean / m_var.clamp_min(1e-12).sqrt()
+    is_ref = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, ref, True)
+    if targeted:
+        kstar = score.masked_fill(is_ref, float("-inf")).argmax(-1)
+    else:
+        kstar = score.masked_fill(is_ref, float("inf")).argmin(-1)
+    sur_mean = m_mean.gather(-1, kstar[:, None]).squeeze(-1)
+    sur_var = m_var.gather(-1, kstar[:, None]).squeeze(-1)
+    draws = result.sample(n_draws, generator=generator)
+    logits = model(draws.flatten(0, 1)).view(n_draws, bsz, -1)
+    z_ref = logits.gather(-1, ref.unsqueeze(0).expand(n_draws, -1, -1)).squeeze(-1)
+    z_k = logits.gather(-1, kstar.view(1, -1, 1).expand(n_draws, -1, -1)).squeeze(-1)
+    mc = z_k - z_ref if targeted else z_ref - z_k
+    mc_mean, mc_var = mc.mean(0), mc.var(0)
+    se = (mc_var / n_draws).sqrt().clamp_min(1e-12)
+    pred = torch.special.ndtr(-sur_mean / sur_var.clamp_min(1e-12).sqrt())
+    return dict(pred_success=pred, sur_mean=sur_mean, sur_var=sur_var, mc_mean=mc_mean, mc_var=mc_var,
+                mc_success_kstar=(mc < 0).to(mc.dtype).mean(0), margin_z=(sur_mean - mc_mean) / se)

@@ -203,11 +203,28 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/attack", help="output stem: writes .csv, .json and .npz")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--book-data", default=None, metavar="DIR",
                         help="regenerate the chapter-8 sweeps into DIR instead of a single attack")
+    parser.add_argument("--suite", default=None, choices=["sparse", "ablation", "smooth", "targeted"],
+                        help="run a per-image evidence suite (netmoments.experiments.attack_suite) into --out "
+                             "(.csv), resumable")
+    parser.add_argument("--split", choices=["train", "test"], default="test",
+                        help="digits to attack with --suite (tune on train, report on test)")
+    parser.add_argument("--chunk", type=int, default=8, help="digits per task (one batch) with --suite")
+    from .runner import add_runner_arguments
+
+    add_runner_arguments(parser)
 
     def handler(args):
+        if args.suite:
+            from .attack_suite import run_suite
+            from .runner import runner_kwargs
+
+            out = args.out if args.out.endswith(".csv") else args.out + ".csv"
+            run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk,
+                      command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or []),
+                      **runner_kwargs(args))
+            return 0
         if args.book_data:
             precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress)
         else:
