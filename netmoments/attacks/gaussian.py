@@ -81,6 +81,7 @@ _COMMON_DEFAULTS = dict(
     # the support solver (structure "sparse"; see netmoments.attacks.support)
     solver="auto",
     mean_steps=60,
+    support_steps=60,
     max_support=100,
     final_draws=32,
     final_goal=0.9,
@@ -401,6 +402,7 @@ def _resolve_options(structure: str, options: dict) -> dict:
             raise ValueError("solver='support' supports neither linearizer nor l1_budget/l2_budget; "
                              "use solver='dense'")
     _check_int("mean_steps", opts["mean_steps"], 0)
+    _check_int("support_steps", opts["support_steps"], 1)
     _check_int("max_support", opts["max_support"], 1)
     _check_int("final_draws", opts["final_draws"], 0)
     _check_int("tighten_rounds", opts["tighten_rounds"], 0)
@@ -540,6 +542,12 @@ def gaussian_attack(
         clip_aware: feed the surrogate the exact moments of the clipped pixels (draws are clipped to [0, 1]).
         relu_index, linearizer: which ReLU the TSL splits at, or a callable ``(model, point) -> AffineReLUAffine``.
         seed: seeds :meth:`AttackResult.sample`'s default generator (the optimization itself is deterministic).
+        solver: ``"support"`` (default for ``"sparse"``: :mod:`netmoments.attacks.support`, a support found by
+            ``mean_steps`` proximal steps on the real margin, then ``support_steps`` steps on the distribution
+            over at most ``max_support`` pixels, then a ``final_draws``-draw check on the real network that
+            raises ``kappa`` by ``kappa_step`` for images below ``final_goal``, ``tighten_rounds`` times at most)
+            or ``"dense"`` (the full ``m x n`` linearization every ``relinearize_every`` of ``steps`` steps; the
+            only solver for blurred structures).
         progress: show a tqdm bar over steps.
 
     Returns:

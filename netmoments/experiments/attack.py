@@ -211,11 +211,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=["train", "test"], default="test",
                         help="digits to attack with --suite (tune on train, report on test)")
     parser.add_argument("--chunk", type=int, default=8, help="digits per task (one batch) with --suite")
+    parser.add_argument("--tune", default=None, metavar="JSON",
+                        help="tune the baselines' step size and our L1 price on --images training digits")
     from .runner import add_runner_arguments
 
     add_runner_arguments(parser)
 
     def handler(args):
+        if args.tune:
+            from .attack_suite import tune
+
+            print(json.dumps(tune(args.tune, images=args.images), indent=1, default=str))
+            return 0
         if args.suite:
             from .attack_suite import run_suite
             from .runner import runner_kwargs
