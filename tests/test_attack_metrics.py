@@ -121,3 +121,57 @@ def test_pass_counter_counts_images_forward_and_backward():
     assert (count.forward, count.backward) == (10, 5)
     model(x)
     assert count.forward == 10  # the hook is gone
+
+
+def test_surrogate_check_agrees_with_monte_carlo_where_the_surrogate_is_exact():
+    # One hidden ReLU layer (the layers before the kept ReLU are affine, so the two-stage linearization is the
+    # network), pixels far from the box edges (no clipping): the closed-form margin mean and, with
+    # variance="exact", its variance are the truth, so Monte Carlo must agree within its standard errors.
+    from netmoments.attacks.support import surrogate_check
+    from netmoments.models import load_mlp
+
+    model = load_mlp().double()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(5)
+    clean = (0.35 + 0.3 * torch.rand(3, 1, 28, 28, generator=gen, dtype=torch.float64))
+    with torch.no_grad():
+        labels = model(clean).argmax(-1)
+    v = torch.zeros(3, 784, dtype=torch.float64)
+    w = torch.zeros_like(v)
+    pix = torch.randperm(784, generator=gen)[:40]
+    v[:, pix] = 0.02
+    w[:, pix] = 0.08**2  # 0.35 - 0.02 is > 4 sd from 0: clipping has probability < 1e-4 per pixel
+    res = AttackResult(clean=clean, labels=labels, target=None, delta_param=v, noise_var=w, blur_sigma=0.0,
+                       structure="sparse", options=dict(seed=0))
+    n = 4000
+    chk = surrogate_check(model, res, labels, n_draws=n, generator=torch.Generator().manual_seed(1),
+                          variance="exact")
+    assert (chk["margin_z"].abs() < 4.5).all(), chk["margin_z"]
+    se_var = chk["mc_var"] * math.sqrt(2.0 / (n - 1))
+    assert ((chk["sur_var"] - chk["mc_var"]).abs() < 4.5 * se_var).all()
+    assert ((chk["pred_success"] >= 0) & (chk["pred_success"] <= 1)).all()
+
+
+def test_report_tables_cost_ratio_and_calibration():
+    from netmoments.attacks.report import calibration, cost_ratio, format_interval, method_table
+
+    rows = []
+    for chunk in range(3):
+        for i in range(4):
+            image = 4 * chunk + i
+            for method, t in (("gauss-sparse", 2.0), ("fmn-l0", 1.0)):
+                rows.append(dict(task=f"[{chunk}]", image=image, method=method, success=float(i % 2), l0=10.0 + i,
+                                 l2=1.0, tv=3.0, ssim=0.9, diversity=0.0, support_jaccard=0.0, time_s=t,
+                                 forward=1.0, backward=1.0, yardstick_s=1.0 + chunk, success_l0_10=0.5,
+                                 pred_success=0.95 if i < 2 else 0.2, mc_success_kstar=float(i < 3),
+                                 margin_z=0.0, sur_mean=-1.0, mc_mean=-1.0))
+    table = method_table(rows, n_boot=200)
+    assert [t["method"] for t in table] == ["gauss-sparse", "fmn-l0"] and table[0]["n"] == 12
+    assert table[0]["success"][0] == pytest.approx(0.5) and table[0]["l0"][0] == 11.0
+    est, lo, hi = cost_ratio(rows)
+    assert est == pytest.approx(2.0 / 2.0) and lo <= est <= hi  # mean time 2 over mean yardstick 2
+    cal = calibration(rows, bins=(0.0, 0.5, 1.0))
+    assert cal["bins"][0][2] == 6 and cal["bins"][1][2] == 6
+    assert cal["bins"][1][4] == pytest.approx(1.0)  # pred 0.95 digits (i < 2) all succeed
+    assert format_interval((0.5, 0.25, float("inf"))) == "0.50 [0.25, inf]"
