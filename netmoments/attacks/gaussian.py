@@ -279,9 +279,10 @@ class LinearizedAttackObjective:
         net = self.net
         mean, var_vec = self.pixel_moments(v, w)
         if self.variance in ("exact", "series", "hybrid"):
-            root = torch.diag_embed(var_vec.clamp_min(0.0).sqrt())
-            g_root = root if self.diagonal else blur(root.mT, self.shape, self.blur_sigma).mT
-            cov_in = g_root @ g_root.mT
+            # G diag(w) G^T without a square root (its gradient at w = 0, e.g. pixels without noise, is infinite)
+            cov_in = torch.diag_embed(var_vec.clamp_min(0.0))
+            if not self.diagonal:
+                cov_in = blur(blur(cov_in, self.shape, self.blur_sigma).mT, self.shape, self.blur_sigma).mT
             return net.moments(mean, 0.5 * (cov_in + cov_in.mT), method=self.variance, output="cov",
                                terms=self.series_terms)
         y_mean = _matvec(self.A, mean) + net.c1
