@@ -2,7 +2,8 @@
 
 Writes ``OUT.csv`` (one row per image), ``OUT.json`` (options, pooled Monte Carlo success with Wilson intervals,
 sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other.
-``--book-data DIR`` instead regenerates the precomputed sweeps behind ``book/08_gaussian_attacks.ipynb``.
+``--suite NAME`` instead runs a per-image evidence suite (:mod:`netmoments.experiments.attack_suite`, resumable),
+``--tune JSON`` the tuning on training digits, and ``--book-data DIR`` regenerates chapter 8's browser data.
 """
 from __future__ import annotations
 
@@ -94,61 +95,18 @@ def run_attack(args) -> dict:
     return summary
 
 
-def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=200, seed=0, progress=True,
-                         parts=("curves", "widget")):
-    """The sweeps shown in chapter 8 (a few minutes on a 2-core CPU), written to ``out_dir``.
+def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0, progress=True):
+    """The targeted-attack browser of chapter 8 (``attacks_widget.npz``, about a minute on a 2-core CPU): for
+    ``n_widget`` test digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the clean digit, attack mean, noise
+    std, three draws and the Monte Carlo success; browsed by :func:`netmoments.widgets.attack_browser_widget`.
 
-    * ``attacks_curves.json``: success vs budget. Sparse Gaussian attacks over fixed L1 weights
-      (``l1_decay=1``) vs L0-PGD at the matched per-image pixel count and at fixed k; smooth Gaussian attacks
-      over L2 weights vs blurred L2-PGD at the matched L2 norm; the ``variance`` ablation (linear vs none) at
-      the default options.
-    * ``attacks_widget.npz``: for ``n_widget`` digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the
-      clean digit, attack mean, noise std, three draws and the MC success; browsed by
-      :func:`netmoments.widgets.attack_browser_widget`.
+    (The chapter's tables come from ``--suite``; the old pooled-draw sweeps were dropped.)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, images, labels = _load(device, n_curve)
+    model, images, labels = _load(device, n_widget)
     gen = lambda: torch.Generator(device=images.device).manual_seed(seed)  # noqa: E731
-    curves = None
-    if "curves" in parts:
-        curves = _curves(model, images, labels, gen, samples, progress)
-        with open(out / "attacks_curves.json", "w") as fh:
-            json.dump(curves, fh, indent=1, default=float)
-    if "widget" in parts:
-        _widget(out, model, images[:n_widget], labels[:n_widget], gen, samples, progress)
-    return curves
-
-
-def _curves(model, images, labels, gen, samples, progress):
-    from ..attacks import evaluate_attack, gaussian_attack, smooth_pgd_attack, sparse_pgd_attack
-
-    curves = dict(n_images=len(labels), samples=samples, sparse=[], smooth=[], variance=[])
-    started = time.perf_counter()
-    for weight in (0.1, 0.3, 1.0, 3.0):
-        res = gaussian_attack(model, images, labels, structure="sparse", l1_weight=weight, l1_decay=1.0,
-                              progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        k = ev.pixels_touched.clamp_min(1).long().to(images.device)
-        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
-        curves["sparse"].append(dict(l1_weight=weight, l1_decay=1.0, gaussian=ev.summary(),
-                                     l0_pgd_matched=base.summary()))
-    for k in (5, 10, 20, 40, 80):
-        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
-        curves.setdefault("l0_pgd_fixed", []).append(dict(k=k, **base.summary()))
-    for variance in ("linear", "none"):  # the defaults (with the L1 continuation), with and without Var[M]
-        res = gaussian_attack(model, images, labels, structure="sparse", variance=variance, progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        curves["variance"].append(dict(variance=variance, **ev.summary()))
-    for weight in (0.02, 0.05, 0.2):
-        res = gaussian_attack(model, images, labels, structure="smooth", l2_weight=weight, progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        eps = float(ev.l2.median())
-        base = evaluate_attack(model, smooth_pgd_attack(model, images, labels, eps=eps), labels)
-        curves["smooth"].append(dict(l2_weight=weight, gaussian=ev.summary(), smooth_pgd=dict(eps=eps,
-                                                                                               **base.summary())))
-    curves["time_s"] = time.perf_counter() - started
-    return curves
+    _widget(out, model, images, labels, gen, samples, progress)
 
 
 def _widget(out, model, w_images, w_labels, gen, samples, progress):
@@ -181,7 +139,6 @@ def _widget(out, model, w_images, w_labels, gen, samples, progress):
         draws=torch.stack(draws, 1).numpy(),
         success=torch.stack(success, 1).numpy(),
     )
-    return curves
 
 
 def register(subparsers) -> argparse.ArgumentParser:

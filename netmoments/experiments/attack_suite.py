@@ -113,73 +113,89 @@ def _yardstick(model, images, labels):
     return (time.perf_counter() - start) / len(labels)
 
 
-def suite_task(key, ctx: SuiteContext):
-    """Rows of one chunk: ``key = (suite, chunk_id)``."""
+def suite_task(key, ctx: SuiteContext, only=None):
+    """Rows of one chunk: ``key = (suite, chunk_id)``; ``only``: a set of method names to run (tests recompute
+    slices of committed results with it; the rest are skipped)."""
     from ..attacks import eot_attack, fmn_attack, gaussian_attack, l0_pgd_attack, smooth_pgd_attack
     from .runner import seed_from_key
 
     suite, chunk_id = key
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     model = ctx.model
     images, labels, index = ctx.batch(chunk_id)
     seed = seed_from_key(0, suite, chunk_id) % (2**31)
     torch.manual_seed(seed)
-    yard = _yardstick(model, images, labels)
+    yard = _yardstick(model, images, labels) if only is None else float("nan")
     rows = []
-
     columns = _EXTRA_ABLATION if suite == "ablation" else _EXTRA
 
-    def add(method, res, target=None, extra=None):
-        rows.extend(_rows(model, method, res, images, labels, index, target, yard, seed, extra, columns))
+    def want(method):
+        return only is None or method in only
 
+    def add(method, attack, target=None, extra=None):
+        """Run ``attack()`` (lazily: skipped unless wanted) and append its rows; returns the result."""
+        if not want(method):
+            return None
+        res = attack()
+        rows.extend(_rows(model, method, res, images, labels, index, target, yard, seed,
+                          extra(res) if extra else None, columns))
+        return res
+
+    def ours_extra(target=None, variances=()):
+        return lambda res: _ours_extra(model, res, labels, target, seed, variances)
+
+    step, restarts = TUNED["l0_pgd_step_size"], TUNED["l0_pgd_restarts"]
     if suite == "sparse":
-        ours = gaussian_attack(model, images, labels, seed=seed)
-        add("gauss-sparse", ours, extra=_ours_extra(model, ours, labels, None, seed))
-        add("gauss-sparse-mean", gaussian_attack(model, images, labels, variables="mean", variance="none",
-                                                 seed=seed))
-        add("fmn-l0", fmn_attack(model, images, labels, norm="l0", steps=100))
-        add("fmn-l1", fmn_attack(model, images, labels, norm="l1", steps=100))
+        add("gauss-sparse", lambda: gaussian_attack(model, images, labels, seed=seed), extra=ours_extra())
+        add("gauss-sparse-mean", lambda: gaussian_attack(model, images, labels, variables="mean", variance="none",
+                                                         seed=seed))
+        add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100))
+        add("fmn-l1", lambda: fmn_attack(model, images, labels, norm="l1", steps=100))
         for k in TUNED["l0_pgd_k"]:
-            add(f"l0-pgd-k{k}", l0_pgd_attack(model, images, labels, k=k, step_size=TUNED["l0_pgd_step_size"],
-                                              restarts=TUNED["l0_pgd_restarts"], seed=seed))
+            add(f"l0-pgd-k{k}", lambda k=k: l0_pgd_attack(model, images, labels, k=k, step_size=step,
+                                                          restarts=restarts, seed=seed))
         # matched per image: our pixel count on the draws (median over all draws), at least 1
         ours_l0 = [r["l0_all"] for r in rows if r["method"] == "gauss-sparse"]
-        k_match = torch.tensor([max(1, int(math.ceil(v))) for v in ours_l0], dtype=torch.int64)
-        add("l0-pgd-matched", l0_pgd_attack(model, images, labels, k=k_match, step_size=TUNED["l0_pgd_step_size"],
-                                            restarts=TUNED["l0_pgd_restarts"], seed=seed))
-        add("eot-sparse", eot_attack(model, images, labels, structure="sparse", samples=TUNED["eot_samples"],
-                                     steps=TUNED["eot_steps"], seed=seed))
+        if ours_l0:
+            k_match = torch.tensor([max(1, int(math.ceil(v))) for v in ours_l0], dtype=torch.int64)
+            add("l0-pgd-matched", lambda: l0_pgd_attack(model, images, labels, k=k_match, step_size=step,
+                                                        restarts=restarts, seed=seed))
+        add("eot-sparse", lambda: eot_attack(model, images, labels, structure="sparse", samples=TUNED["eot_samples"],
+                                             steps=TUNED["eot_steps"], seed=seed))
     elif suite == "ablation":
         # Optimizing with the exact / series covariance costs ~10 s per step per digit here (1024^2 / 2 hidden
         # pairs), so those two variances score the final distribution of the linear-variance attack instead.
-        ours = gaussian_attack(model, images, labels, variance="linear", seed=seed)
-        add("gauss-var-linear", ours, extra=_ours_extra(model, ours, labels, None, seed, ("exact", "series")))
-        res = gaussian_attack(model, images, labels, variance="none", variables="mean", seed=seed)
-        add("gauss-var-none-mean-only", res, extra=_ours_extra(model, res, labels, None, seed))
-        res = gaussian_attack(model, images, labels, variance="linear", noise_reward=0.0, seed=seed)
-        add("gauss-no-noise-reward", res, extra=_ours_extra(model, res, labels, None, seed))
-        res = gaussian_attack(model, images, labels, tighten_rounds=0, final_draws=0, seed=seed)
-        add("gauss-no-final-check", res, extra=_ours_extra(model, res, labels, None, seed))
-        # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
-        probe = eot_attack(model, images, labels, samples=4, steps=5, seed=seed)
-        steps = max(5, int(5 * ours.time_s / max(probe.time_s, 1e-9)))
-        add("eot-sparse-equal-time", eot_attack(model, images, labels, samples=4, steps=steps, seed=seed))
+        ours = add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, variance="linear", seed=seed),
+                   extra=ours_extra(variances=("exact", "series")))
+        add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, variance="none",
+                                                                variables="mean", seed=seed), extra=ours_extra())
+        add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0, seed=seed),
+            extra=ours_extra())
+        add("gauss-no-final-check", lambda: gaussian_attack(model, images, labels, tighten_rounds=0, final_draws=0,
+                                                            seed=seed), extra=ours_extra())
+        if ours is not None:
+            # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
+            probe = eot_attack(model, images, labels, samples=4, steps=5, seed=seed)
+            steps = max(5, int(5 * ours.time_s / max(probe.time_s, 1e-9)))
+            add("eot-sparse-equal-time", lambda: eot_attack(model, images, labels, samples=4, steps=steps,
+                                                            seed=seed))
     elif suite == "smooth":
-        ours = gaussian_attack(model, images, labels, structure="smooth", seed=seed)
-        add("gauss-smooth", ours)
-        # per-image budgets matched to ours: the L2 of our mean shift after clipping, enforced before clipping
-        eps = ours.delta.flatten(1).norm(dim=1).clamp_min(1e-3)
-        add("pgd-blur-matched", smooth_pgd_attack(model, images, labels, eps=eps, blur_sigma=1.5))
-        add("eot-smooth", eot_attack(model, images, labels, structure="smooth", samples=TUNED["eot_samples"],
-                                     steps=TUNED["eot_steps"], seed=seed))
-        add("gauss-sparse+smooth", gaussian_attack(model, images, labels, structure="sparse+smooth", seed=seed))
+        ours = add("gauss-smooth", lambda: gaussian_attack(model, images, labels, structure="smooth", seed=seed))
+        if ours is not None:
+            # per-image budgets matched to ours: the L2 of our mean shift after clipping, enforced before clipping
+            eps = ours.delta.flatten(1).norm(dim=1).clamp_min(1e-3)
+            add("pgd-blur-matched", lambda: smooth_pgd_attack(model, images, labels, eps=eps, blur_sigma=1.5))
+        add("eot-smooth", lambda: eot_attack(model, images, labels, structure="smooth", samples=TUNED["eot_samples"],
+                                             steps=TUNED["eot_steps"], seed=seed))
+        add("gauss-sparse+smooth", lambda: gaussian_attack(model, images, labels, structure="sparse+smooth",
+                                                           seed=seed))
     elif suite == "targeted":
         for shift in range(1, 10):
             target = (labels + shift) % 10
-            res = gaussian_attack(model, images, labels, target=target, seed=seed)
-            add("gauss-sparse", res, target, extra=_ours_extra(model, res, labels, target, seed))
-            add("fmn-l0", fmn_attack(model, images, labels, target=target, norm="l0", steps=100), target)
-    else:
-        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+            add("gauss-sparse", lambda: gaussian_attack(model, images, labels, target=target, seed=seed), target,
+                extra=ours_extra(target))
+            add("fmn-l0", lambda: fmn_attack(model, images, labels, target=target, norm="l0", steps=100), target)
     return rows
 
 
