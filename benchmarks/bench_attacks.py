@@ -5,7 +5,7 @@
 P10 Cost per attacked image, batched, on the first correctly classified test digits: the default untargeted
     sparse Gaussian attack (support solver: its own final Monte Carlo check included) against the yardstick of
     a 100-step PGD, i.e. 100 forward + backward passes of LeNet per image (L-infinity PGD, eps 0.3), timed in the
-    same run on the same batch (best of 2 alternating repeats each, so machine load affects both sides alike).
+    same run on the same batch (best of 3 alternating repeats each, so machine load affects both sides alike).
     Goal: <= 2x. Also reported: the attack's expected success per image (mean over digits of the fraction of
     100 draws that fool the real LeNet; a bootstrap interval over digits) and its network passes per image.
 P7  Forward + backward over forward time of the attack objective (one fixed linearization, 8 images).
@@ -36,7 +36,7 @@ def _digits(model, count, device):
     return images[idx].to(device), labels[idx].to(device)
 
 
-def bench_p10(model, images, labels, repeats=2):
+def bench_p10(model, images, labels, repeats=3):
     bsz = len(labels)
     t_ours, t_pgd, result = [], [], None
     for _ in range(repeats):  # alternate, so a change of load hits both
