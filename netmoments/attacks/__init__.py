@@ -1,7 +1,12 @@
 """Gaussian adversarial attacks (spec section 7) and the point-attack baselines they are compared with.
 
 ``gaussian_attack`` optimizes an input distribution ``N(x + delta, Sigma)`` through the closed-form moments of
-the two-stage-linearized network; ``evaluate_attack`` judges any attack by sampling the real network.
+the two-stage-linearized network (sparse attacks by default through :mod:`.support`: a support on the real
+network, then the distribution on the columns of ``A`` it needs); ``evaluate_attack`` judges any attack by
+sampling the real network. :mod:`.metrics` measures attacks per image (fixed budgets, sizes on the actual draws,
+SSIM, diversity, cost) with bootstrap intervals over images; :mod:`.baselines` holds the point attacks, Foolbox's
+FMN, L0-PGD with restarts and EOT-PGD over the same Gaussian family; :mod:`.report` turns suite rows into tables
+and figures.
 """
 from .baselines import (
     eot_attack,
