@@ -18,6 +18,7 @@ SLICES = {
     "sparse": ("gauss-sparse", "fmn-l0"),
     "targeted": ("gauss-sparse",),
     "ablation": ("gauss-var-none-mean-only",),
+    "smooth": ("gauss-smooth",),
 }
 
 
