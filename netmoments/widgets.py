@@ -1,24 +1,33 @@
-"""Interactive widgets for the book, organised by chapter.
+"""Interactive widgets for the book, organised by chapter, that stay live in the static HTML book.
 
-Each widget is two functions:
+Each widget is two functions and one call:
 
-- a *pure* function of the slider values that returns a ``dict`` of numbers and arrays (closed-form moments,
+- a *pure* function of the control values that returns a ``dict`` of numbers and arrays (closed-form moments,
   Monte Carlo estimates with standard errors, samples), computed with the core; it draws nothing, so tests
   check it directly;
-- a *builder* that wraps it in :class:`ipywidgets.interactive`: the callback calls the pure function, draws
-  with :mod:`netmoments.viz`, and returns the dict, which ``interactive`` keeps as ``.result``.
+- a *builder* that hands the pure function, a plot function and a grid of control values to
+  :func:`precomputed_widget`.
 
-A test can therefore change a slider (``w.children[i].value = ...``) and read ``w.result``.
+:func:`precomputed_widget` computes and draws every point of the grid once, when the notebook runs, and wraps the
+PNG frames in nested :class:`ipywidgets.Stack` widgets whose ``selected_index`` is tied to the sliders' ``index``
+by :func:`ipywidgets.jslink`. The link lives in the browser, so the built HTML book (saved widget state, no kernel,
+no network) swaps frames as the reader drags a slider, exactly as JupyterLab does. The price is a finite grid:
+each slider offers the grid's values only, and its readout shows the value its frame was computed at.
+
 ipywidgets (like matplotlib) is imported here and in :mod:`netmoments.viz` only; the core never imports it.
 """
 from __future__ import annotations
 
+import html
+import io
 import math
+from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
+from ipywidgets.widgets.widget_string import HTMLStyle
+from matplotlib.figure import Figure
 
 from . import viz
 from .affine import affine_moments
@@ -31,6 +40,10 @@ from .relu import relu_cross_moment, zero_mean_relu_kernel
 from .special import bivariate_normal_cdf, bivariate_normal_cdf_series
 
 __all__ = [
+    # all chapters
+    "FrameWidget",
+    "precomputed_widget",
+    "png_frame",
     # chapter 1
     "affine_gaussian_summary",
     "affine_gaussian_widget",
@@ -42,23 +55,220 @@ __all__ = [
     "noise_sensitivity_widget",
 ]
 
-_SLIDER_LAYOUT = ipywidgets.Layout(width="420px")
-_SLIDER_STYLE = {"description_width": "150px"}
+#: Resolution of widget frames. Every frame is stored in the page (base64 PNG), so this and the grid sizes set
+#: the page size: about 15-25 kB a frame at 65 dpi after the 256-colour palette of :func:`png_frame`.
+FRAME_DPI = 65
+
+_SLIDER_LAYOUT = ipywidgets.Layout(width="460px")
+_SLIDER_STYLE = {"description_width": "170px"}
 
 
-def _slider(value, lo, hi, step, description) -> ipywidgets.FloatSlider:
-    # continuous_update=False: redraw on release, not on every pixel of a drag (each redraw samples).
-    return ipywidgets.FloatSlider(
-        value=value, min=lo, max=hi, step=step, description=description, continuous_update=False,
-        readout_format=".2f", layout=_SLIDER_LAYOUT, style=_SLIDER_STYLE,
-    )
+# ----------------------------------------------------------------------------- precomputed widgets (all chapters)
 
 
-def _show(fig) -> None:
-    # display + close (rather than plt.show) behaves the same under the inline backend, in the
-    # widget's Output area, and headless in tests.
-    display(fig)
-    plt.close(fig)
+def png_frame(fig: Figure, dpi: int = FRAME_DPI, colors: int | None = 256) -> bytes:
+    """Render ``fig`` to PNG bytes and close it.
+
+    Args:
+        fig: a matplotlib figure (closed afterwards, so a loop of frames does not pile up figures).
+        dpi: resolution.
+        colors: reduce to an adaptive palette of this many colours (line plots, scatter plots and colour maps
+            look the same and the file is about four times smaller); ``None`` keeps full RGBA.
+
+    Returns:
+        the PNG file's bytes; the same figure gives the same bytes (no time stamp is written).
+    """
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white",
+                    metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    if colors is None:
+        return buffer.getvalue()
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    image = image.quantize(colors=colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
+def _decimals(values: Sequence[float], most: int = 6) -> int:
+    """Fewest decimals (at least 2, at most ``most``) that write every value exactly (``float(text) == v``)."""
+    for d in range(2, most + 1):
+        if all(float(f"{v:.{d}f}") == v for v in values):
+            return d
+    return most
+
+
+def _grid_labels(name: str, values: tuple, fmt) -> list[str]:
+    """Readout labels of one control: ``fmt(v)`` / ``fmt.format(v)`` if given; else ints as ints and floats with
+    the fewest common decimals that write each value exactly. Labels must be distinct (they identify frames)."""
+    if fmt is None:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            labels = [str(v) for v in values]
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            d = _decimals([float(v) for v in values])
+            labels = [f"{float(v):.{d}f}" for v in values]
+        else:
+            labels = [str(v) for v in values]
+    elif callable(fmt):
+        labels = [fmt(v) for v in values]
+    else:
+        labels = [fmt.format(v) for v in values]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"grid[{name!r}]: readout labels must be distinct, got {labels}")
+    return labels
+
+
+class FrameWidget(ipywidgets.VBox):
+    """Sliders over a grid and the precomputed frame of the selected grid point (see :func:`precomputed_widget`).
+
+    A :class:`ipywidgets.VBox` holding one :class:`ipywidgets.SelectionSlider` per control and then the outermost
+    :class:`ipywidgets.Stack`. Python-side attributes (set by :func:`precomputed_widget`):
+
+    - ``names``: the controls, outermost first; ``grid``: ``{name: tuple of values}``;
+    - ``sliders``: ``{name: SelectionSlider}`` whose options are ``(readout label, grid value)`` pairs;
+    - ``stacks``: one list per control: the Stacks that control switches (``1, n_1, n_1 n_2, ...`` of them);
+    - ``links``: the :func:`ipywidgets.jslink` objects, ``(slider, "index") -> (stack, "selected_index")``;
+    - ``results``, ``frames``, ``images``: ``{key: ...}`` with ``key`` the tuple of grid values in ``names``
+      order: the pure function's dict, the frame widget, and its :class:`ipywidgets.Image`.
+    """
+
+    @property
+    def values(self) -> dict:
+        """The sliders' current values, ``{name: grid value}``."""
+        return {name: self.sliders[name].value for name in self.names}
+
+    @property
+    def key(self) -> tuple:
+        return tuple(self.sliders[name].value for name in self.names)
+
+    @property
+    def result(self) -> dict:
+        """The pure function's result at the sliders' current values (what the shown frame was drawn from)."""
+        return self.results[self.key]
+
+    @property
+    def image(self) -> ipywidgets.Image:
+        """The frame image at the sliders' current values."""
+        return self.images[self.key]
+
+
+def precomputed_widget(
+    compute: Callable[..., dict],
+    plot: Callable[[dict], Figure],
+    grid: Mapping[str, Sequence],
+    *,
+    initial: Mapping[str, object] | None = None,
+    descriptions: Mapping[str, str] | None = None,
+    formats: Mapping[str, object] | None = None,
+    describe: Callable[[dict], str] | None = None,
+    dpi: int = FRAME_DPI,
+    colors: int | None = 256,
+) -> FrameWidget:
+    """A widget that answers its sliders with no kernel: every frame precomputed, switched in the browser.
+
+    For every point of the grid (the Cartesian product of ``grid``'s value lists) it calls
+    ``result = compute(**point)``, draws ``plot(result)`` to PNG (:func:`png_frame`) and, if ``describe`` is
+    given, puts the text ``describe(result)`` under the picture. The frames sit in nested Stacks, one level per
+    control; slider ``i``'s ``index`` is :func:`ipywidgets.jslink`-ed to the ``selected_index`` of every Stack of
+    level ``i``. Links run in the browser: the saved widget state of an executed notebook is enough for the HTML
+    page to swap frames, and in JupyterLab the same widget behaves the same.
+
+    Args:
+        compute: pure function of the controls (keyword arguments named as ``grid``'s keys) returning a dict.
+        plot: ``plot(result) -> Figure``; the figure is closed after rendering.
+        grid: ``{control name: values}``, outermost control first; each list non-empty and free of repeats.
+        initial: ``{name: value}`` selected at first (each a grid value); default the first value of each list.
+        descriptions: slider descriptions (default: the control names).
+        formats: per control, a ``str.format`` pattern or a callable giving the readout label of a value;
+            default: the value written exactly (floats with the fewest common decimals).
+        describe: optional ``describe(result) -> str``, a few lines of numbers shown under each frame.
+        dpi, colors: passed to :func:`png_frame`.
+
+    Returns:
+        a :class:`FrameWidget`.
+
+    Raises:
+        ValueError: empty grid, an empty or repeated value list, an initial value not on the grid, or a control
+            name that is not a grid key.
+    """
+    if not grid:
+        raise ValueError("grid must name at least one control")
+    names = list(grid)
+    values = {name: tuple(grid[name]) for name in names}
+    for name, vals in values.items():
+        if not vals:
+            raise ValueError(f"grid[{name!r}] is empty")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"grid[{name!r}] repeats a value: {vals}")
+    initial = dict(initial or {})
+    descriptions = dict(descriptions or {})
+    formats = dict(formats or {})
+    for what, mapping in (("initial", initial), ("descriptions", descriptions), ("formats", formats)):
+        unknown = set(mapping) - set(names)
+        if unknown:
+            raise ValueError(f"{what} names controls that are not in grid: {sorted(unknown)}")
+    start = {}
+    for name in names:
+        value = initial.get(name, values[name][0])
+        if value not in values[name]:
+            raise ValueError(f"initial[{name!r}] = {value!r} is not one of grid[{name!r}] = {values[name]}")
+        start[name] = values[name].index(value)
+
+    # One Layout / style object shared by all frames and stacks: each would otherwise be a model of its own in
+    # the saved widget state, ~1 kB apiece.
+    frame_layout = ipywidgets.Layout()
+    stack_layout = ipywidgets.Layout()
+    text_style = HTMLStyle()
+    sliders = {}
+    for name in names:
+        labels = _grid_labels(name, values[name], formats.get(name))
+        sliders[name] = ipywidgets.SelectionSlider(
+            options=list(zip(labels, values[name])), index=start[name], description=descriptions.get(name, name),
+            continuous_update=True, layout=_SLIDER_LAYOUT, style=_SLIDER_STYLE,
+        )
+
+    results, frames, images = {}, {}, {}
+    stacks: list[list[ipywidgets.Stack]] = [[] for _ in names]
+
+    def leaf(key: tuple):
+        point = dict(zip(names, key))
+        result = compute(**point)
+        # No tooltip: html-manager 1.0.6 (the vendored renderer of the HTML book) cannot draw an Image that has one.
+        image = ipywidgets.Image(value=png_frame(plot(result), dpi=dpi, colors=colors), format="png",
+                                 layout=frame_layout)
+        frame = image
+        if describe is not None:
+            text = ipywidgets.HTML(f"<pre style='margin:0'>{html.escape(describe(result))}</pre>",
+                                   layout=frame_layout, style=text_style)
+            frame = ipywidgets.VBox([image, text], layout=frame_layout)
+        results[key], frames[key], images[key] = result, frame, image
+        return frame
+
+    def level(depth: int, prefix: tuple):
+        if depth == len(names):
+            return leaf(prefix)
+        children = [level(depth + 1, prefix + (v,)) for v in values[names[depth]]]
+        stack = ipywidgets.Stack(children, selected_index=start[names[depth]], layout=stack_layout)
+        stacks[depth].append(stack)
+        return stack
+
+    outer = level(0, ())
+    links = [ipywidgets.jslink((sliders[name], "index"), (stack, "selected_index"))
+             for name, level_stacks in zip(names, stacks) for stack in level_stacks]
+    widget = FrameWidget([*sliders.values(), outer])
+    widget.names, widget.grid, widget.sliders, widget.stacks, widget.links = names, values, sliders, stacks, links
+    widget.results, widget.frames, widget.images = results, frames, images
+    return widget
+
+
+def _on_grid(initial: dict, grid: Mapping[str, Sequence]) -> dict:
+    """The builders' preferred starting values, kept only where the (possibly caller-given) grid has them."""
+    return {name: value for name, value in initial.items() if value in tuple(grid.get(name, ()))}
 
 
 # ----------------------------------------------------------------------------- chapter 1: affine layers
@@ -67,6 +277,17 @@ def _show(fig) -> None:
 AFFINE_INPUT_MEAN = (1.0, 0.5)
 AFFINE_INPUT_STD = (1.0, 0.6)
 AFFINE_BIAS = (0.5, -1.0)
+
+#: The chapter 1 widget's grid: every entry of ``A`` and the input correlation (108 frames). Rows ``(1, 1)`` and
+#: ``(1, 1)`` make ``A`` singular; ``a12 = a21 = 1`` with ``a11 = a22 = 0.5`` flips orientation (``det A < 0``).
+AFFINE_GRID = {
+    "a11": (0.5, 1.0),
+    "a12": (-1.0, 0.0, 1.0),
+    "a21": (-1.0, 0.0, 1.0),
+    "a22": (0.5, 1.0),
+    "rho": (-0.6, 0.0, 0.6),
+}
+AFFINE_INITIAL = {"a11": 1.0, "a12": 1.0, "a21": 0.0, "a22": 1.0, "rho": 0.6}
 
 
 def affine_gaussian_summary(
@@ -110,26 +331,25 @@ def affine_gaussian_summary(
     }
 
 
-def affine_gaussian_widget(n_samples: int = 2000, seed: int = 0) -> ipywidgets.interactive:
+def affine_gaussian_widget(n_samples: int = 2000, seed: int = 0, *, grid: Mapping[str, Sequence] | None = None,
+                           dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for the four entries of ``A`` and the input correlation; draws both Gaussians' 1-, 2-, 3-sigma
-    ellipses over the same draws before and after the map (see :func:`affine_gaussian_summary`)."""
+    ellipses over the same draws before and after the map (see :func:`affine_gaussian_summary`).
 
-    def draw(a11, a12, a21, a22, rho):
-        summary = affine_gaussian_summary(a11, a12, a21, a22, rho, n_samples=n_samples, seed=seed)
-        fig = viz.plot_affine_gaussian(
-            summary["mean_in"], summary["cov_in"], summary["mean_out"], summary["cov_out"],
-            summary["samples_in"], summary["samples_out"], weight=summary["weight"],
-        )
-        _show(fig)
-        return summary
+    ``grid`` (default :data:`AFFINE_GRID`) lists each control's values; see :func:`precomputed_widget`."""
 
-    return ipywidgets.interactive(
-        draw,
-        a11=_slider(1.0, -2.0, 2.0, 0.05, "A[0,0]"),
-        a12=_slider(0.8, -2.0, 2.0, 0.05, "A[0,1]"),
-        a21=_slider(-0.4, -2.0, 2.0, 0.05, "A[1,0]"),
-        a22=_slider(1.2, -2.0, 2.0, 0.05, "A[1,1]"),
-        rho=_slider(0.3, -0.99, 0.99, 0.01, "input correlation ρ"),
+    def compute(a11, a12, a21, a22, rho):
+        return affine_gaussian_summary(a11, a12, a21, a22, rho, n_samples=n_samples, seed=seed)
+
+    def plot(s):
+        return viz.plot_affine_gaussian(s["mean_in"], s["cov_in"], s["mean_out"], s["cov_out"],
+                                        s["samples_in"], s["samples_out"], weight=s["weight"])
+
+    grid = AFFINE_GRID if grid is None else grid
+    return precomputed_widget(
+        compute, plot, grid, dpi=dpi, initial=_on_grid(AFFINE_INITIAL, grid),
+        descriptions={"a11": "A[0,0]", "a12": "A[0,1]", "a21": "A[1,0]", "a22": "A[1,1]",
+                      "rho": "input correlation ρ"},
     )
 
 
@@ -178,29 +398,36 @@ def relu_gaussian_summary(mu: float, sigma: float, n_samples: int = 20000, seed:
     }
 
 
-def relu_gaussian_widget(n_samples: int = 20000, seed: int = 0) -> ipywidgets.interactive:
-    """Sliders for ``mu`` and ``sigma``; draws the law of ``max(z, 0)`` with its closed-form and Monte Carlo
-    means (see :func:`relu_gaussian_summary`)."""
+#: The chapter 2 widget's grid (91 frames).
+RELU_GRID = {
+    "mu": tuple(x / 2 for x in range(-6, 7)),
+    "sigma": (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
+}
 
-    def draw(mu, sigma):
-        s = relu_gaussian_summary(mu, sigma, n_samples=n_samples, seed=seed)
-        fig = viz.plot_rectified_gaussian(
-            mu, sigma, samples=s["samples"], analytic=(s["mean"], s["var"]),
+
+def relu_gaussian_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str, Sequence] | None = None,
+                         dpi: int = FRAME_DPI) -> FrameWidget:
+    """Sliders for ``mu`` and ``sigma``; draws the law of ``max(z, 0)`` with its closed-form and Monte Carlo
+    means, and prints both (see :func:`relu_gaussian_summary`). ``grid`` defaults to :data:`RELU_GRID`."""
+
+    def compute(mu, sigma):
+        return relu_gaussian_summary(mu, sigma, n_samples=n_samples, seed=seed) | {"mu": mu, "sigma": sigma}
+
+    def plot(s):
+        return viz.plot_rectified_gaussian(
+            s["mu"], s["sigma"], samples=s["samples"], analytic=(s["mean"], s["var"]),
             monte_carlo=(s["mc_mean"], s["mc_mean_se"], s["mc_var"], s["mc_var_se"]),
         )
-        _show(fig)
-        print(f"closed form:               E[q] = {s['mean']:.4f}           Var[q] = {s['var']:.4f}")
-        print(
-            f"Monte Carlo ({n_samples} draws): E[q] = {s['mc_mean']:.4f} ± {s['mc_mean_se']:.4f}  "
-            f"Var[q] = {s['mc_var']:.4f} ± {s['mc_var_se']:.4f}"
-        )
-        return s
 
-    return ipywidgets.interactive(
-        draw,
-        mu=_slider(0.5, -3.0, 3.0, 0.05, "mean μ"),
-        sigma=_slider(1.0, 0.05, 3.0, 0.05, "standard deviation σ"),
-    )
+    def describe(s):
+        return (f"closed form:               E[q] = {s['mean']:.4f}           Var[q] = {s['var']:.4f}\n"
+                f"Monte Carlo ({n_samples} draws): E[q] = {s['mc_mean']:.4f} ± {s['mc_mean_se']:.4f}  "
+                f"Var[q] = {s['mc_var']:.4f} ± {s['mc_var_se']:.4f}")
+
+    grid = RELU_GRID if grid is None else grid
+    return precomputed_widget(compute, plot, grid, initial=_on_grid({"mu": 0.5, "sigma": 1.0}, grid),
+                              describe=describe, dpi=dpi,
+                              descriptions={"mu": "mean μ", "sigma": "standard deviation σ"})
 
 
 # ----------------------------------------------------------------------------- chapter 3: two ReLUs, the cross moment
@@ -286,28 +513,36 @@ def relu_pair_summary(
     }
 
 
-def relu_pair_widget(n_samples: int = 20000, seed: int = 0) -> ipywidgets.interactive:
+#: The chapter 3 widget's grid (144 frames).
+RELU_PAIR_GRID = {
+    "mu_i": (-1.0, 0.0, 1.0),
+    "mu_j": (-1.0, 0.0, 1.0),
+    "sigma_i": (0.5, 1.0),
+    "sigma_j": (1.0, 2.0),
+    "rho": (-0.6, 0.0, 0.6, 0.9),
+}
+
+
+def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str, Sequence] | None = None,
+                     dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for the means, standard deviations and correlation of a Gaussian pair; draws samples of
     ``(max(y_i, 0), max(y_j, 0))`` and compares the exact covariance, Monte Carlo and NM18's zero-mean formula
-    (see :func:`relu_pair_summary`)."""
+    (see :func:`relu_pair_summary`). ``grid`` defaults to :data:`RELU_PAIR_GRID`."""
 
-    def draw(mu_i, mu_j, sigma_i, sigma_j, rho):
-        s = relu_pair_summary(mu_i, mu_j, sigma_i, sigma_j, rho, n_samples=n_samples, seed=seed)
-        fig = viz.plot_relu_pair(s)
-        _show(fig)
-        print(
-            f"Cov[q_i, q_j]: exact = {s['cov_exact']:.4f}, Monte Carlo = {s['mc_cov']:.4f} ± {s['mc_cov_se']:.4f}, "
-            f"2018 zero-mean formula = {s['cov_zero_mean']:.4f} (error {s['cov_error']:+.4f})"
-        )
-        return s
+    def compute(mu_i, mu_j, sigma_i, sigma_j, rho):
+        return relu_pair_summary(mu_i, mu_j, sigma_i, sigma_j, rho, n_samples=n_samples, seed=seed)
 
-    return ipywidgets.interactive(
-        draw,
-        mu_i=_slider(0.5, -3.0, 3.0, 0.05, "mean μ_i"),
-        mu_j=_slider(-0.5, -3.0, 3.0, 0.05, "mean μ_j"),
-        sigma_i=_slider(1.0, 0.1, 3.0, 0.05, "std σ_i"),
-        sigma_j=_slider(1.0, 0.1, 3.0, 0.05, "std σ_j"),
-        rho=_slider(0.6, -0.99, 0.99, 0.01, "correlation ρ"),
+    def describe(s):
+        return (f"Cov[q_i, q_j]: exact = {s['cov_exact']:.4f}, Monte Carlo = {s['mc_cov']:.4f} ± "
+                f"{s['mc_cov_se']:.4f}, 2018 zero-mean formula = {s['cov_zero_mean']:.4f} "
+                f"(error {s['cov_error']:+.4f})")
+
+    grid = RELU_PAIR_GRID if grid is None else grid
+    initial = {"mu_i": 1.0, "mu_j": -1.0, "sigma_i": 1.0, "sigma_j": 1.0, "rho": 0.6}
+    return precomputed_widget(
+        compute, viz.plot_relu_pair, grid, describe=describe, dpi=dpi, initial=_on_grid(initial, grid),
+        descriptions={"mu_i": "mean μ_i", "mu_j": "mean μ_j", "sigma_i": "std σ_i", "sigma_j": "std σ_j",
+                      "rho": "correlation ρ"},
     )
 
 
@@ -413,26 +648,35 @@ def network_covariance_summary(
     }
 
 
-def network_covariance_widget(n_samples: int = 20000, seed: int = 0) -> ipywidgets.interactive:
+#: The chapter 4 widget's grid (80 frames).
+NETWORK_GRID = {
+    "noise_scale": (0.25, 0.5, 1.0, 2.0),
+    "ar_coefficient": (-0.5, 0.0, 0.5, 0.9),
+    "bias_shift": (-2.0, -1.0, 0.0, 1.0, 2.0),
+}
+
+
+def network_covariance_widget(n_samples: int = 20000, seed: int = 0, *,
+                              grid: Mapping[str, Sequence] | None = None, dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for the input noise scale, the AR(1) correlation of the input noise and the bias shift of the
     pre-activation means; draws two outputs' samples with the exact and hybrid 2-sigma ellipses, and the exact
-    output covariance beside the hybrid's error (see :func:`network_covariance_summary`)."""
+    output covariance beside the hybrid's error (see :func:`network_covariance_summary`). ``grid`` defaults to
+    :data:`NETWORK_GRID`."""
 
-    def draw(noise_scale, ar_coefficient, bias_shift):
-        s = network_covariance_summary(noise_scale, ar_coefficient, bias_shift, n_samples=n_samples, seed=seed)
-        fig = viz.plot_network_covariance(s)
-        _show(fig)
-        print(
-            f"relative error of Cov[g] (Frobenius): hybrid {s['error_hybrid']:.3f}, Monte Carlo {s['error_mc']:.3f}; "
-            f"diagonal-only variances: up to {s['error_diagonal_only']:.3f}; largest |exact - MC|/SE = {s['max_z']:.2f}"
-        )
-        return s
+    def compute(noise_scale, ar_coefficient, bias_shift):
+        return network_covariance_summary(noise_scale, ar_coefficient, bias_shift, n_samples=n_samples, seed=seed)
 
-    return ipywidgets.interactive(
-        draw,
-        noise_scale=_slider(0.5, 0.1, 2.0, 0.05, "noise scale σ"),
-        ar_coefficient=_slider(0.6, -0.9, 0.95, 0.05, "AR(1) correlation φ"),
-        bias_shift=_slider(1.0, -2.0, 2.0, 0.05, "bias shift t"),
+    def describe(s):
+        return (f"relative error of Cov[g] (Frobenius): hybrid {s['error_hybrid']:.3f}, Monte Carlo "
+                f"{s['error_mc']:.3f}; diagonal-only variances: up to {s['error_diagonal_only']:.3f}; "
+                f"largest |exact - MC|/SE = {s['max_z']:.2f}")
+
+    grid = NETWORK_GRID if grid is None else grid
+    initial = {"noise_scale": 0.5, "ar_coefficient": 0.5, "bias_shift": 1.0}
+    return precomputed_widget(
+        compute, viz.plot_network_covariance, grid, describe=describe, dpi=dpi, initial=_on_grid(initial, grid),
+        descriptions={"noise_scale": "noise scale σ", "ar_coefficient": "AR(1) correlation φ",
+                      "bias_shift": "bias shift t"},
     )
 
 
@@ -465,21 +709,26 @@ def series_slice_summary(h: float, k: float, terms: int, n_rho: int = 801) -> di
     }
 
 
-def series_slice_widget(n_rho: int = 801) -> ipywidgets.interactive:
+#: The chapter 5 widget's grid (100 frames).
+SERIES_GRID = {
+    "h": (-2.0, -1.0, 0.0, 1.0, 2.0),
+    "k": (-2.0, -1.0, 0.0, 1.0, 2.0),
+    "terms": (1, 3, 5, 10),
+}
+
+
+def series_slice_widget(n_rho: int = 801, *, grid: Mapping[str, Sequence] | None = None,
+                        dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for ``h``, ``k`` and the number of series terms; draws the series and its error along ``rho``
-    (see :func:`series_slice_summary`)."""
+    (see :func:`series_slice_summary`). ``grid`` defaults to :data:`SERIES_GRID`."""
 
-    def draw(h, k, terms):
-        s = series_slice_summary(h, k, terms, n_rho=n_rho)
-        _show(viz.plot_series_slice(s))
-        return s
+    def compute(h, k, terms):
+        return series_slice_summary(h, k, terms, n_rho=n_rho)
 
-    return ipywidgets.interactive(
-        draw,
-        h=_slider(0.3, -3.0, 3.0, 0.05, "h"),
-        k=_slider(-0.4, -3.0, 3.0, 0.05, "k"),
-        terms=ipywidgets.IntSlider(value=5, min=1, max=10, description="terms N", continuous_update=False,
-                                   layout=_SLIDER_LAYOUT, style=_SLIDER_STYLE),
+    grid = SERIES_GRID if grid is None else grid
+    return precomputed_widget(
+        compute, viz.plot_series_slice, grid, dpi=dpi, initial=_on_grid({"h": 0.0, "k": -1.0, "terms": 5}, grid),
+        descriptions={"h": "h", "k": "k", "terms": "terms N"},
     )
 
 
@@ -529,23 +778,29 @@ def attack_browser_summary(data: dict, image: int, target: int, weight: int) -> 
     }
 
 
-def attack_browser_widget(data: dict) -> ipywidgets.interactive:
-    """Browse precomputed targeted sparse Gaussian attacks: digit, target and L1 weight (see the summary)."""
+def attack_browser_widget(data: dict, *, dpi: int = FRAME_DPI) -> FrameWidget:
+    """Browse precomputed targeted sparse Gaussian attacks: digit, target and L1 weight (see the summary).
+    One frame per stored attack; the readouts name the digit's label, the target class and the weight."""
     n_img, n_tgt, n_w = data["success"].shape
 
-    def draw(image, target, weight):
-        s = attack_browser_summary(data, image, target, weight)
-        title = f"{s['label']} → {s['target']}, λ={s['l1_weight']:g}"
-        _show(viz.plot_attack_grid(s["clean"], s["mean"], s["noise_std"], s["draws"], titles=[title],
-                                   success=[s["success"]]))
-        print(f"pixels touched {s['pixels_touched']}; success of the draws on the real LeNet {s['success']:.3f}")
-        return s
+    def compute(image, target, weight):
+        return attack_browser_summary(data, image, target, weight)
 
-    return ipywidgets.interactive(
-        draw,
-        image=ipywidgets.IntSlider(value=0, min=0, max=n_img - 1, description="digit", continuous_update=False),
-        target=ipywidgets.IntSlider(value=0, min=0, max=n_tgt - 1, description="target #", continuous_update=False),
-        weight=ipywidgets.IntSlider(value=1, min=0, max=n_w - 1, description="L1 weight #", continuous_update=False),
+    def plot(s):
+        title = f"{s['label']} → {s['target']}, λ={s['l1_weight']:g}"
+        return viz.plot_attack_grid(s["clean"], s["mean"], s["noise_std"], s["draws"], titles=[title],
+                                    success=[s["success"]])
+
+    def describe(s):
+        return f"pixels touched {s['pixels_touched']}; success of the draws on the real LeNet {s['success']:.3f}"
+
+    grid = {"image": range(n_img), "target": range(n_tgt), "weight": range(n_w)}
+    return precomputed_widget(
+        compute, plot, grid, describe=describe, dpi=dpi, initial={"weight": min(1, n_w - 1)},
+        descriptions={"image": "digit", "target": "target", "weight": "L1 weight"},
+        formats={"image": lambda i: f"#{i}: a {int(data['labels'][i])}",
+                 "target": lambda t: f"#{t}",
+                 "weight": lambda w: f"#{w}: λ = {float(data['weights'][w]):g}"},
     )
 
 
@@ -589,33 +844,59 @@ def noise_sensitivity_summary(model, image: torch.Tensor, logit: int, sigma: flo
     }
 
 
-def noise_sensitivity_widget(model, images: torch.Tensor, labels: torch.Tensor, n_digits: int = 12,
-                             method: str = "exact") -> ipywidgets.interactive:
+def noise_sensitivity_widget(model, images: torch.Tensor, labels: torch.Tensor, n_digits: int = 3,
+                             method: str = "exact", *, logits: Sequence[int] = tuple(range(10)),
+                             sigmas: Sequence[float] = (0.02, 0.1, 0.3), dpi: int = FRAME_DPI) -> FrameWidget:
     """Pick a digit, a logit and a noise level; shows the digit and which pixels' noise drives that logit's
-    variance (see :func:`noise_sensitivity_summary`). Linearizations are cached per digit."""
+    variance (see :func:`noise_sensitivity_summary`). Frames: ``n_digits x len(logits) x len(sigmas)``; one
+    linearization per digit and one attribution pass per digit and noise level (all logits at once)."""
+    from .linearize import pixel_noise_sensitivity, two_stage_linearize
+
+    n_digits = min(n_digits, images.shape[0])
+    logits = tuple(int(k) for k in logits)
     cache = {}
 
-    def draw(digit, logit, sigma):
-        if digit not in cache:
-            from .linearize import two_stage_linearize
+    def compute(digit, logit, sigma):
+        # What does not depend on the logit is computed once per digit (the TSL) or per (digit, sigma).
+        if (digit, sigma) not in cache:
+            if digit not in cache:
+                cache[digit] = two_stage_linearize(model, images[digit], dtype=torch.float64)
+            tsl = cache[digit]
+            x = images[digit].to(torch.float64).reshape(-1)
+            attribution, variance = pixel_noise_sensitivity(tsl, x, sigma**2, logits=list(logits), method=method)
+            cache[digit, sigma] = (tsl, x, attribution, variance)
+        tsl, x, attribution, variance = cache[digit, sigma]
+        row = logits.index(logit)
+        on = (tsl.A @ x + tsl.c1 > 0).to(x.dtype)
+        w = tsl.A.mT @ (on * tsl.B[logit])
+        shape = images[digit].shape[-2:]
+        out = tsl(x)
+        return {
+            "attribution": attribution[row].reshape(shape),
+            "linear": (w**2 * sigma**2).reshape(shape),
+            "variance": float(variance[logit]),
+            "attribution_sum": float(attribution[row].sum()),
+            "linear_variance": float((w**2 * sigma**2).sum()),
+            "logits": out,
+            "prediction": int(out.argmax()),
+            "digit": digit,
+            "logit": logit,
+            "sigma": sigma,
+        }
 
-            cache[digit] = two_stage_linearize(model, images[digit], dtype=torch.float64)
-        summary = noise_sensitivity_summary(model, images[digit], logit, sigma, method, cache[digit])
-        fig = viz.plot_noise_sensitivity(
-            images[digit][0],
-            {f"share of Var[logit {logit}] (closed form)": summary["attribution"],
-             "first-order share $w_i^2\\sigma^2$": summary["linear"]},
-            title=(f"digit {int(labels[digit])}, predicted {summary['prediction']}; Var[logit {logit}] = "
-                   f"{summary['variance']:.3e} (shares sum to {summary['attribution_sum']:.3e})"),
+    def plot(s):
+        return viz.plot_noise_sensitivity(
+            images[s["digit"]][0],
+            {f"share of Var[logit {s['logit']}] (closed form)": s["attribution"],
+             "first-order share $w_i^2\\sigma^2$": s["linear"]},
+            title=(f"digit {int(labels[s['digit']])}, predicted {s['prediction']}; Var[logit {s['logit']}] = "
+                   f"{s['variance']:.3e} (shares sum to {s['attribution_sum']:.3e})"),
         )
-        _show(fig)
-        return summary
 
-    digits = [(f"#{i}: a {int(labels[i])}", i) for i in range(min(n_digits, images.shape[0]))]
-    return ipywidgets.interactive(
-        draw,
-        digit=ipywidgets.Dropdown(options=digits, value=0, description="digit"),
-        logit=ipywidgets.Dropdown(options=list(range(10)), value=int(labels[0]), description="logit"),
-        sigma=ipywidgets.FloatLogSlider(value=0.1, base=10, min=-2, max=-0.5, step=0.25, description="σ (noise)",
-                                        continuous_update=False),
+    grid = {"digit": range(n_digits), "logit": logits, "sigma": tuple(sigmas)}
+    return precomputed_widget(
+        compute, plot, grid, dpi=dpi, initial=_on_grid({"logit": int(labels[0])}, grid),
+        descriptions={"digit": "digit", "logit": "logit", "sigma": "σ (noise)"},
+        formats={"digit": lambda i: f"#{i}: a {int(labels[i])}", "sigma": "{:g}"},
     )
+

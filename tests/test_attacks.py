@@ -351,3 +351,115 @@ def test_cli_attack_writes_csv_json_npz(tmp_path):
     with pytest.raises(ValueError, match="--target"):
         main(["attack", "--images", "1", "--steps", "1", "--target", "eleven", "--no-progress",
               "--out", str(stem)])
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_devices_must_agree(mlp):
+    images = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="labels is on device meta"):
+        gaussian_attack(mlp, images, torch.tensor([1, 2], device="meta"))
+    with pytest.raises(ValueError, match="images are on the meta device"):
+        gaussian_attack(mlp, images.to("meta"), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="model's parameters are on meta"):
+        gaussian_attack(copy.deepcopy(mlp).to("meta"), images, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="model's parameters are on meta"):
+        sparse_pgd_attack(copy.deepcopy(mlp).to("meta"), images, torch.tensor([1, 2]), k=3)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.0), "eps must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=-1.0), "eps must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.1, step_size=0.0), "step_size must be"),
+        (lambda m, x, y: pgd_attack(m, x, y, eps=0.1, kappa=-1.0), "kappa must be"),
+        (lambda m, x, y: smooth_pgd_attack(m, x, y, eps=float("nan")), "eps must be"),
+        (lambda m, x, y: smooth_pgd_attack(m, x, y, blur_sigma=0.0), "blur_sigma must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=0), "k must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=3, step_size=-0.1), "step_size must be"),
+        (lambda m, x, y: sparse_pgd_attack(m, x, y, k=3, target=y), "target equals the true label"),
+        (lambda m, x, y: sparse_pgd_attack(m, x[:, 0], y, k=3), "images must have shape"),
+        (lambda m, x, y: gaussian_attack(m, x, y, l1_budget=0.0), "l1_budget must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, structure="smooth", l2_budget=-2.0), "l2_budget must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, noise_scale=0.0), "noise_scale must be"),
+        (lambda m, x, y: gaussian_attack(m, x, y, budget=3), "unknown option"),
+    ],
+)
+def test_budgets_and_options_are_checked(mlp, call, match):
+    images = torch.rand(2, 1, 28, 28)
+    labels = torch.tensor([1, 2])
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(mlp, images, labels)
+
+
+# ----------------------------------------------------------------------------------------------- support solver
+
+
+def test_support_linearization_matches_the_dense_two_stage_linearization(lenet, mnist):
+    from netmoments.attacks.support import SupportLinearization
+    from netmoments.linearize import two_stage_linearize
+
+    model = copy.deepcopy(lenet).double()
+    images = mnist[0][:3].double()
+    support = torch.tensor([[100, 200, 300, 300], [5, 406, 407, 5], [700, 701, 702, 703]])
+    valid = torch.tensor([[True, True, True, False], [True, True, True, False], [True] * 4])
+    lin = SupportLinearization(model, images, support, valid)
+    dense = two_stage_linearize(model, images)
+    for b in range(3):
+        for j in range(4):
+            expected = dense.A[b][:, support[b, j]] if valid[b, j] else torch.zeros(dense.A.shape[1], dtype=torch.float64)
+            assert torch.allclose(lin.A_S[b, :, j], expected, rtol=0, atol=1e-12)
+    assert torch.allclose(lin.B, dense.B) and torch.allclose(lin.c2, dense.c2)
+    assert not lin.region_changed(images).any()
+    # at the linearization point the surrogate on the support inputs is the real network
+    assert torch.allclose(lin.network()(images.flatten(1).gather(1, support) * valid), model(images),
+                          atol=1e-9)
+    # the masked linear passes run on the padded support: every image pays for the widest one (4 columns)
+    assert lin.jvp_passes.tolist() == [4.0, 4.0, 4.0]
+
+
+def test_support_solver_fools_lenet_and_counts_its_cost(lenet, mnist):
+    images, labels = _correct(lenet, *mnist, 4)
+    res = gaussian_attack(lenet, images, labels, mean_steps=40, steps=30)
+    assert res.options["solver"] == "support"
+    assert res.options["forward_passes"] >= 40 and res.options["backward_passes"] == 40
+    assert res.options["jvp_passes"] >= 1
+    # noise lives only on the pixels the mean shift moved
+    assert ((res.noise_var > 0) <= (res.delta_param != 0)).all()
+    ev = evaluate_attack(lenet, res, labels, n_samples=200)
+    assert ev.image_success_rate >= 0.75
+    with pytest.raises(ValueError, match="solver"):
+        gaussian_attack(lenet, images, labels, solver="fast")
+    with pytest.raises(ValueError, match="solver='support' needs blur_sigma"):
+        gaussian_attack(lenet, images, labels, structure="smooth", solver="support")
+
+
+# ----------------------------------------------------------------------------------------------- tuned baselines
+
+
+def test_tuned_baselines_respect_budgets_and_count_passes(mlp, mnist):
+    from netmoments.attacks import eot_attack, fmn_attack, l0_pgd_attack, tune_step_size
+
+    images, labels = _correct(mlp, *mnist, 4)
+    k = torch.tensor([3, 6, 9, 12])
+    res = l0_pgd_attack(mlp, images, labels, k=k, steps=10, restarts=2)
+    assert ((res.delta.flatten(1).abs() > 0).sum(1) <= k).all()
+    assert res.options["forward_passes"] >= 2 * 10 and res.options["backward_passes"] == 2 * 10
+    eps = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    smooth = smooth_pgd_attack(mlp, images, labels, eps=eps, steps=10)
+    assert (smooth.delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    best, scores = tune_step_size(sparse_pgd_attack, mlp, images, labels, (0.1, 0.3), k=5, steps=5)
+    assert best in scores and set(scores) == {0.1, 0.3}
+    eot = eot_attack(mlp, images, labels, steps=6, samples=3)
+    assert ((eot.noise_var > 0) <= (eot.delta_param != 0)).all() and eot.noise_var.max() <= 0.3**2 + 1e-7
+    assert eot.options["forward_passes"] == 18 and eot.options["backward_passes"] == 18
+    fmn = fmn_attack(mlp, images, labels, norm="l1", steps=10)
+    assert fmn.is_point and fmn.options["forward_passes"] > 0 and fmn.mean.min() >= 0
+    with pytest.raises(ValueError, match="norm must be"):
+        fmn_attack(mlp, images, labels, norm="l2")
+    with pytest.raises(ValueError, match="samples must be"):
+        eot_attack(mlp, images, labels, samples=0)
+    with pytest.raises(ValueError, match="eps must be finite and > 0 for every image"):
+        smooth_pgd_attack(mlp, images, labels, eps=torch.tensor([1.0, 0.0, 1.0, 1.0]))

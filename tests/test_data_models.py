@@ -110,3 +110,83 @@ def test_bad_names():
         models.load_or_train("resnet")
     with pytest.raises(ValueError, match="hidden"):
         models.mlp(hidden=0)
+
+
+# ----------------------------------------------------------------------------------- the full MNIST (idx files)
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+
+def write_idx(path, array, type_code=0x08, gz=False):
+    """LeCun's idx format written independently of the reader: 0, 0, type, ndim, big-endian sizes, bytes."""
+    array = np.asarray(array)
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as handle:
+        handle.write(blob)
+
+
+def fake_mnist(folder, n_train=12, n_test=7, gz=False, seed=0):
+    rng = np.random.default_rng(seed)
+    data = {}
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28))
+        labels = rng.integers(0, 10, n)
+        suffix = ".gz" if gz else ""
+        write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images, gz=gz)
+        write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", labels, gz=gz)
+        data[stem] = (images, labels)
+    return data
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_reads_idx_files(tmp_path, gz):
+    truth = fake_mnist(tmp_path, gz=gz)
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        images, labels = data.load_mnist(split, path=tmp_path)
+        assert images.shape == (len(truth[stem][1]), 1, 28, 28) and images.dtype == torch.float32
+        assert labels.dtype == torch.int64
+        assert np.array_equal(labels.numpy(), truth[stem][1])
+        assert np.array_equal((images[:, 0] * 255).round().numpy().astype(np.int64), truth[stem][0])
+
+
+def test_load_mnist_from_environment(tmp_path, monkeypatch):
+    truth = fake_mnist(tmp_path, n_test=5)
+    monkeypatch.setenv(data.MNIST_ENV, str(tmp_path))
+    images, labels = data.load_mnist("test")
+    assert images.shape[0] == 5 and np.array_equal(labels.numpy(), truth["t10k"][1])
+    monkeypatch.delenv(data.MNIST_ENV)
+    assert data.load_mnist("test")[0].shape[0] == 1000  # back to the shipped digits
+
+
+def test_load_mnist_rejects_bad_idx_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_mnist("test", path=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+        data.load_mnist("test", path=tmp_path)
+    rng = np.random.default_rng(1)
+    cases = {
+        "shape": (rng.integers(0, 256, (4, 28, 27)), rng.integers(0, 10, 4), {}),
+        "labels": (rng.integers(0, 256, (4, 28, 28)), rng.integers(0, 10, 5), {}),
+        "label 12": (rng.integers(0, 256, (4, 28, 28)), np.array([1, 2, 12, 3]), {}),
+        "type code 0x0d": (rng.integers(0, 256, (4, 28, 28)), rng.integers(0, 10, 4), {"type_code": 0x0D}),
+    }
+    for message, (images, labels, kwargs) in cases.items():
+        folder = tmp_path / message.replace(" ", "_")
+        folder.mkdir()
+        write_idx(folder / "t10k-images-idx3-ubyte", images, **kwargs)
+        write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+        with pytest.raises(ValueError, match=message):
+            data.load_mnist("test", path=folder)
+    # a file cut short: the declared shape does not match the data
+    folder = tmp_path / "short"
+    folder.mkdir()
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (4, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 4))
+    blob = (folder / "t10k-images-idx3-ubyte").read_bytes()
+    (folder / "t10k-images-idx3-ubyte").write_bytes(blob[:-100])
+    with pytest.raises(ValueError, match="declares shape"):
+        data.load_mnist("test", path=folder)
+    (folder / "t10k-images-idx3-ubyte").write_bytes(b"\x01\x02" + blob[2:])
+    with pytest.raises(ValueError, match="not an idx file"):
+        data.load_mnist("test", path=folder)

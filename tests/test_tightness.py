@@ -1,40 +1,46 @@
-"""NM20's tightness protocol on the real LeNet, its helpers and the experiments CLI."""
-import math
+"""NM20's tightness protocol on the real LeNet: the task, its error decomposition, the clusters, the CLI."""
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from netmoments.data import load_mnist
 from netmoments.experiments import build_parser
-from netmoments.experiments.__main__ import main as cli_main
+from netmoments.experiments.runner import read_rows, task_id
 from netmoments.experiments.tightness import (
-    CSV_FIELDS,
-    TightnessResult,
-    cluster_points,
+    ROW_LISTS,
+    TightnessConfig,
+    bonferroni_z,
+    bootstrap_ci,
+    build_context,
+    cluster_linearization_points,
+    cluster_table,
+    image_metrics,
     labelled_kmeans,
+    noise_factor,
     run_tightness,
     scaled_cluster_counts,
+    summary_table,
     symmetric_relative_error,
+    tightness_task,
 )
-from netmoments.models import load_lenet
 
-
-def bonferroni_z(n_tests, alpha=1e-3):
-    """Two-sided normal quantile for family-wise level alpha over n_tests comparisons."""
-    from scipy.stats import norm
-
-    return float(norm.isf(alpha / (2 * n_tests)))
+SMALL = TightnessConfig(mc_samples=1500, tie_samples=2, points=("input", "dither", "tie_aware"), clusters=())
 
 
 @pytest.fixture(scope="module")
-def lenet():
-    return load_lenet()
+def context():
+    return build_context(SMALL, n_images=2)
 
 
 @pytest.fixture(scope="module")
-def test_digits():
-    return load_mnist("test")
+def dense_rows(context):
+    torch.set_num_threads(1)
+    return tightness_task((1, 0.05, "dense"), context)
 
 
 def test_symmetric_relative_error():
@@ -42,114 +48,169 @@ def test_symmetric_relative_error():
     b = torch.tensor([3.0, 1.0, 0.0, 3.0, 2.0])
     expected = torch.tensor([2 * 2 / 4, 2.0, 0.0, 0.0, 2.0])
     assert torch.equal(symmetric_relative_error(a, b), expected)
-    assert torch.equal(symmetric_relative_error(b, a), expected)
+    assert np.array_equal(symmetric_relative_error(b.numpy(), a.numpy()), expected.numpy())
 
 
 def test_scaled_cluster_counts():
     assert scaled_cluster_counts(10_000) == [250, 500, 1000, 2500, 5000]  # NM20's k
-    assert scaled_cluster_counts(100) == [2, 5, 10, 25, 50]
+    assert scaled_cluster_counts(4000) == [100, 200, 400, 1000, 2000]  # the shipped pool
     assert scaled_cluster_counts(4) == [1, 2]
 
 
-def test_labelled_kmeans_round_robin_init():
-    # Three well separated blobs, one per label, listed label-sorted: k = 3 must recover the labels (a random
-    # init from the first three rows, all of label 0, would not start with one centre per blob).
+def test_labelled_kmeans_clusters_within_labels():
     rng = np.random.default_rng(0)
-    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    labels = np.repeat([0, 1, 2], 20)
-    points = centres[labels] + 0.1 * rng.standard_normal((60, 2))
-    assignment, centroids = labelled_kmeans(points, labels, 3)
-    assert np.array_equal(assignment, labels)
-    assert np.allclose(centroids, [points[labels == c].mean(0) for c in range(3)])
+    labels = np.repeat([0, 1, 2], [30, 20, 10])
+    points = rng.standard_normal((60, 3)) + 5 * labels[:, None]
+    assignment, centroids, centroid_labels = labelled_kmeans(points, labels, 6)
+    assert np.array_equal(np.bincount(centroid_labels), [3, 2, 1])  # k_c = round(6 n_c / N), at least 1
+    assert np.array_equal(centroid_labels[assignment], labels)  # no cluster mixes labels
+    for c in range(len(centroids)):
+        assert np.allclose(centroids[c], points[assignment == c].mean(0))
+    _, _, few = labelled_kmeans(points, labels, 1)
+    assert np.array_equal(np.bincount(few), [1, 1, 1])  # every label keeps a cluster
     with pytest.raises(ValueError, match="k"):
         labelled_kmeans(points, labels, 61)
 
 
-def test_cluster_points_farthest_member():
+def test_cluster_points_never_use_the_test_digit():
     rng = np.random.default_rng(1)
-    points = rng.standard_normal((30, 4))
-    labels = rng.integers(0, 3, 30)
-    centroids, ids = cluster_points(points, labels, 4, "centroid")
-    farthest, ids_f = cluster_points(points, labels, 4, "farthest")
-    assert np.array_equal(ids, ids_f)
-    for c in np.unique(ids):
-        members = points[ids == c]
-        assert np.allclose(centroids[c], members.mean(0))
-        dist = ((members - centroids[c]) ** 2).sum(1)
-        assert np.allclose(farthest[c], members[np.argmax(dist)])
-    with pytest.raises(ValueError, match="kind"):
-        cluster_points(points, labels, 4, "medoid")
+    pool_labels = np.repeat([0, 1], 40)
+    pool = rng.standard_normal((80, 5)) + 3 * pool_labels[:, None]
+    test_labels = np.array([0, 1, 1, 0])
+    test = rng.standard_normal((4, 5)) + 3 * test_labels[:, None]
+    pts = cluster_linearization_points(pool, pool_labels, test, test_labels, k=8)
+    _, centroids, centroid_labels = labelled_kmeans(pool, pool_labels, 8)
+    assignment = labelled_kmeans(pool, pool_labels, 8)[0]
+    for t in range(4):
+        same = np.flatnonzero(centroid_labels == test_labels[t])
+        nearest = same[np.argmin(((centroids[same] - test[t]) ** 2).sum(1))]
+        assert np.allclose(pts["centroid"][t], centroids[nearest], atol=1e-6)
+        members = pool[assignment == nearest]
+        far = members[np.argmax(((members - centroids[nearest]) ** 2).sum(1))]
+        assert np.allclose(pts["farthest"][t], far, atol=1e-6)  # a pool member ...
+        assert not np.allclose(pts["farthest"][t], test[t]) and not np.allclose(pts["centroid"][t], test[t])
 
 
-def test_analytic_moments_match_monte_carlo_on_real_lenet(lenet, test_digits):
-    """On the real LeNet inside a linear region (tiny sigma, digits dithered so that no max-pool window ties),
-    the closed-form mean and exact variance agree with Monte Carlo within z * SE; NM18's variance does not."""
-    images, labels = test_digits
+def test_noise_factors():
     gen = torch.Generator().manual_seed(0)
-    dithered = (images[:2] + 0.05 * torch.rand(images[:2].shape, generator=gen)).clamp(0, 1)
-    result = run_tightness(lenet, dithered, labels[:2], sigmas=[1e-4], n_images=2, mc_samples=2000,
-                           methods=("exact", "hybrid"), progress=False, seed=3)
-    assert len(result.rows) == 2 * 10
-    z = bonferroni_z(len(result.rows))
-    col = result.column
-    assert np.all(np.abs(col("mean") - col("mc_mean")) <= z * col("mc_mean_se"))
-    assert np.all(np.abs(col("var_exact") - col("mc_var")) <= z * col("mc_var_se"))
-    # the test has power: the old (NM18 hybrid) variance is rejected
-    assert np.mean(np.abs(col("var_hybrid") - col("mc_var")) > z * col("mc_var_se")) > 0.5
-    # bookkeeping: the reported errors are the symmetric relative errors of the reported columns
-    expected = 2 * np.abs(col("var_exact") - col("mc_var")) / (np.abs(col("var_exact")) + np.abs(col("mc_var")))
-    assert np.allclose(col("err_var_exact"), expected, rtol=1e-12)
-    assert np.isnan(col("var_series")).all()  # not asked for
-    assert set(col("label").astype(int)) <= set(labels[:2].tolist())
+    dense = noise_factor("dense", 0.1, 16, gen)
+    assert torch.trace(dense @ dense.T).item() == pytest.approx(16 * 0.01, rel=1e-12)
+    sparse = noise_factor("sparse", 0.3, 16, pixels=torch.tensor([2, 5]))
+    assert torch.equal(torch.diagonal(sparse @ sparse.T) > 0, torch.isin(torch.arange(16), torch.tensor([2, 5])))
+    blur = noise_factor("blur", 0.1, 784)
+    cov = blur @ blur.T
+    assert torch.trace(cov).item() == pytest.approx(784 * 0.01, rel=1e-12)
+    assert cov[400, 401] > 0.5 * cov[400, 400]  # neighbours move together
+    with pytest.raises(ValueError, match="cov"):
+        noise_factor("diagonal", 0.1, 16)
 
 
-def test_cli_help_and_tiny_run(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli_main(["--help"])
-    assert info.value.code == 0
-    assert "tightness" in capsys.readouterr().out
-    out = tmp_path / "run.csv"
-    figures = tmp_path / "figs"
-    status = cli_main(["tightness", "--images", "2", "--sigma", "0.05", "--mc-samples", "64", "--point", "input",
-                       "centroid", "farthest", "--clusters", "1", "--methods", "hybrid", "--cluster-methods",
-                       "hybrid", "--out", str(out), "--figures", str(figures), "--no-progress", "--seed", "1"])
-    assert status == 0
-    printed = capsys.readouterr().out
-    assert "Table 2" in printed and "Table 3" in printed
-    result = TightnessResult.from_csv(out)
-    assert len(result.rows) == 2 * 1 * 3 * 10  # images x sigmas x (input, centroid k=1, farthest k=1) x logits
-    assert list(result.rows[0]) == CSV_FIELDS
-    assert result.point_specs == [("input", None), ("centroid", 1), ("farthest", 1)]
-    # k = 1: every image shares one centroid, so the centroid rows' analytic means differ from p = x
-    assert not np.allclose(result.column("mean", point="input"), result.column("mean", point="centroid"))
-    assert out.with_suffix(".md").read_text().count("| quantity |") == 1
-    meta = out.with_suffix(".json").read_text()
-    assert '"mc_samples": 64' in meta and "tightness --images 2" in meta
-    assert (figures / "tightness_hist_sigma0.05.png").is_file()
+def test_task_rows_decompose_the_error_and_the_closed_form_is_exact_for_the_linearized_net(dense_rows):
+    rows = dense_rows
+    assert [r["point"] for r in rows] == ["input", "dither", "tie_aware"]
+    assert all(len(r[c]) == 10 for r in rows for c in ROW_LISTS if r[c] is not None)
+    assert rows[0]["ties"] > 0 and rows[1]["ties"] == 0  # the dither removes every max-pool tie
+    z = bonferroni_z(len(rows) * 10 * 2)
+    for r in rows:
+        get = {c: np.array(r[c], dtype=float) for c in ROW_LISTS if r[c] is not None}
+        # (a) the formula error vanishes within its SE (book's Bonferroni rule over every row, logit, moment)
+        assert np.all(np.abs(get["f_dmean"]) <= z * get["lin_mean_se"])
+        assert np.all(np.abs(get["var_exact"] - get["lin_var"]) <= z * get["lin_var_se"])
+        # the decomposition is exact: total = formula - linearization (up to the 7-digit rounding of the rows)
+        total = get["mean"] - get["mc_mean"]
+        assert np.allclose(total, get["f_dmean"] - get["l_dmean"], rtol=0, atol=1e-5 * np.abs(get["mean"]).max())
+        assert np.allclose(get["var_exact"] - get["mc_var"], (get["var_exact"] - get["lin_var"]) - get["l_dvar"],
+                           rtol=0, atol=1e-5 * get["mc_var"].max())  # fmt: skip
+    # the check has power: NM18's variance (a formula approximation) is rejected on the linearized network
+    hyb = np.array(rows[0]["var_hybrid"]) - np.array(rows[0]["lin_var"])
+    assert np.mean(np.abs(hyb) > z * np.array(rows[0]["lin_var_se"])) > 0.5
+    # and the linearization error at p = x is real (many SEs), which is what Table 2 measures
+    assert np.max(np.abs(np.array(rows[0]["l_dmean"])) / np.array(rows[0]["l_dmean_se"])) > 10
 
 
-def test_cli_rejects_bad_arguments(capsys):
-    parser = build_parser()
-    with pytest.raises(SystemExit):
-        parser.parse_args(["tightness", "--point", "median"])
-    with pytest.raises(ValueError, match="sigmas"):
-        run_tightness(sigmas=[0.0], n_images=1, mc_samples=10, progress=False)
-    with pytest.raises(ValueError, match="n_images"):
-        run_tightness(sigmas=[0.1], n_images=0, mc_samples=10, progress=False)
-    with pytest.raises(ValueError, match="methods"):
-        run_tightness(sigmas=[0.1], n_images=1, mc_samples=10, methods=("magic",), progress=False)
+def test_task_is_deterministic_and_keyed(context, dense_rows):
+    assert tightness_task((1, 0.05, "dense"), context) == dense_rows
+    other = tightness_task((1, 0.2, "sparse"), context)
+    assert len(other) == 1 and other[0]["cov"] == "sparse"
 
 
-def test_variance_histogram_figure():
-    from netmoments.viz import plot_variance_histograms
+def test_in_process_and_two_workers_give_the_same_file(tmp_path, context):
+    pytest.importorskip("distributed")
+    cfg = replace(SMALL, mc_samples=200, points=("input",))
+    ctx = build_context(cfg, n_images=1)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    run_tightness(one, n_images=1, sigmas=[0.05], covs=["sparse", "blur"], config=cfg, context=ctx, progress=False)
+    run_tightness(two, n_images=1, sigmas=[0.05], covs=["sparse", "blur"], config=cfg, context=ctx, workers=2,
+                  progress=False)  # fmt: skip
+    assert one.read_bytes() == two.read_bytes()
+    meta = json.loads(one.with_suffix(".json").read_text())
+    assert meta["tasks_done"] == meta["n_tasks"] == 2
+    assert meta["sittings"][0]["git_commit"] and meta["sittings"][0]["versions"]["torch"]
+    # resuming with other settings is refused (the file would mix two experiments)
+    with pytest.raises(Exception, match="other settings"):
+        run_tightness(one, n_images=1, sigmas=[0.2], covs=["sparse", "blur"], config=cfg, context=ctx,
+                      resume=True, progress=False)  # fmt: skip
 
+
+def test_bootstrap_ci_and_bonferroni():
     rng = np.random.default_rng(0)
-    mc = rng.lognormal(size=(12, 10))
-    fig = plot_variance_histograms(mc, mc * 1.1, mc * 0.5, sigma=0.1)
-    assert sum(ax.get_visible() for ax in fig.axes) == 10
-    with pytest.raises(ValueError, match="shape"):
-        plot_variance_histograms(mc, mc[:, :5], mc)
-    import matplotlib.pyplot as plt
+    values = rng.normal(1.0, 1.0, 400)
+    est, lo, hi = bootstrap_ci(values)
+    assert lo < est < hi and est == pytest.approx(values.mean())
+    assert hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.15)  # ~ the normal-theory interval
+    assert bootstrap_ci(np.ones(5)) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="per-image"):
+        bootstrap_ci(np.ones((2, 2)))
+    assert bonferroni_z(1) == pytest.approx(2.5758, abs=1e-4)  # z_{1 - 0.01/2}
+    assert bonferroni_z(20) > bonferroni_z(2)
 
-    plt.close(fig)
-    assert math.isfinite(float(mc.sum()))
+
+def test_tables_from_rows(dense_rows, context):
+    rows = list(dense_rows) + tightness_task((0, 0.05, "dense"), context)
+    text = summary_table(rows, covs=("dense",))
+    assert text.count("\n") == 2 + 3 - 1 and "| dense | 0.05 | input | 2 |" in text
+    m = image_metrics(rows, 0.05, "dense", "input")
+    assert list(m["image"]) == [0, 1] and m["zmu"].shape == (2, 10)
+    # Table 3 rows: fake a k by relabelling (the table only needs matching centroid / farthest rows)
+    fake = [dict(r, point=p, k=5, clusters=5) for r in rows if r["point"] == "input" for p in ("centroid", "farthest")]
+    assert "| 5 (5) | 0.05 | 2 |" in cluster_table(fake)
+    with pytest.raises(ValueError, match="no rows"):
+        image_metrics(rows, 0.3, "dense", "input")
+
+
+def test_cli_argument_errors_and_unreachable_scheduler(tmp_path):
+    parser = build_parser()
+    for argv in (["tightness", "--point", "median"], ["tightness", "--sigma", "-1"], ["tightness", "--images", "0"],
+                 ["tightness", "--workers", "x"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    cmd = [sys.executable, "-m", "netmoments.experiments", "tightness"]
+    bad = subprocess.run(cmd + ["--workers", "-1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--workers" in bad.stderr
+    start = time.perf_counter()
+    unreachable = subprocess.run(cmd + ["--images", "1", "--out", str(tmp_path / "x.jsonl"), "--scheduler",
+                                        "tcp://127.0.0.1:9", "--connect-timeout", "2"],
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert unreachable.returncode == 2, unreachable.stderr[-2000:]
+    assert "Traceback" not in unreachable.stderr and "cannot reach the Dask scheduler" in unreachable.stderr
+    assert time.perf_counter() - start < 60  # most of it is importing torch
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
+    from netmoments.experiments.__main__ import main as cli_main
+
+    out = tmp_path / "t.jsonl"
+    argv = ["tightness", "--images", "1", "--sigma", "0.05", "--cov", "sparse", "--mc-samples", "100", "--out",
+            str(out), "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 0
+    first = out.read_bytes()
+    assert cli_main(argv) == 2  # exists: needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert cli_main(argv + ["--resume"]) == 0 and out.read_bytes() == first
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert len(meta["sittings"]) == 2 and "tightness --images 1" in meta["sittings"][0]["command"]
+    rows = read_rows(out)
+    assert [r["task"] for r in rows] == [task_id((0, 0.05, "sparse"))]
+    assert cli_main(["tightness", "--report", "--out", str(out)]) == 0
+    assert "| sparse | 0.05 | input | 1 |" in capsys.readouterr().out

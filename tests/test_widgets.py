@@ -1,5 +1,5 @@
-"""The book's widgets and figures: the pure functions behind each widget against independent references, the
-``interactive`` wrappers driven by changing slider values, and the plotting helpers' geometry.
+"""The book's widgets and figures: the pure functions behind each widget against independent references, every
+precomputed frame of the widgets checked at the grid values its readouts show, and the plotting helpers' geometry.
 
 Independent references are NumPy/SciPy re-derivations, never the package's own output.
 """
@@ -18,6 +18,7 @@ import torch
 from scipy import stats
 
 from netmoments import viz, widgets
+from widget_checks import check_frames
 
 
 
@@ -35,9 +36,13 @@ def _close_figures():
     plt.close("all")
 
 
-def _slider(w, description):
-    (slider,) = [c for c in w.children if getattr(c, "description", None) == description]
-    return slider
+def test_default_grids_fit_the_page_budget():
+    """Each frame is ~15-25 kB in the page; a chapter page must stay under 5 MB (the browser test measures it)."""
+    import math as _math
+
+    for grid in (widgets.AFFINE_GRID, widgets.RELU_GRID, widgets.RELU_PAIR_GRID, widgets.NETWORK_GRID,
+                 widgets.SERIES_GRID):
+        assert _math.prod(len(v) for v in grid.values()) <= 150
 
 
 # ----------------------------------------------------------------------------- chapter 1
@@ -95,21 +100,19 @@ def test_affine_summary_rejects_bad_correlation():
         widgets.affine_gaussian_summary(1, 0, 0, 1, 1.5)
 
 
-def test_affine_widget_follows_its_sliders():
-    w = widgets.affine_gaussian_widget(n_samples=300, seed=0)
-    assert len([c for c in w.children if hasattr(c, "min")]) == 5
-    first = w.result
-    assert first is not None  # drawn once on creation
-    _slider(w, "A[0,0]").value = 0.25
-    _slider(w, "input correlation ρ").value = -0.5
-    kwargs = dict(w.kwargs)
-    assert kwargs["a11"] == pytest.approx(0.25) and kwargs["rho"] == pytest.approx(-0.5)
-    _, _, mean_out, cov_out = _reference_affine(kwargs["a11"], kwargs["a12"], kwargs["a21"], kwargs["a22"], -0.5)
-    np.testing.assert_allclose(w.result["mean_out"].numpy(), mean_out, rtol=1e-13, atol=1e-14)
-    np.testing.assert_allclose(w.result["cov_out"].numpy(), cov_out, rtol=1e-13, atol=1e-14)
-    assert not torch.equal(first["cov_out"], w.result["cov_out"])
-    rho = _slider(w, "input correlation ρ")
-    assert -1 < rho.min and rho.max < 1
+def test_affine_widget_frames_are_the_closed_form_at_their_grid_point():
+    grid = {"a11": (1.0,), "a12": (-1.0, 1.0), "a21": (0.0, 1.0), "a22": (1.0,), "rho": (-0.5, 0.3)}
+    w = widgets.affine_gaussian_widget(n_samples=300, seed=0, grid=grid)
+    points = check_frames(w, grid, ["A[0,0]", "A[0,1]", "A[1,0]", "A[1,1]", "input correlation ρ"])
+    for point in points:
+        _, _, mean_out, cov_out = _reference_affine(*point)
+        np.testing.assert_allclose(w.results[point]["mean_out"].numpy(), mean_out, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(w.results[point]["cov_out"].numpy(), cov_out, rtol=1e-13, atol=1e-14)
+    # the preferred start (rows (1, 1) and (0, 1), rho = 0.6) where the grid has it, else each list's first value
+    assert w.key == (1.0, 1.0, 0.0, 1.0, -0.5)
+    assert all(-1 < rho < 1 for rho in widgets.AFFINE_GRID["rho"])
+    # the singular example of the chapter's text is on the default grid
+    assert all(1.0 in widgets.AFFINE_GRID[k] for k in ("a11", "a12", "a21", "a22"))
 
 
 # ----------------------------------------------------------------------------- chapter 2
@@ -164,15 +167,18 @@ def test_relu_summary_zero_noise_and_bad_sigma():
         widgets.relu_gaussian_summary(0.0, -1.0)
 
 
-def test_relu_widget_follows_its_sliders():
-    w = widgets.relu_gaussian_widget(n_samples=2000, seed=0)
-    assert w.result is not None
-    _slider(w, "mean μ").value = -1.5
-    _slider(w, "standard deviation σ").value = 0.8
-    mean, var = _reference_relu(-1.5, 0.8)
-    assert w.result["mean"] == pytest.approx(mean, rel=1e-10)
-    assert w.result["var"] == pytest.approx(var, rel=1e-9)
-    assert _slider(w, "standard deviation σ").min > 0  # the density plot needs sigma > 0
+def test_relu_widget_frames_are_the_closed_form_at_their_grid_point():
+    grid = {"mu": (-1.5, 0.5), "sigma": (0.8, 2.0)}
+    w = widgets.relu_gaussian_widget(n_samples=2000, seed=0, grid=grid)
+    points = check_frames(w, grid, ["mean μ", "standard deviation σ"])
+    for mu, sigma in points:
+        mean, var = _reference_relu(mu, sigma)
+        assert w.results[mu, sigma]["mean"] == pytest.approx(mean, rel=1e-10)
+        assert w.results[mu, sigma]["var"] == pytest.approx(var, rel=1e-9)
+        text = w.frames[mu, sigma].children[1].value  # the printed numbers under the picture
+        assert f"E[q] = {w.results[mu, sigma]['mean']:.4f}" in text
+    assert w.key == (0.5, 0.8)
+    assert min(widgets.RELU_GRID["sigma"]) > 0  # the density plot needs sigma > 0
 
 
 # ----------------------------------------------------------------------------- viz helpers

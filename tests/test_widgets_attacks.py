@@ -1,10 +1,11 @@
-"""The chapter-8 attack browser: its pure selection function and the widget's result."""
+"""The chapter-8 attack browser: its pure selection function and the widget's precomputed frames."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from netmoments import widgets
+from widget_checks import check_frames
 
 
 def _data(n_img=2, n_tgt=2, n_w=3):
@@ -46,13 +47,22 @@ def test_attack_browser_summary_rejects_bad_indices(kwargs):
         widgets.attack_browser_summary(_data(), **kwargs)
 
 
-def test_attack_browser_widget_result_follows_the_sliders():
-    w = widgets.attack_browser_widget(_data())
-    w.children[0].value = 1
-    w.children[1].value = 1
-    w.children[2].value = 2
-    w.update()
-    assert w.result["pixels_touched"] == 7 and w.result["target"] == 1
+def test_attack_browser_widget_has_one_frame_per_stored_attack():
+    data = _data()
+    w = widgets.attack_browser_widget(data)
+    grid = {"image": (0, 1), "target": (0, 1), "weight": (0, 1, 2)}
+    points = check_frames(w, grid, ["digit", "target", "L1 weight"])
+    for point in points:
+        expected = widgets.attack_browser_summary(data, *point)
+        got = w.results[point]
+        assert (got["label"], got["target"], got["l1_weight"]) == (expected["label"], expected["target"],
+                                                                    expected["l1_weight"])
+        assert np.array_equal(got["mean"][0], data["mean"][point])
+    assert w.results[1, 1, 2]["pixels_touched"] == 7
+    # the readouts name the digit's label and the weight itself, not only indices
+    assert [label for label, _ in w.sliders["image"].options] == ["#0: a 3", "#1: a 7"]
+    assert [label for label, _ in w.sliders["weight"].options] == ["#0: λ = 0.1", "#1: λ = 0.3", "#2: λ = 1"]
+    assert w.key == (0, 0, 1)
 
 
 def test_committed_browser_data_is_consistent():

@@ -1,4 +1,4 @@
-"""Chapter 6's pixel noise-sensitivity maps: the pure functions behind the widget, and the widget itself."""
+"""Chapter 6's pixel noise-sensitivity maps: the pure functions behind the widget, and the widget's frames."""
 import pytest
 import torch
 
@@ -6,6 +6,7 @@ import netmoments as nm
 from netmoments.linearize import pixel_noise_sensitivity, prune_inactive_units, two_stage_linearize
 from netmoments.models import load_lenet
 from netmoments.widgets import noise_sensitivity_summary, noise_sensitivity_widget
+from widget_checks import check_frames
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,16 @@ def test_summary_matches_network_and_first_order_limit(lenet_and_digit):
         pixel_noise_sensitivity(batched, images[0].reshape(-1).double(), 0.01)
 
 
-def test_widget_updates_its_result(lenet_and_digit):
-    model, images, labels, _ = lenet_and_digit
-    w = noise_sensitivity_widget(model, images, labels, n_digits=2)
-    first = w.result
-    assert first["attribution"].shape == (28, 28)
-    logit = next(c for c in w.children if getattr(c, "description", "") == "logit")
-    logit.value = (logit.value + 1) % 10
-    assert w.result["variance"] != first["variance"]
+def test_widget_frames_match_the_summary_at_their_grid_point(lenet_and_digit):
+    """The widget batches all logits of a (digit, sigma) in one pass; each frame must equal the one-logit summary."""
+    model, images, labels, tsl = lenet_and_digit
+    w = noise_sensitivity_widget(model, images, labels, n_digits=1, logits=(3, 7), sigmas=(0.01, 0.1))
+    points = check_frames(w, {"digit": (0,), "logit": (3, 7), "sigma": (0.01, 0.1)}, ["digit", "logit", "σ (noise)"])
+    for digit, logit, sigma in points:
+        expected = noise_sensitivity_summary(model, images[digit], logit, sigma, linearization=tsl)
+        got = w.results[digit, logit, sigma]
+        assert torch.allclose(got["attribution"], expected["attribution"], rtol=1e-9, atol=1e-15)
+        assert torch.allclose(got["linear"], expected["linear"], rtol=1e-12, atol=0)
+        assert got["variance"] == pytest.approx(expected["variance"], rel=1e-10)
+        assert got["prediction"] == expected["prediction"]
+    assert [label for label, _ in w.sliders["digit"].options] == [f"#0: a {int(labels[0])}"]

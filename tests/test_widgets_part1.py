@@ -1,6 +1,6 @@
 """Widgets and figures of Part I, chapters 3-5: the pure functions behind each widget against independent
-NumPy/SciPy references (never the package's own output), the ``interactive`` wrappers driven by changing slider
-values, and the plotting helpers.
+NumPy/SciPy references (never the package's own output), every precomputed widget frame checked at the grid
+values its readouts show, and the plotting helpers.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import matplotlib
 
 matplotlib.use("agg", force=False)  # tests only: headless; the book itself never touches the backend
 
-import ipywidgets
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from scipy import integrate, special, stats
 
 from netmoments import viz, widgets
+from widget_checks import check_frames
 
 ALPHA = 1e-3
 
@@ -32,11 +32,6 @@ def z_crit(k: int, alpha: float = ALPHA) -> float:
 def _close_figures():
     yield
     plt.close("all")
-
-
-def _control(w, description):
-    (control,) = [c for c in w.children if getattr(c, "description", None) == description]
-    return control
 
 
 # ----------------------------------------------------------------------------- independent references
@@ -171,15 +166,15 @@ def test_relu_pair_rejects_bad_input(bad):
         widgets.relu_pair_summary(**params, n_samples=10)
 
 
-def test_relu_pair_widget_follows_its_sliders():
-    w = widgets.relu_pair_widget(n_samples=500, seed=3)
-    assert isinstance(w, ipywidgets.interactive)
-    assert w.result["cross_exact"] == pytest.approx(cross_moment_ref(0.5, -0.5, 1.0, 1.0, 0.6), rel=1e-9)
-    _control(w, "mean μ_i").value = 1.2
-    _control(w, "correlation ρ").value = -0.4
-    _control(w, "std σ_j").value = 2.0
-    assert w.result["cross_exact"] == pytest.approx(cross_moment_ref(1.2, -0.5, 1.0, 2.0, -0.4), rel=1e-9)
-    assert w.result["samples"].shape == (500, 2)
+def test_relu_pair_widget_frames_are_exact_at_their_grid_point():
+    grid = {"mu_i": (1.2,), "mu_j": (-0.5, 0.0), "sigma_i": (1.0,), "sigma_j": (2.0,), "rho": (-0.4, 0.6)}
+    w = widgets.relu_pair_widget(n_samples=500, seed=3, grid=grid)
+    points = check_frames(w, grid, ["mean μ_i", "mean μ_j", "std σ_i", "std σ_j", "correlation ρ"])
+    for point in points:
+        assert w.results[point]["cross_exact"] == pytest.approx(cross_moment_ref(*point), rel=1e-9)
+        assert w.results[point]["samples"].shape == (500, 2)
+        assert f"exact = {w.results[point]['cov_exact']:.4f}" in w.frames[point].children[1].value
+    assert w.key == (1.2, -0.5, 1.0, 2.0, 0.6)
 
 
 def test_relu_pair_plots():
@@ -267,15 +262,16 @@ def test_network_summary_hybrid_is_exact_only_at_zero_shift():
     assert shifted["error_hybrid"] > 10 * shifted["error_mc"]
 
 
-def test_network_widget_follows_its_sliders():
-    w = widgets.network_covariance_widget(n_samples=400, seed=1)
-    assert isinstance(w, ipywidgets.interactive)
-    _control(w, "noise scale σ").value = 1.0
-    _control(w, "AR(1) correlation φ").value = 0.0
-    _control(w, "bias shift t").value = 0.0
-    _, cov, _, _ = _network_reference(1.0, 0.0, 0.0)
-    np.testing.assert_allclose(w.result["cov_exact"].numpy(), cov, rtol=1e-8, atol=1e-11)
-    assert w.result["error_hybrid"] < 1e-12
+def test_network_widget_frames_are_exact_at_their_grid_point():
+    grid = {"noise_scale": (1.0,), "ar_coefficient": (0.0, 0.6), "bias_shift": (0.0, -0.7)}
+    w = widgets.network_covariance_widget(n_samples=400, seed=1, grid=grid)
+    points = check_frames(w, grid, ["noise scale σ", "AR(1) correlation φ", "bias shift t"])
+    for point in points:
+        _, cov, hybrid, _ = _network_reference(*point)
+        np.testing.assert_allclose(w.results[point]["cov_exact"].numpy(), cov, rtol=1e-8, atol=1e-11)
+        np.testing.assert_allclose(w.results[point]["cov_hybrid"].numpy(), hybrid, rtol=1e-10, atol=1e-12)
+    assert w.results[1.0, 0.0, 0.0]["error_hybrid"] < 1e-12
+    assert 0.0 in widgets.NETWORK_GRID["bias_shift"]  # where the hybrid is exact
 
 
 def test_chapter4_plots():
@@ -315,14 +311,16 @@ def test_series_slice_rejects_bad_terms():
         widgets.series_slice_summary(0.0, 0.0, 0)
 
 
-def test_series_slice_widget_follows_its_sliders():
-    w = widgets.series_slice_widget(n_rho=101)
-    assert isinstance(w, ipywidgets.interactive)
-    _control(w, "terms N").value = 2
-    _control(w, "h").value = -1.0
-    assert w.result["terms"] == 2 and w.result["h"] == -1.0
-    rho = w.result["rho"].numpy()
-    np.testing.assert_allclose(w.result["series"].numpy(), phi2_series_ref(-1.0, -0.4, rho, 2), atol=1e-13)
+def test_series_slice_widget_frames_are_the_series_at_their_grid_point():
+    grid = {"h": (-1.0, 0.3), "k": (-0.4,), "terms": (2, 5)}
+    w = widgets.series_slice_widget(n_rho=101, grid=grid)
+    points = check_frames(w, grid, ["h", "k", "terms N"])
+    for h, k, terms in points:
+        s = w.results[h, k, terms]
+        assert (s["h"], s["k"], s["terms"]) == (h, k, terms)
+        rho = s["rho"].numpy()
+        np.testing.assert_allclose(s["series"].numpy(), phi2_series_ref(h, k, rho, terms), atol=1e-13)
+    assert [label for label, _ in w.sliders["terms"].options] == ["2", "5"]
 
 
 def test_chapter5_plots():

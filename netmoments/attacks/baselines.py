@@ -11,15 +11,17 @@ one), and return an :class:`AttackResult` with zero noise so :func:`evaluate_att
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from torch import nn
 
 from ._ops import blur, project_l0_box
-from .gaussian import AttackResult, _check_batch
+from .gaussian import AttackResult, _check_batch, _check_device
 
-__all__ = ["pgd_attack", "sparse_pgd_attack", "smooth_pgd_attack", "margin_loss"]
+__all__ = ["pgd_attack", "sparse_pgd_attack", "smooth_pgd_attack", "margin_loss", "fmn_attack", "l0_pgd_attack",
+           "eot_attack", "tune_step_size"]
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -35,16 +37,52 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor
 
 
 def _check_images(images):
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise TypeError("images must be a (B, C, H, W) torch.Tensor")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
 
 
-def _prepare(model, images, labels, target, steps):
+def _positive(name, value, *, allow_zero=False):
+    """A finite float > 0 (or >= 0 with ``allow_zero``), else a ValueError naming ``name``."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _budget_vector(name, value, images):
+    """A budget that is one float (every image) or a ``(B,)`` tensor (one per image), each finite and > 0."""
+    bsz = images.shape[0]
+    if isinstance(value, torch.Tensor):
+        if value.shape not in ((), (bsz,)) or not value.is_floating_point():
+            raise ValueError(f"{name} must be a float or a ({bsz},) float tensor, got shape {tuple(value.shape)}")
+        if not torch.isfinite(value).all() or (value <= 0).any():
+            raise ValueError(f"{name} must be finite and > 0 for every image, got {value.tolist()}")
+        return value.to(device=images.device, dtype=images.dtype).expand(bsz)
+    return torch.full((bsz,), _positive(name, value), dtype=images.dtype, device=images.device)
+
+
+def _per_image(value, like):
+    if isinstance(value, torch.Tensor):
+        return value.view(-1, *([1] * (like.dim() - 1)))
+    return value
+
+
+def _as_list(value):
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def _prepare(model, images, labels, target, steps, kappa=0.0):
     _check_images(images)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    _positive("kappa", kappa, allow_zero=True)
+    labels, target = _check_batch(images, labels, target)
+    _check_device(model, images)
     with torch.no_grad():
         num_classes = model(images[:1]).shape[-1]
     return _check_batch(images, labels, target, num_classes)
@@ -52,7 +90,7 @@ def _prepare(model, images, labels, target, steps):
 
 def _run(model, images, labels, target, steps, kappa, update, name, structure, options, init=None, to_delta=None):
     """Shared PGD loop: ``update(param, grad) -> param`` is the projected step; ``to_delta(param)`` -> delta."""
-    labels, target = _prepare(model, images, labels, target, steps)
+    labels, target = _prepare(model, images, labels, target, steps, kappa)
     start = time.perf_counter()
     clean = images.detach()
     to_delta = to_delta or (lambda p: p)
@@ -93,9 +131,8 @@ def pgd_attack(model, images, labels, target=None, norm="linf", eps=0.3, steps=1
     _check_images(images)
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    _positive("eps", eps)
+    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
     clean = images.detach()
     low, high = -clean, 1.0 - clean
 
@@ -113,7 +150,7 @@ def pgd_attack(model, images, labels, target=None, norm="linf", eps=0.3, steps=1
                 dict(norm=norm, eps=eps, step_size=step_size))
 
 
-def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_size=0.25, kappa=1.0):
+def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_size=0.25, kappa=1.0, init=None):
     """L0-projected PGD: at most ``k`` pixels changed per image (``k`` an int or a ``(B,)`` tensor).
 
     Each step moves along the gradient normalized to unit L-infinity norm (scaled by ``step_size``) and
@@ -125,7 +162,8 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
     if isinstance(k, int) and not isinstance(k, bool):
         k = torch.full((bsz,), k, dtype=torch.int64, device=clean.device)
     if not isinstance(k, torch.Tensor) or k.shape != (bsz,) or k.is_floating_point() or (k < 1).any():
-        raise ValueError(f"k must be a positive int or a ({bsz},) integer tensor of positive budgets")
+        raise ValueError(f"k must be a positive int or a ({bsz},) integer tensor of positive budgets, got {k!r}")
+    _positive("step_size", step_size)
     low, high = -clean.flatten(1), 1.0 - clean.flatten(1)
 
     def update(delta, grad):
@@ -135,16 +173,16 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
         return project_l0_box(z, k.to(clean.device), low, high).view_as(delta)
 
     return _run(model, images, labels, target, steps, kappa, update, "sparse-pgd-l0", "sparse",
-                dict(k=k.tolist(), step_size=step_size))
+                dict(k=k.tolist(), step_size=step_size), init=init)
 
 
 def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.5, steps=100, step_size=None,
                       kappa=1.0):
     """L2 PGD over ``v`` with ``delta = G v`` (``G`` a Gaussian blur), ``||G v||_2 <= eps`` by radial scaling."""
     _check_images(images)
-    if not eps > 0 or not blur_sigma > 0:
-        raise ValueError(f"eps and blur_sigma must be > 0, got {eps!r}, {blur_sigma!r}")
-    step_size = 2.5 * eps / steps if step_size is None else step_size
+    _positive("blur_sigma", blur_sigma)
+    eps = _budget_vector("eps", eps, images)
+    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
     shape = tuple(images.shape[1:])
 
     def to_delta(v):
@@ -152,10 +190,198 @@ def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.
 
     def update(v, grad):
         g = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        v = v - step_size * g
+        v = v - _per_image(step_size, v) * g
         norm = to_delta(v).flatten(1).norm(dim=1).clamp_min(1e-12)
         return v * (eps / norm).clamp(max=1.0).view(-1, 1, 1, 1)
 
     result = _run(model, images, labels, target, steps, kappa, update, "smooth-pgd-l2", "smooth",
-                  dict(eps=eps, blur_sigma=blur_sigma, step_size=step_size), to_delta=to_delta)
+                  dict(eps=eps.tolist(), blur_sigma=blur_sigma, step_size=_as_list(step_size)), to_delta=to_delta)
     return result
+
+
+# ----------------------------------------------------------------------------------------------- maintained
+# and tuned baselines (chapter 8's tables): Foolbox FMN, L0-PGD with restarts, EOT over the Gaussian family
+
+
+def _counted(model, fn):
+    """Run ``fn()`` under a :class:`~netmoments.attacks.metrics.PassCounter`; return (value, seconds, counter)."""
+    from .metrics import PassCounter
+
+    start = time.perf_counter()
+    with PassCounter(model) as counter:
+        value = fn()
+    return value, time.perf_counter() - start, counter
+
+
+def _point_result(clean, labels, target, delta, name, structure, seconds, counter, options):
+    bsz = clean.shape[0]
+    opts = dict(options, forward_passes=counter.forward / bsz, backward_passes=counter.backward / bsz)
+    return AttackResult(clean=clean.clone(), labels=labels, target=target, delta_param=delta.flatten(1),
+                        noise_var=torch.zeros_like(delta.flatten(1)), blur_sigma=0.0, structure=structure,
+                        method=name, time_s=seconds, options=opts)
+
+
+def fmn_attack(model, images, labels, target=None, norm="l0", steps=100, **fmn_options):
+    """Foolbox 3.3.4's Fast Minimum-Norm attack (Pintor et al. 2021), ``norm`` ``"l0"`` or ``"l1"``.
+
+    A maintained minimum-norm attack: it returns, per image, the smallest perturbation it found that fools the
+    network (unbounded: ``epsilons=None``). ``fmn_options`` go to ``L0FMNAttack`` / ``L1FMNAttack``
+    (``max_stepsize``, ``gamma``, ``binary_search_steps``, ...). Cost is counted in real forward/backward passes.
+    """
+    import foolbox as fb
+
+    classes = {"l0": fb.attacks.L0FMNAttack, "l1": fb.attacks.L1FMNAttack}
+    if norm not in classes:
+        raise ValueError(f"norm must be 'l0' or 'l1', got {norm!r}")
+    labels, target = _prepare(model, images, labels, target, steps)
+    clean = images.detach()
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=clean.device)
+    criterion = labels if target is None else fb.criteria.TargetedMisclassification(target)
+    attack = classes[norm](steps=steps, **fmn_options)
+
+    def run():
+        _, adv, _ = attack(fmodel, clean, criterion, epsilons=None)
+        return adv
+
+    adv, seconds, counter = _counted(model, run)
+    delta = (adv.detach().clamp(0, 1) - clean)
+    return _point_result(clean, labels, target, delta, f"fmn-{norm}", "sparse", seconds, counter,
+                         dict(norm=norm, steps=steps, **fmn_options))
+
+
+def l0_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_size=0.25, restarts=1, kappa=1.0,
+                  seed=0):
+    """L0-PGD (:func:`sparse_pgd_attack`) with random restarts: the per-image best of ``restarts`` runs.
+
+    Restart 0 starts from zero; later restarts from a random feasible point with ``k`` random pixels set to a
+    random box value. Per image the result keeps the first restart that fools the network, else the one with the
+    lowest final margin. ``step_size`` should come from :func:`tune_step_size` on training digits.
+    """
+    labels, target = _prepare(model, images, labels, target, steps, kappa)
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be a positive int, got {restarts!r}")
+    clean = images.detach()
+    bsz, n = clean.shape[0], clean[0].numel()
+    gen = torch.Generator(device=clean.device).manual_seed(seed)
+    kk = torch.full((bsz,), k, dtype=torch.int64, device=clean.device) if isinstance(k, int) else k
+
+    def run():
+        best_delta = torch.zeros_like(clean)
+        best_margin = torch.full((bsz,), float("inf"), dtype=clean.dtype, device=clean.device)
+        for r in range(restarts):
+            init = None
+            if r > 0:
+                flat = clean.flatten(1)
+                scores = torch.rand(bsz, n, generator=gen, dtype=clean.dtype, device=clean.device)
+                target_val = torch.rand(bsz, n, generator=gen, dtype=clean.dtype, device=clean.device)
+                init = project_l0_box(target_val - flat, kk, -flat, 1 - flat)
+                keep = scores.argsort(1, descending=True).argsort(1) < kk[:, None]
+                init = torch.where(keep, init, torch.zeros_like(init)).view_as(clean)
+            res = sparse_pgd_attack(model, clean, labels, target, k=kk, steps=steps, step_size=step_size,
+                                    kappa=kappa, init=init)
+            with torch.no_grad():
+                margin = margin_loss(model(res.mean), labels, target)
+            better = (margin < best_margin) & ~(best_margin < 0)
+            best_delta = torch.where(better.view(-1, 1, 1, 1), res.delta, best_delta)
+            best_margin = torch.where(better, margin, best_margin)
+        return best_delta
+
+    delta, seconds, counter = _counted(model, run)
+    return _point_result(clean, labels, target, delta, "l0-pgd", "sparse", seconds, counter,
+                         dict(k=kk.tolist(), steps=steps, step_size=step_size, restarts=restarts, kappa=kappa))
+
+
+def tune_step_size(attack, model, images, labels, grid, **kwargs):
+    """The step size in ``grid`` with the highest success rate of ``attack(model, images, labels,
+    step_size=s, **kwargs)`` (ties: the smaller step), judged on the real network. Use training digits.
+
+    Returns ``(best, {step_size: success rate})``.
+    """
+    scores = {}
+    for s in grid:
+        res = attack(model, images, labels, step_size=s, **kwargs)
+        with torch.no_grad():
+            fooled = margin_loss(model(res.mean), labels, kwargs.get("target")) < 0
+        scores[float(s)] = float(fooled.double().mean())
+    best = max(sorted(scores), key=lambda s: (scores[s], -s))
+    return best, scores
+
+
+def eot_attack(model, images, labels, target=None, structure="sparse", steps=100, samples=8, lr=0.05,
+               noise_lr=None, l1_weight=None, l1_decay=0.5, decay_every=20, noise_reward=0.1, noise_scale=0.3,
+               init_noise=0.05, kappa=1.0, blur_sigma=None, l2_weight=None, seed=0):
+    """EOT-PGD over the *same* Gaussian family as :func:`gaussian_attack`, with sampled gradients through the
+    real network instead of the closed-form moments.
+
+    The distribution is ``N(clean + G v, G diag(s^2) G^T)`` clipped to ``[0, 1]`` (``G = I`` for ``"sparse"``,
+    noise only where ``v != 0``; a blur for ``"smooth"``, noise anywhere). Each step draws ``samples``
+    reparametrized images ``clip(clean + G (v + s * eps))``, averages the hinge ``relu(margin + kappa)`` over
+    them, and takes an Adam step on ``(v, s)`` followed by the same proximal L1 step, noise reward and noise cap
+    as the Gaussian attack (defaults from :func:`default_options`). Cost: ``steps * samples`` forward and
+    backward passes per image.
+    """
+    from ._ops import soft_threshold
+    from .gaussian import _Adam, default_options
+
+    labels, target = _prepare(model, images, labels, target, steps, kappa)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if structure not in ("sparse", "smooth"):
+        raise ValueError(f"structure must be 'sparse' or 'smooth', got {structure!r}")
+    defaults = default_options(structure)
+    l1_weight = defaults["l1_weight"] if l1_weight is None else _positive("l1_weight", l1_weight, allow_zero=True)
+    l2_weight = defaults["l2_weight"] if l2_weight is None else _positive("l2_weight", l2_weight, allow_zero=True)
+    blur_sigma = defaults["blur_sigma"] if blur_sigma is None else _positive("blur_sigma", blur_sigma,
+                                                                              allow_zero=True)
+    _positive("lr", lr)
+    _positive("noise_scale", noise_scale)
+    noise_lr = lr if noise_lr is None else _positive("noise_lr", noise_lr)
+    clean = images.detach()
+    shape = tuple(clean.shape[1:])
+    flat = clean.flatten(1)
+    bsz = flat.shape[0]
+    gen = torch.Generator(device=clean.device).manual_seed(seed)
+    sparse = structure == "sparse"
+
+    def run():
+        v = torch.zeros_like(flat)
+        s = torch.full_like(flat, 0.0 if sparse else init_noise)
+        adam_v, adam_s = _Adam(v, lr), _Adam(s, noise_lr)
+        weight = torch.full((bsz, 1), float(l1_weight), dtype=flat.dtype, device=flat.device)
+        hinge = torch.zeros(bsz, dtype=flat.dtype, device=flat.device)
+        for step in range(steps):
+            if step > 0 and step % decay_every == 0 and l1_decay < 1:
+                weight = torch.where((hinge > 0).unsqueeze(-1), weight * l1_decay, weight)
+            v_var = v.clone().requires_grad_(True)
+            s_var = s.clone().requires_grad_(True)
+            eps = torch.randn(samples, bsz, flat.shape[1], generator=gen, dtype=flat.dtype, device=flat.device)
+            draws = (flat + blur(v_var + s_var * eps, shape, blur_sigma)).clamp(0.0, 1.0)
+            margin = margin_loss(model(draws.view(samples * bsz, *shape)), labels.repeat(samples),
+                                 None if target is None else target.repeat(samples)).view(samples, bsz)
+            per_image = torch.relu(margin + kappa).mean(0)
+            total = per_image.sum()
+            if l2_weight > 0:
+                total = total + 0.5 * l2_weight * blur(v_var, shape, blur_sigma).pow(2).sum()
+            g_v, g_s = torch.autograd.grad(total, [v_var, s_var])
+            hinge = per_image.detach()
+            with torch.no_grad():
+                v, lr_v = adam_v.step(v, g_v)
+                if l1_weight > 0:
+                    v = soft_threshold(v, lr_v * weight)
+                if blur_sigma <= 0:
+                    v = torch.minimum(torch.maximum(v, -flat), 1.0 - flat)
+                s, lr_s = adam_s.step(s, g_s)
+                s = (s + lr_s * noise_reward).clamp(0.0, noise_scale)
+                if sparse:
+                    # new support pixels start with a little noise so that its gradient is not zero
+                    s = torch.where(v != 0, torch.where(s > 0, s, torch.full_like(s, init_noise)), torch.zeros_like(s))
+        return v, s
+
+    (v, s), seconds, counter = _counted(model, run)
+    res = AttackResult(clean=clean.clone(), labels=labels, target=target, delta_param=v.detach(),
+                       noise_var=(s * s).detach(), blur_sigma=float(blur_sigma), structure=structure,
+                       method=f"eot-{structure}", time_s=seconds,
+                       options=dict(steps=steps, samples=samples, lr=lr, l1_weight=l1_weight, l2_weight=l2_weight,
+                                    noise_reward=noise_reward, noise_scale=noise_scale, kappa=kappa, seed=seed,
+                                    forward_passes=counter.forward / bsz, backward_passes=counter.backward / bsz))
+    return res

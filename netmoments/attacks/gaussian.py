@@ -78,7 +78,17 @@ _COMMON_DEFAULTS = dict(
     seed=0,
     progress=False,
     linearizer=None,
+    # the support solver (structure "sparse"; see netmoments.attacks.support)
+    solver="auto",
+    mean_steps=60,
+    support_steps=60,
+    max_support=100,
+    final_draws=32,
+    final_goal=0.9,
+    tighten_rounds=1,
+    kappa_step=1.0,
 )
+SOLVERS = ("auto", "support", "dense")
 
 
 def default_options(structure: str = "sparse") -> dict:
@@ -269,9 +279,10 @@ class LinearizedAttackObjective:
         net = self.net
         mean, var_vec = self.pixel_moments(v, w)
         if self.variance in ("exact", "series", "hybrid"):
-            root = torch.diag_embed(var_vec.clamp_min(0.0).sqrt())
-            g_root = root if self.diagonal else blur(root.mT, self.shape, self.blur_sigma).mT
-            cov_in = g_root @ g_root.mT
+            # G diag(w) G^T without a square root (its gradient at w = 0, e.g. pixels without noise, is infinite)
+            cov_in = torch.diag_embed(var_vec.clamp_min(0.0))
+            if not self.diagonal:
+                cov_in = blur(blur(cov_in, self.shape, self.blur_sigma).mT, self.shape, self.blur_sigma).mT
             return net.moments(mean, 0.5 * (cov_in + cov_in.mT), method=self.variance, output="cov",
                                terms=self.series_terms)
         y_mean = _matvec(self.A, mean) + net.c1
@@ -381,7 +392,36 @@ def _resolve_options(structure: str, options: dict) -> dict:
         raise TypeError("clip_aware and progress must be bools")
     if opts["noise_lr"] is None:
         opts["noise_lr"] = opts["lr"]
+    if opts["solver"] not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {opts['solver']!r}")
+    if opts["solver"] == "auto":
+        opts["solver"] = "support" if structure == "sparse" and opts["linearizer"] is None else "dense"
+    if opts["solver"] == "support":
+        if opts["blur_sigma"] > 0:
+            raise ValueError("solver='support' needs blur_sigma = 0 (the sparse structure); use solver='dense'")
+        if opts["linearizer"] is not None or opts["l1_budget"] is not None or opts["l2_budget"] is not None:
+            raise ValueError("solver='support' supports neither linearizer nor l1_budget/l2_budget; "
+                             "use solver='dense'")
+    _check_int("mean_steps", opts["mean_steps"], 0)
+    _check_int("support_steps", opts["support_steps"], 1)
+    _check_int("max_support", opts["max_support"], 1)
+    _check_int("final_draws", opts["final_draws"], 0)
+    _check_int("tighten_rounds", opts["tighten_rounds"], 0)
+    _check_float("final_goal", opts["final_goal"], positive=True, upper=1.0)
+    _check_float("kappa_step", opts["kappa_step"])
+    if opts["variance"] == "none" and opts["variables"] != "mean" and opts["noise_reward"] > 0 and \
+            "noise_reward" not in options:
+        # the surrogate cannot see the noise without a variance: a reward would push it to its cap unchecked
+        opts["noise_reward"] = 0.0
     return opts
+
+
+def _check_device(model, images):
+    """``model``'s parameters and ``images`` must share a device (say which is where instead of a matmul error)."""
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != images.device:
+        raise ValueError(f"images are on device {images.device} but model's parameters are on {param.device}; "
+                         "move one of them (e.g. images.to(next(model.parameters()).device))")
 
 
 def _check_batch(images, labels, target, num_classes=None):
@@ -393,6 +433,8 @@ def _check_batch(images, labels, target, num_classes=None):
         raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images must hold at least one image")
+    if images.device.type == "meta":
+        raise ValueError("images are on the meta device (no data); pass real tensors")
     if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
         raise ValueError("images must be finite and lie in the pixel box [0, 1]")
     labels = _as_class_tensor("labels", labels, images.shape[0], images.device, num_classes)
@@ -416,7 +458,9 @@ def _as_class_tensor(name, value, batch, device, num_classes):
             value = value.expand(batch)
         if value.shape != (batch,):
             raise ValueError(f"{name} must have shape ({batch},) (one per image), got {tuple(value.shape)}")
-        value = value.to(device=device, dtype=torch.int64)
+        if value.device != device:
+            raise ValueError(f"{name} is on device {value.device} but images are on {device}; put them together")
+        value = value.to(dtype=torch.int64)
     else:
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
     if num_classes is not None and ((value < 0).any() or (value >= num_classes).any()):
@@ -499,6 +543,12 @@ def gaussian_attack(
         clip_aware: feed the surrogate the exact moments of the clipped pixels (draws are clipped to [0, 1]).
         relu_index, linearizer: which ReLU the TSL splits at, or a callable ``(model, point) -> AffineReLUAffine``.
         seed: seeds :meth:`AttackResult.sample`'s default generator (the optimization itself is deterministic).
+        solver: ``"support"`` (default for ``"sparse"``: :mod:`netmoments.attacks.support`, a support found by
+            ``mean_steps`` proximal steps on the real margin, then ``support_steps`` steps on the distribution
+            over at most ``max_support`` pixels, then a ``final_draws``-draw check on the real network that
+            raises ``kappa`` by ``kappa_step`` for images below ``final_goal``, ``tighten_rounds`` times at most)
+            or ``"dense"`` (the full ``m x n`` linearization every ``relinearize_every`` of ``steps`` steps; the
+            only solver for blurred structures).
         progress: show a tqdm bar over steps.
 
     Returns:
@@ -508,10 +558,15 @@ def gaussian_attack(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     opts = _resolve_options(structure, options)
     labels, target = _check_batch(images, labels, target)
+    _check_device(model, images)
     start_time = time.perf_counter()
     with torch.no_grad():
         num_classes = model(images[:1]).shape[-1]
     labels, target = _check_batch(images, labels, target, num_classes)
+    if opts["solver"] == "support":
+        from .support import support_attack
+
+        return support_attack(model, images, labels, target, opts, _Adam, LinearizedAttackObjective, AttackResult)
     linearize = opts["linearizer"] or _default_linearizer(opts["relu_index"])
 
     shape = tuple(images.shape[1:])

@@ -2,7 +2,8 @@
 
 Writes ``OUT.csv`` (one row per image), ``OUT.json`` (options, pooled Monte Carlo success with Wilson intervals,
 sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other.
-``--book-data DIR`` instead regenerates the precomputed sweeps behind ``book/08_gaussian_attacks.ipynb``.
+``--suite NAME`` instead runs a per-image evidence suite (:mod:`netmoments.experiments.attack_suite`, resumable),
+``--tune JSON`` the tuning on training digits, and ``--book-data DIR`` regenerates chapter 8's browser data.
 """
 from __future__ import annotations
 
@@ -94,61 +95,18 @@ def run_attack(args) -> dict:
     return summary
 
 
-def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=200, seed=0, progress=True,
-                         parts=("curves", "widget")):
-    """The sweeps shown in chapter 8 (a few minutes on a 2-core CPU), written to ``out_dir``.
+def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0, progress=True):
+    """The targeted-attack browser of chapter 8 (``attacks_widget.npz``, about a minute on a 2-core CPU): for
+    ``n_widget`` test digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the clean digit, attack mean, noise
+    std, three draws and the Monte Carlo success; browsed by :func:`netmoments.widgets.attack_browser_widget`.
 
-    * ``attacks_curves.json``: success vs budget. Sparse Gaussian attacks over fixed L1 weights
-      (``l1_decay=1``) vs L0-PGD at the matched per-image pixel count and at fixed k; smooth Gaussian attacks
-      over L2 weights vs blurred L2-PGD at the matched L2 norm; the ``variance`` ablation (linear vs none) at
-      the default options.
-    * ``attacks_widget.npz``: for ``n_widget`` digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the
-      clean digit, attack mean, noise std, three draws and the MC success; browsed by
-      :func:`netmoments.widgets.attack_browser_widget`.
+    (The chapter's tables come from ``--suite``; the old pooled-draw sweeps were dropped.)
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, images, labels = _load(device, n_curve)
+    model, images, labels = _load(device, n_widget)
     gen = lambda: torch.Generator(device=images.device).manual_seed(seed)  # noqa: E731
-    curves = None
-    if "curves" in parts:
-        curves = _curves(model, images, labels, gen, samples, progress)
-        with open(out / "attacks_curves.json", "w") as fh:
-            json.dump(curves, fh, indent=1, default=float)
-    if "widget" in parts:
-        _widget(out, model, images[:n_widget], labels[:n_widget], gen, samples, progress)
-    return curves
-
-
-def _curves(model, images, labels, gen, samples, progress):
-    from ..attacks import evaluate_attack, gaussian_attack, smooth_pgd_attack, sparse_pgd_attack
-
-    curves = dict(n_images=len(labels), samples=samples, sparse=[], smooth=[], variance=[])
-    started = time.perf_counter()
-    for weight in (0.1, 0.3, 1.0, 3.0):
-        res = gaussian_attack(model, images, labels, structure="sparse", l1_weight=weight, l1_decay=1.0,
-                              progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        k = ev.pixels_touched.clamp_min(1).long().to(images.device)
-        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
-        curves["sparse"].append(dict(l1_weight=weight, l1_decay=1.0, gaussian=ev.summary(),
-                                     l0_pgd_matched=base.summary()))
-    for k in (5, 10, 20, 40, 80):
-        base = evaluate_attack(model, sparse_pgd_attack(model, images, labels, k=k), labels)
-        curves.setdefault("l0_pgd_fixed", []).append(dict(k=k, **base.summary()))
-    for variance in ("linear", "none"):  # the defaults (with the L1 continuation), with and without Var[M]
-        res = gaussian_attack(model, images, labels, structure="sparse", variance=variance, progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        curves["variance"].append(dict(variance=variance, **ev.summary()))
-    for weight in (0.02, 0.05, 0.2):
-        res = gaussian_attack(model, images, labels, structure="smooth", l2_weight=weight, progress=progress)
-        ev = evaluate_attack(model, res, labels, n_samples=samples, generator=gen())
-        eps = float(ev.l2.median())
-        base = evaluate_attack(model, smooth_pgd_attack(model, images, labels, eps=eps), labels)
-        curves["smooth"].append(dict(l2_weight=weight, gaussian=ev.summary(), smooth_pgd=dict(eps=eps,
-                                                                                               **base.summary())))
-    curves["time_s"] = time.perf_counter() - started
-    return curves
+    _widget(out, model, images, labels, gen, samples, progress)
 
 
 def _widget(out, model, w_images, w_labels, gen, samples, progress):
@@ -181,7 +139,6 @@ def _widget(out, model, w_images, w_labels, gen, samples, progress):
         draws=torch.stack(draws, 1).numpy(),
         success=torch.stack(success, 1).numpy(),
     )
-    return curves
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -203,11 +160,35 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/attack", help="output stem: writes .csv, .json and .npz")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--book-data", default=None, metavar="DIR",
                         help="regenerate the chapter-8 sweeps into DIR instead of a single attack")
+    parser.add_argument("--suite", default=None, choices=["sparse", "ablation", "smooth", "targeted"],
+                        help="run a per-image evidence suite (netmoments.experiments.attack_suite) into --out "
+                             "(.csv), resumable")
+    parser.add_argument("--split", choices=["train", "test"], default="test",
+                        help="digits to attack with --suite (tune on train, report on test)")
+    parser.add_argument("--chunk", type=int, default=8, help="digits per task (one batch) with --suite")
+    parser.add_argument("--tune", default=None, metavar="JSON",
+                        help="tune the baselines' step size and our L1 price on --images training digits")
+    from .runner import add_runner_arguments
+
+    add_runner_arguments(parser)
 
     def handler(args):
+        if args.tune:
+            from .attack_suite import tune
+
+            print(json.dumps(tune(args.tune, images=args.images), indent=1, default=str))
+            return 0
+        if args.suite:
+            from .attack_suite import run_suite
+            from .runner import runner_kwargs
+
+            out = args.out if args.out.endswith(".csv") else args.out + ".csv"
+            run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk,
+                      command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or []),
+                      **runner_kwargs(args))
+            return 0
         if args.book_data:
             precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress)
         else:

@@ -1,31 +1,60 @@
-"""How tight are the closed forms on a real deep network? NM20's tightness protocol (spec section 6).
+"""How tight are the closed forms on a real deep network? NM20's tightness protocol, done so that it can be trusted.
 
-For each test digit ``x`` and noise level ``sigma``:
+One *task* is one test digit ``x``, one noise level ``sigma`` and one covariance family:
 
-1. ``Sigma`` = a fresh random dense SPD matrix with ``trace = 784 sigma^2`` (:func:`netmoments.random_spd`);
-2. reference: Monte Carlo through the *real* LeNet with ``x + noise ~ N(x, Sigma)``, per-logit mean and variance
-   with their standard errors (:func:`netmoments.monte_carlo_moments`);
-3. analytic: two-stage linearization at a point ``p`` (the image itself, the centroid of its cluster in a
-   labelled k-means, or the cluster member farthest from that centroid), then the closed-form mean and the
-   variance with the exact ("new"), the series (N=5) and NM18's hybrid ("old") hidden covariance;
-4. error: symmetric relative error ``2|a - b| / (|a| + |b|)`` per logit.
+- ``"dense"``: NM20's random dense SPD ``Sigma`` with ``trace = 784 sigma^2`` (:func:`netmoments.random_spd`);
+- ``"sparse"``: independent noise of std ``sigma`` on the 60 pixels where the true-class logit is most sensitive
+  (what a sparse Gaussian attack perturbs), none elsewhere;
+- ``"blur"``: spatially smooth noise, white noise blurred by a Gaussian of std 1.5 px, scaled to
+  ``trace = 784 sigma^2`` (what a smooth attack perturbs).
 
-:func:`run_tightness` returns a :class:`TightnessResult` (one row per image x sigma x point x logit) that writes
-the CSV, the markdown tables in the paper's layout and the per-sigma histogram figures. The CLI is
+All the randomness of a task (``Sigma``, the dither, the draws) is seeded from ``(seed, image, sigma, cov)``
+(:func:`netmoments.experiments.runner.seed_from_key`), so its rows do not depend on where or when it ran.
+
+In a task, ``N`` draws ``X_j = m + eps_j``, ``eps_j ~ N(0, Sigma)``, are pushed through the real LeNet ``f`` and
+through each two-stage linearization ``g_p(X) = B relu(A_p X + c1_p) + c2`` (linearized at a point ``p``), *on the
+same draws*. Per logit, the error of the closed form splits exactly into two parts::
+
+    analytic_p - MC[f]  =  (analytic_p - MC[g_p])   -   (MC[f] - MC[g_p])
+    total error            formula error (a)             linearization error (b)
+
+(a) must vanish within its Monte Carlo standard error (the closed form is exact for ``g_p``); (b) is a paired
+difference on the same draws, with its own (small) standard error. The analytic moments are never used as a
+control variate for ``MC[f]``: that would hide a formula error. The same holds for the variance.
+
+Linearization points ``p`` (rows ``point``):
+
+- ``"input"``: ``p = x`` (NM20 Table 2);
+- ``"dither"``: a control, ``p = m = x + U(-d, d)`` with ``d = 1e-3``: the same digit with no max-pool ties (its
+  own truth ``MC[f]`` around ``x + dither``), to separate tie error from region crossing;
+- ``"tie_aware"``: the expected (statistical) linearization of the layers before the kept ReLU under the noise,
+  ``A = E[J(x + eps)]``, ``c1 = E[h(x + eps)] - A x`` (``h`` = those layers), estimated from ``S`` antithetic draws
+  ``+-eps`` (so it equals the TSL at ``x`` wherever the noise does not leave ``x``'s linear region);
+- ``"centroid"`` / ``"farthest"`` with ``k`` (NM20 Table 3, dense only): the pool (4,000 training digits) is
+  clustered by labelled k-means (k-means within each label, ``k_label = max(1, round(k n_label / N))``); a test
+  digit is linearized at the nearest centroid of its label's clusters, or at the member of that cluster farthest
+  from the centroid (a pool member, never the test digit itself).
+
+Each row (one per task x point; JSON lines, per-logit lists of 10) holds the truth (``mc_*``), the closed forms
+(``mean``, ``var_exact`` and, at ``p = x``, ``var_series`` / ``var_hybrid``), the formula error parts
+(``f_dmean``, ``lin_mean_se``, ``lin_var``, ``lin_var_se``) and the linearization error parts (``l_dmean``,
+``l_dmean_se``, ``l_dvar``, ``l_dvar_se``). :func:`image_metrics`, :func:`bootstrap_ci` and the table functions
+turn them into per-image metrics with confidence intervals over images. CLI:
 ``python -m netmoments.experiments tightness --help``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
+import hashlib
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -34,65 +63,121 @@ import torch
 
 from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
-from ..linearize import prune_inactive_units, two_stage_linearize
-from ..montecarlo import monte_carlo_moments
+from ..linearize import maxpool_ties, prune_inactive_units, two_stage_linearize
+from .runner import RunnerError, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key
 
 __all__ = [
     "NM20_CLUSTER_FRACTIONS",
-    "METHOD_LABELS",
+    "COV_KINDS",
+    "POINT_KINDS",
+    "METHODS",
+    "ROW_LISTS",
+    "TightnessConfig",
     "symmetric_relative_error",
-    "labelled_kmeans",
-    "cluster_points",
     "scaled_cluster_counts",
+    "labelled_kmeans",
+    "cluster_linearization_points",
+    "noise_factor",
+    "build_context",
+    "task_list",
+    "tightness_task",
     "run_tightness",
-    "TightnessResult",
+    "image_metrics",
+    "bootstrap_ci",
+    "bonferroni_z",
+    "summary_table",
+    "cluster_table",
+    "provenance",
     "register",
     "main",
 ]
 
-# NM20 clustered 10,000 images into k in {250, 500, 1000, 2500, 5000} clusters: these fractions of the images.
+# NM20 clustered 10,000 images into k in {250, 500, 1000, 2500, 5000} clusters: these fractions of the pool.
 NM20_CLUSTER_FRACTIONS = (0.025, 0.05, 0.1, 0.25, 0.5)
-METHOD_LABELS = {
-    "exact": "new variance (exact)",
-    "series": "new variance (series, N=5)",
-    "hybrid": "old variance (NM18 hybrid)",
-}
-POINT_KINDS = ("input", "centroid", "farthest")
-CSV_FIELDS = [
-    "image", "label", "sigma", "point", "k", "logit", "mc_samples",
+COV_KINDS = ("dense", "sparse", "blur")
+POINT_KINDS = ("input", "dither", "tie_aware", "centroid", "farthest")
+METHODS = ("exact", "series", "hybrid")
+SPARSE_PIXELS = 60
+BLUR_STD = 1.5
+# Per-logit lists in every row (10 numbers each).
+ROW_LISTS = (
     "mc_mean", "mc_mean_se", "mc_var", "mc_var_se",
     "mean", "var_exact", "var_series", "var_hybrid",
-    "err_mean", "err_var_exact", "err_var_series", "err_var_hybrid",
-]  # fmt: skip
+    "f_dmean", "lin_mean_se", "lin_var", "lin_var_se",
+    "l_dmean", "l_dmean_se", "l_dvar", "l_dvar_se",
+)  # fmt: skip
 
 
-def symmetric_relative_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0."""
-    denom = a.abs() + b.abs()
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom > 0, 2 * (a - b).abs() / safe, torch.zeros_like(denom))
+@dataclass(frozen=True)
+class TightnessConfig:
+    """Everything that fixes a task's rows (stored in the metadata; a resumed run must use the same).
+
+    Attributes:
+        seed: base seed of every task.
+        mc_samples: draws per task (shared by all its points).
+        mc_batch: draws per network evaluation batch (memory only; does not change the rows).
+        dither: half-width of the uniform dither of the ``"dither"`` control.
+        tie_samples: draws (``S/2`` antithetic pairs) for the ``"tie_aware"`` linearization.
+        points: point kinds evaluated under the dense covariance (the others use ``("input",)``).
+        clusters: ``k`` values for Table 3 (pool-wide cluster counts).
+        sparse_pixels, blur_std: the attack-like covariances.
+    """
+
+    seed: int = 0
+    mc_samples: int = 10_000
+    mc_batch: int = 2_000
+    dither: float = 1e-3
+    tie_samples: int = 8
+    points: tuple[str, ...] = ("input", "dither", "tie_aware", "centroid", "farthest")
+    clusters: tuple[int, ...] = (100, 200, 400, 1000, 2000)
+    sparse_pixels: int = SPARSE_PIXELS
+    blur_std: float = BLUR_STD
+
+    def __post_init__(self):
+        bad = [p for p in self.points if p not in POINT_KINDS]
+        if bad or not self.points or "input" not in self.points:
+            raise ValueError(f"points must include 'input' and be drawn from {POINT_KINDS}, got {self.points}")
+        if not isinstance(self.mc_samples, int) or self.mc_samples < 2:
+            raise ValueError(f"mc_samples must be an int >= 2, got {self.mc_samples!r}")
+        if not isinstance(self.tie_samples, int) or self.tie_samples < 2 or self.tie_samples % 2:
+            raise ValueError(f"tie_samples must be an even int >= 2, got {self.tie_samples!r}")
+        if any(not isinstance(k, int) or k < 1 for k in self.clusters):
+            raise ValueError(f"clusters must be positive ints, got {self.clusters}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def symmetric_relative_error(a, b):
+    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0 (tensors or arrays)."""
+    if isinstance(a, torch.Tensor):
+        denom = a.abs() + b.abs()
+        safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+        return torch.where(denom > 0, 2 * (a - b).abs() / safe, torch.zeros_like(denom))
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    denom = np.abs(a) + np.abs(b)
+    return np.where(denom > 0, 2 * np.abs(a - b) / np.where(denom > 0, denom, 1.0), 0.0)
 
 
 def scaled_cluster_counts(n_images: int, fractions: Sequence[float] = NM20_CLUSTER_FRACTIONS) -> list[int]:
-    """NM20's cluster counts scaled to ``n_images`` (``round(f * n)``, at least 1, without duplicates)."""
+    """NM20's cluster counts scaled to a pool of ``n_images`` (``round(f * n)``, at least 1, without duplicates)."""
     return sorted({max(1, min(n_images, round(f * n_images))) for f in fractions})
 
 
-def labelled_kmeans(points, labels, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled k-means: initial centres taken round-robin across the labels, then one k-means run from them.
+def labelled_kmeans(points, labels, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means within each label: label ``c`` gets ``k_c = max(1, round(k n_c / N))`` clusters (scikit-learn).
 
-    Round-robin: the first member of label 0, of label 1, ..., then the second member of each label, and so on
-    (labels in increasing order, members in data order), until ``k`` centres are chosen.
+    Runs single-threaded (``threadpoolctl``), so the clusters are the same on every machine and sitting.
 
     Args:
-        points: ``(N, n)`` array or tensor.
-        labels: ``(N,)`` integer labels.
-        k: number of clusters, ``1 <= k <= N``.
+        points: ``(N, n)``; labels: ``(N,)`` ints; k: total clusters wanted, ``1 <= k <= N``.
 
     Returns:
-        ``assignment (N,)`` int64 cluster ids and ``centroids (k, n)`` float64.
+        ``assignment (N,)`` cluster ids, ``centroids (K, n)`` float64 and ``centroid_labels (K,)``; ``K`` is the
+        sum of the ``k_c`` (close to ``k``).
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
@@ -100,240 +185,341 @@ def labelled_kmeans(points, labels, k: int, seed: int = 0) -> tuple[np.ndarray, 
         raise ValueError(f"points must be (N, n) and labels (N,), got {x.shape} and {y.shape}")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= x.shape[0]:
         raise ValueError(f"k must be an int in 1..{x.shape[0]} (the number of points), got {k!r}")
-    members = [list(np.flatnonzero(y == c)) for c in np.unique(y)]
-    init = []
-    while len(init) < k:
-        for queue in members:
-            if queue and len(init) < k:
-                init.append(queue.pop(0))
-    km = KMeans(n_clusters=int(k), init=x[init], n_init=1, random_state=seed).fit(x)
-    return km.labels_.astype(np.int64), km.cluster_centers_.astype(np.float64)
+    assignment = np.empty(x.shape[0], dtype=np.int64)
+    centroids, centroid_labels = [], []
+    with threadpool_limits(1):
+        for c in np.unique(y):
+            members = np.flatnonzero(y == c)
+            k_c = int(min(members.size, max(1, round(k * members.size / x.shape[0]))))
+            km = KMeans(n_clusters=k_c, n_init=1, random_state=seed).fit(x[members])
+            assignment[members] = km.labels_ + len(centroids)
+            centroids.extend(km.cluster_centers_)
+            centroid_labels.extend([int(c)] * k_c)
+    return assignment, np.asarray(centroids, dtype=np.float64), np.asarray(centroid_labels, dtype=np.int64)
 
 
-def cluster_points(points, labels, k: int, kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Linearization points from a labelled k-means: ``kind`` is "centroid" or "farthest" (member).
+def cluster_linearization_points(pool, pool_labels, test, test_labels, k: int, seed: int = 0) -> dict:
+    """Table 3's linearization points for each test digit at one ``k`` (see the module docstring).
 
     Returns:
-        ``unique_points (k, n)`` float64 and ``ids (N,)``: point ``i`` is linearized at ``unique_points[ids[i]]``.
+        ``{"centroid": (T, n), "farthest": (T, n)}`` float32 arrays, plus ``"cluster" (T,)`` (the nearest centroid
+        of the digit's label) and ``"n_clusters"``. The farthest point is a pool member, never a test digit.
     """
-    if kind not in ("centroid", "farthest"):
-        raise ValueError(f"kind must be 'centroid' or 'farthest', got {kind!r}")
-    x = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64)
-    assignment, centroids = labelled_kmeans(x, labels, k, seed)
-    if kind == "centroid":
-        return centroids, assignment
+    pool = np.asarray(pool, dtype=np.float64).reshape(len(pool), -1)
+    test = np.asarray(test, dtype=np.float64).reshape(len(test), -1)
+    pool_labels, test_labels = np.asarray(pool_labels), np.asarray(test_labels)
+    assignment, centroids, centroid_labels = labelled_kmeans(pool, pool_labels, k, seed)
     farthest = np.empty_like(centroids)
-    for c in range(centroids.shape[0]):
+    for c in range(len(centroids)):
         members = np.flatnonzero(assignment == c)
-        if members.size == 0:  # k-means can empty a cluster; keep its centre so ids stay valid
+        if members.size == 0:  # k-means can empty a cluster; it can then never be the nearest centroid's
             farthest[c] = centroids[c]
             continue
-        dist = ((x[members] - centroids[c]) ** 2).sum(1)
-        farthest[c] = x[members[np.argmax(dist)]]
-    return farthest, assignment
+        farthest[c] = pool[members[np.argmax(((pool[members] - centroids[c]) ** 2).sum(1))]]
+    cluster = np.empty(len(test), dtype=np.int64)
+    for c in np.unique(test_labels):
+        ids = np.flatnonzero(centroid_labels == c)
+        if ids.size == 0:
+            raise ValueError(f"the pool has no digit of label {c}")
+        rows = np.flatnonzero(test_labels == c)
+        dist = ((test[rows, None, :] - centroids[None, ids, :]) ** 2).sum(-1)
+        cluster[rows] = ids[np.argmin(dist, axis=1)]
+    return {
+        "centroid": centroids[cluster].astype(np.float32),
+        "farthest": farthest[cluster].astype(np.float32),
+        "cluster": cluster,
+        "n_clusters": len(centroids),
+    }
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _blur_matrix(side: int, std: float) -> torch.Tensor:
+    """``(side^2, side^2)`` matrix of a separable Gaussian blur (zero padding, radius ``ceil(3 std)``)."""
+    idx = torch.arange(side, dtype=torch.float64)
+    one = torch.exp(-0.5 * ((idx[:, None] - idx[None, :]) / std) ** 2)
+    one = torch.where((idx[:, None] - idx[None, :]).abs() <= math.ceil(3 * std), one, torch.zeros_like(one))
+    one = one / one.sum(1, keepdim=True).max()
+    return torch.kron(one, one)
+
+
+def noise_factor(kind: str, sigma: float, n: int, generator: torch.Generator | None = None, pixels=None,
+                 blur_std: float = BLUR_STD) -> torch.Tensor:  # fmt: skip
+    """A factor ``L`` (float64, ``(n, n)``) with ``Sigma = L L^T`` for one covariance family.
+
+    Args:
+        kind: ``"dense"`` (Cholesky of :func:`random_spd` with trace ``n sigma^2``, drawn from ``generator``),
+            ``"sparse"`` (``sigma`` on the given ``pixels``, 0 elsewhere) or ``"blur"`` (a blur matrix scaled to
+            trace ``n sigma^2``; the image must be square).
+    """
+    if kind == "dense":
+        return torch.linalg.cholesky(random_spd(n, n * sigma**2, generator=generator, dtype=torch.float64))
+    if kind == "sparse":
+        if pixels is None:
+            raise ValueError("sparse noise needs the pixels it lives on")
+        diag = torch.zeros(n, dtype=torch.float64)
+        diag[torch.as_tensor(pixels)] = sigma
+        return torch.diag(diag)
+    if kind == "blur":
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"blurred noise needs a square image, got n = {n}")
+        g = _blur_matrix(side, blur_std)
+        return g * math.sqrt(n * sigma**2 / float((g * g).sum()))
+    raise ValueError(f"cov must be one of {COV_KINDS}, got {kind!r}")
+
+
+def _linearize(model, points: torch.Tensor):
+    """TSL at a batch of points ``(U, 1, 28, 28)``: ``(A (U, m, n), c1 (U, m), B (p, m), c2 (p,), pre (U, m))``.
+
+    Uses the matrix-free :class:`netmoments.linearize.TwoStageLinearization` where it exists (dense ``A`` from it),
+    else :func:`two_stage_linearize`.
+    """
+    try:
+        from ..linearize import TwoStageLinearization
+    except ImportError:
+        TwoStageLinearization = None
+    with torch.no_grad():
+        if TwoStageLinearization is not None:
+            tsl = TwoStageLinearization(model, points)
+            B, c2 = tsl.B, tsl.c2
+            return tsl.A, tsl.c1, (B[0] if B.dim() == 3 else B), (c2[0] if c2.dim() == 2 else c2), tsl.pre
+    net = two_stage_linearize(model, points)
+    pre = (net.A @ points.reshape(len(points), -1, 1).to(net.A.dtype)).squeeze(-1) + net.c1
+    B = net.B[0] if net.B.dim() == 3 else net.B
+    c2 = net.c2[0] if net.c2.dim() == 2 else net.c2
+    return net.A, net.c1, B, c2, pre
+
+
+# ---------------------------------------------------------------------------------------------- the task
 
 
 @dataclass
-class TightnessResult:
-    """Rows (one per image x sigma x point x logit; keys :data:`CSV_FIELDS`) and run metadata."""
+class TightnessContext:
+    """What every task reads (sent to each worker once): the network, the test digits and Table 3's points."""
 
-    rows: list[dict]
-    metadata: dict = field(default_factory=dict)
+    model: torch.nn.Module
+    mc_model: torch.nn.Module
+    images: torch.Tensor  # (T, 1, 28, 28) float32
+    labels: torch.Tensor  # (T,) int64
+    config: TightnessConfig
+    cluster_points: dict = field(default_factory=dict)  # k -> {"centroid": (T, n), "farthest": (T, n), ...}
+    n_clusters: dict = field(default_factory=dict)  # k -> actual number of clusters (sum over labels)
 
-    # -------------------------------------------------------------- views
-    def column(self, name: str, **where) -> np.ndarray:
-        """Values of ``name`` over the rows matching ``where`` (e.g. ``point="input", sigma=0.1``), in row order."""
-        out = [r[name] for r in self.rows if all(_same(r[key], val) for key, val in where.items())]
-        return np.asarray(out, dtype=np.float64)
-
-    def per_logit(self, name: str, **where) -> np.ndarray:
-        """``(n_images, n_logits)`` array of ``name`` for the matching rows."""
-        values = self.column(name, **where)
-        logits = self.column("logit", **where)
-        n_logits = int(logits.max()) + 1 if logits.size else 0
-        return values.reshape(-1, n_logits) if n_logits else values.reshape(0, 0)
-
-    @property
-    def sigmas(self) -> list[float]:
-        return sorted({float(r["sigma"]) for r in self.rows})
-
-    @property
-    def point_specs(self) -> list[tuple[str, int | None]]:
-        seen = []
-        for r in self.rows:
-            spec = (r["point"], _k_or_none(r["k"]))
-            if spec not in seen:
-                seen.append(spec)
-        return seen
-
-    # -------------------------------------------------------------- tables
-    def table_by_logit(self, sigma: float, point: str = "input", k=None, digits: int = 3) -> str:
-        """Markdown table (NM20 Table 2 layout): rows = quantity, columns = logits, cells = mean ± std over images."""
-        where = dict(sigma=sigma, point=point, k=k if k is not None else "")
-        mc_var = self.per_logit("mc_var", **where)
-        if mc_var.size == 0:
-            raise ValueError(f"no rows for sigma={sigma}, point={point!r}, k={k!r}")
-        n_logits = mc_var.shape[1]
-        header = "| quantity | " + " | ".join(str(c) for c in range(n_logits)) + " |"
-        lines = [header, "|---" * (n_logits + 1) + "|"]
-        entries = [("mean", "err_mean")] + [
-            (METHOD_LABELS[m], f"err_var_{m}") for m in METHOD_LABELS if not np.isnan(self.per_logit(f"err_var_{m}", **where)).all()
-        ]
-        for label, name in entries:
-            err = self.per_logit(name, **where)
-            cells = [_fmt(err[:, c].mean(), err[:, c].std(), digits) for c in range(n_logits)]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        rel_se = self.per_logit("mc_var_se", **where) / self.per_logit("mc_var", **where)
-        cells = [_fmt(rel_se[:, c].mean(), rel_se[:, c].std(), digits) for c in range(n_logits)]
-        lines.append("| MC variance relative SE | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def table_by_cluster(self, method: str = "exact", digits: int = 3) -> str:
-        """Markdown table (NM20 Table 3 layout): rows = linearization point (k), columns = sigma.
-
-        Each cell is the error of the variance from ``method``, as mean ± std over images per logit, then
-        averaged over the logits; the mean's error is in the second half of the columns.
-        """
-        sigmas = self.sigmas
-        head = [f"var σ={s:g}" for s in sigmas] + [f"mean σ={s:g}" for s in sigmas]
-        lines = ["| point | k | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
-        specs = sorted(self.point_specs, key=lambda s: (s[1] is not None, s[1] or 0, POINT_KINDS.index(s[0])))
-        for point, k in specs:
-            cells = []
-            for name in (f"err_var_{method}", "err_mean"):
-                for s in sigmas:
-                    err = self.per_logit(name, sigma=s, point=point, k=k if k is not None else "")
-                    if err.size == 0 or np.isnan(err).all():
-                        cells.append("–")
-                        continue
-                    cells.append(_fmt(err.mean(0).mean(), err.std(0).mean(), digits))
-            label = {"input": "p = x (the image)", "centroid": "cluster centroid", "farthest": "farthest member (baseline)"}
-            lines.append(f"| {label[point]} | {'' if k is None else k} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def markdown(self, digits: int = 3) -> str:
-        """All tables: one Table-2 block per sigma (p = x) and, if clusters were run, Table 3 per method."""
-        parts = []
-        if ("input", None) in self.point_specs:
-            for s in self.sigmas:
-                parts.append(f"### Table 2, σ = {s:g} (p = x): symmetric relative error, mean ± std over images\n")
-                parts.append(self.table_by_logit(s, "input", digits=digits) + "\n")
-        if any(k is not None for _, k in self.point_specs):
-            for method in METHOD_LABELS:
-                if np.isnan(self.column(f"err_var_{method}", point="centroid")).all():
-                    continue
-                parts.append(
-                    f"### Table 3: linearizing at cluster points, {METHOD_LABELS[method]} "
-                    "(error averaged over logits)\n"
-                )
-                parts.append(self.table_by_cluster(method, digits=digits) + "\n")
-        return "\n".join(parts)
-
-    def provenance(self) -> str:
-        """A markdown header naming the command, machine, dates and time of the run (from ``metadata``)."""
-        meta = self.metadata
-        if "command" not in meta:
-            return ""
-        total = meta.get("timings", {}).get("total_s")
-        lines = [
-            "# Tightness of the closed-form moments on LeNet (NM20 Tables 2 and 3)\n",
-            f"- command: `{meta['command']}`",
-            f"- machine: {meta.get('machine', '?')}; torch {meta.get('torch', '?')}, {meta.get('threads', '?')} threads, "
-            f"device {meta.get('device', '?')}",
-            f"- started {meta.get('started', '?')}, finished {meta.get('finished', '?')}"
-            + (f"; total {total:.0f} s" if total is not None else ""),
-            f"- load average at start / end: {meta.get('load_average_at_start')} / {meta.get('load_average_at_end')}",
-            "",
-        ]
-        return "\n".join(lines) + "\n"
-
-    # -------------------------------------------------------------- files
-    def to_csv(self, path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            for r in self.rows:
-                writer.writerow({key: _csv_value(r[key]) for key in CSV_FIELDS})
-
-    @classmethod
-    def from_csv(cls, path, metadata: dict | None = None) -> "TightnessResult":
-        ints = {"image", "label", "logit", "mc_samples"}
-        rows = []
-        with open(path, newline="") as handle:
-            for raw in csv.DictReader(handle):
-                row = {}
-                for key, value in raw.items():
-                    if key in ("point",):
-                        row[key] = value
-                    elif key == "k":
-                        row[key] = int(value) if value else ""
-                    elif key in ints:
-                        row[key] = int(value)
-                    else:
-                        row[key] = float(value) if value not in ("", "nan") else float("nan")
-                rows.append(row)
-        return cls(rows, dict(metadata or {}))
-
-    def variance_arrays(self, sigma: float, point: str = "input", k=None) -> dict[str, np.ndarray]:
-        """``{"mc", "exact", "series", "hybrid", "labels"}`` arrays ``(n_images, n_logits)`` for the histograms."""
-        where = dict(sigma=sigma, point=point, k=k if k is not None else "")
-        out = {"mc": self.per_logit("mc_var", **where)}
-        for m in METHOD_LABELS:
-            out[m] = self.per_logit(f"var_{m}", **where)
-        out["labels"] = self.per_logit("label", **where)[:, 0].astype(np.int64)
-        return out
-
-    def save(self, csv_path, markdown_path=None, metadata_path=None, figure_dir=None) -> list[Path]:
-        """Write the CSV and (optionally) the markdown tables, the metadata JSON and one histogram PNG per sigma."""
-        written = [Path(csv_path)]
-        self.to_csv(csv_path)
-        if markdown_path is not None:
-            Path(markdown_path).write_text(self.provenance() + self.markdown())
-            written.append(Path(markdown_path))
-        if metadata_path is not None:
-            Path(metadata_path).write_text(json.dumps(self.metadata, indent=2, sort_keys=True) + "\n")
-            written.append(Path(metadata_path))
-        if figure_dir is not None and ("input", None) in self.point_specs:
-            import matplotlib.pyplot as plt
-
-            from ..viz import plot_variance_histograms
-
-            Path(figure_dir).mkdir(parents=True, exist_ok=True)
-            for s in self.sigmas:
-                arrays = self.variance_arrays(s)
-                new = arrays["exact"] if not np.isnan(arrays["exact"]).all() else arrays["series"]
-                fig = plot_variance_histograms(arrays["mc"], new, arrays["hybrid"], sigma=s)
-                path = Path(figure_dir) / f"tightness_hist_sigma{s:g}.png"
-                fig.savefig(path, dpi=110, bbox_inches="tight")
-                written.append(path)
-                plt.close(fig)
-        return written
+    def fingerprint(self) -> str:
+        """SHA-256 of the weights, digits and cluster points: a resumed run must see the same."""
+        h = hashlib.sha256()
+        for t in self.model.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.images.numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        for k in sorted(self.cluster_points):
+            for kind in ("centroid", "farthest"):
+                h.update(np.ascontiguousarray(self.cluster_points[k][kind]).tobytes())
+        return h.hexdigest()[:16]
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
+def build_context(config: TightnessConfig, model=None, images=None, labels=None, pool=None, pool_labels=None,
+                  n_images: int | None = None) -> TightnessContext:  # fmt: skip
+    """The network (default: the shipped LeNet), test digits (default: the test split) and, when the config
+    asks for cluster points, the labelled k-means of the pool (default: the training split)."""
+    from ..data import load_mnist
+
+    if model is None:
+        from ..models import load_lenet
+
+        model = load_lenet()
+    if images is None or labels is None:
+        images, labels = load_mnist("test")
+    if n_images is not None:
+        images, labels = images[:n_images], labels[:n_images]
+    model = copy.deepcopy(model).float().eval()
+    mc_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    ctx = TightnessContext(model, mc_model, images.float().contiguous(), labels.long(), config)
+    if any(p in config.points for p in ("centroid", "farthest")) and config.clusters:
+        if pool is None or pool_labels is None:
+            pool, pool_labels = load_mnist("train")
+        for k in config.clusters:
+            pts = cluster_linearization_points(pool.reshape(len(pool), -1).numpy(), pool_labels.numpy(),
+                                               ctx.images.reshape(len(ctx.images), -1).numpy(), ctx.labels.numpy(),
+                                               k, config.seed)  # fmt: skip
+            ctx.cluster_points[k] = pts
+            ctx.n_clusters[k] = pts["n_clusters"]
+    return ctx
+
+
+def task_list(n_images: int, sigmas: Sequence[float], covs: Sequence[str]) -> list[tuple]:
+    """Task keys ``(image, sigma, cov)``, image-major: a partial run has whole images for every setting."""
+    return [(i, float(s), c) for i in range(n_images) for c in covs for s in sigmas]
+
+
+def _round(values) -> list:
+    # 7 significant digits: the errors are differences stored on their own, so this loses nothing measurable.
+    return [float(f"{v:.7g}") if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _paired_stats(f: torch.Tensor, g: torch.Tensor) -> dict:
+    """Per-logit Monte Carlo statistics of ``g`` and of ``f - g`` on the same ``N`` draws (float64 ``(N, p)``)."""
+    n = f.shape[0]
+    gm, fm = g.mean(0), f.mean(0)
+    gc, fc = g - gm, f - fm
+    g_var = gc.pow(2).sum(0) / (n - 1)
+    g_m2 = gc.pow(2).mean(0)
+    diff = f - g
+    dvar_terms = fc.pow(2) - gc.pow(2)  # influence terms of var(f) - var(g)
+    return {
+        "lin_mean": gm,
+        "lin_mean_se": (g_var / n).sqrt(),
+        "lin_var": g_var,
+        "lin_var_se": ((gc.pow(4).mean(0) - g_m2**2).clamp_min(0) / n).sqrt(),
+        "l_dmean": diff.mean(0),
+        "l_dmean_se": (diff.var(0) / n).sqrt(),
+        "l_dvar": fc.pow(2).sum(0) / (n - 1) - g_var,
+        "l_dvar_se": (dvar_terms.var(0) / n).sqrt(),
+    }
+
+
+def _truth_stats(f: torch.Tensor) -> dict:
+    n = f.shape[0]
+    fc = f - f.mean(0)
+    m2 = fc.pow(2).mean(0)
+    var = fc.pow(2).sum(0) / (n - 1)
+    return {
+        "mc_mean": f.mean(0),
+        "mc_mean_se": (var / n).sqrt(),
+        "mc_var": var,
+        "mc_var_se": ((fc.pow(4).mean(0) - m2**2).clamp_min(0) / n).sqrt(),
+    }
+
+
+def _sparse_pixels(model, x: torch.Tensor, label: int, count: int) -> torch.Tensor:
+    """The ``count`` pixels with the largest |d logit_label / d x| at ``x`` (where a sparse attack puts noise)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logit = model(x.reshape(1, 1, 28, 28))[0, label]
+        (grad,) = torch.autograd.grad(logit, x)
+    # argsort on (-|g|, index) so equal gradients pick the lower index on every machine
+    return torch.argsort(-grad.abs().to(torch.float64), stable=True)[:count]
+
+
+def tightness_task(key, ctx: TightnessContext) -> list[dict]:
+    """Run one task ``(image, sigma, cov)``; returns one row per linearization point (see the module docstring)."""
+    image, sigma, cov = key
+    cfg = ctx.config
+    if cov not in COV_KINDS:
+        raise ValueError(f"cov must be one of {COV_KINDS}, got {cov!r}")
+    x = ctx.images[image].reshape(-1).to(torch.float64)
+    label = int(ctx.labels[image])
+    n = x.numel()
+
+    def gen(*what):
+        return torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov, *what))
+
+    pixels = _sparse_pixels(ctx.model, x.float(), label, cfg.sparse_pixels) if cov == "sparse" else None
+    factor = noise_factor(cov, sigma, n, gen("cov"), pixels, cfg.blur_std)
+    points = list(cfg.points) if cov == "dense" else ["input"]
+    means = {"x": x}
+    if "dither" in points:
+        means["dither"] = x + cfg.dither * (2 * torch.rand(n, generator=gen("dither"), dtype=torch.float64) - 1)
+
+    # The linearizations: (name, k, A, c1, which mean, ties at the point)
+    lin = []
+    point_batch = [x.float()] + ([means["dither"].float()] if "dither" in points else [])
+    A, c1, B, c2, pre = _linearize(ctx.model, torch.stack(point_batch).reshape(-1, 1, 28, 28))
+    ties = [sum(t for t, _ in maxpool_ties(ctx.model, p.reshape(1, 28, 28))) for p in point_batch]
+    lin.append(("input", None, A[0], c1[0], "x", ties[0]))
+    if "dither" in points:
+        lin.append(("dither", None, A[1], c1[1], "dither", ties[1]))
+    if "tie_aware" in points:
+        half = torch.randn(cfg.tie_samples // 2, n, generator=gen("tie_aware"), dtype=torch.float64) @ factor.mT
+        eps = torch.cat([half, -half])  # antithetic: the draws average to exactly zero
+        A_s, _, _, _, pre_s = _linearize(ctx.model, (x + eps).float().reshape(-1, 1, 28, 28))
+        A_bar = A_s.to(torch.float64).mean(0)
+        c_bar = pre_s.to(torch.float64).mean(0) - A_bar @ x
+        lin.append(("tie_aware", None, A_bar.to(A.dtype), c_bar.to(c1.dtype), "x", ties[0]))
+    for kind in ("centroid", "farthest"):
+        if kind not in points:
+            continue
+        ks = sorted(ctx.cluster_points)
+        pts = torch.stack([torch.as_tensor(ctx.cluster_points[k][kind][image]) for k in ks]).reshape(-1, 1, 28, 28)
+        A_k, c1_k, _, _, _ = _linearize(ctx.model, pts)
+        for j, k in enumerate(ks):
+            lin.append((kind, k, A_k[j], c1_k[j], "x", sum(t for t, _ in maxpool_ties(ctx.model, pts[j]))))
+
+    # The same draws for the truth and every linearized network, in batches.
+    draw_gen = gen("draws")
+    outs_f = {name: [] for name in means}
+    outs_g = [[] for _ in lin]
+    done = 0
+    with torch.no_grad():
+        while done < cfg.mc_samples:
+            size = min(cfg.mc_batch, cfg.mc_samples - done)
+            eps = torch.randn(size, n, generator=draw_gen, dtype=torch.float64) @ factor.mT
+            for name, m in means.items():
+                inputs = (m + eps).float().reshape(-1, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+                outs_f[name].append(ctx.mc_model(inputs).to(torch.float64))
+            for j, (_, _, A_p, c1_p, mean_name, _) in enumerate(lin):
+                inputs = (means[mean_name] + eps).to(A_p.dtype)
+                hidden = torch.relu(inputs @ A_p.mT + c1_p)
+                outs_g[j].append((hidden @ B.mT.to(hidden.dtype) + c2.to(hidden.dtype)).to(torch.float64))
+            done += size
+    f_all = {name: torch.cat(v) for name, v in outs_f.items()}
+
+    sigma_cov = factor @ factor.mT
+    rows = []
+    B64, c2_64 = B.to(torch.float64), c2.to(torch.float64)
+    for j, (name, k, A_p, c1_p, mean_name, n_ties) in enumerate(lin):
+        m = means[mean_name]
+        net = AffineReLUAffine(A_p.to(torch.float64), c1_p.to(torch.float64), B64, c2_64)
+        # Pruning always-off units leaves the exact moments unchanged (tested) and cuts the pairwise work ~4x;
+        # the approximations run on the full network, their errors on those units being part of what is measured.
+        mean, var_exact = prune_inactive_units(net, m, sigma_cov).moments(m, sigma_cov, method="exact", output="var")
+        var = {"exact": var_exact}
+        for method in ("series", "hybrid"):
+            var[method] = net.moments(m, sigma_cov, method=method, output="var")[1] if name == "input" else None
+        truth = _truth_stats(f_all[mean_name])
+        paired = _paired_stats(f_all[mean_name], torch.cat(outs_g[j]))
+        cols = {
+            **truth,
+            "mean": mean, "var_exact": var["exact"], "var_series": var["series"], "var_hybrid": var["hybrid"],
+            "f_dmean": mean - paired["lin_mean"], "lin_mean_se": paired["lin_mean_se"],
+            "lin_var": paired["lin_var"], "lin_var_se": paired["lin_var_se"],
+            "l_dmean": paired["l_dmean"], "l_dmean_se": paired["l_dmean_se"],
+            "l_dvar": paired["l_dvar"], "l_dvar_se": paired["l_dvar_se"],
+        }  # fmt: skip
+        row = {"image": int(image), "label": label, "sigma": float(sigma), "cov": cov, "point": name,
+               "k": k, "clusters": (ctx.n_clusters.get(k) if k is not None else None), "ties": int(n_ties),
+               "mc_samples": cfg.mc_samples}  # fmt: skip
+        for col in ROW_LISTS:
+            val = cols[col]
+            row[col] = None if val is None else _round(val.detach().cpu().numpy())
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "scipy", "scikit-learn", "dask", "distributed", "netmoments"):
         try:
-            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
-def _k_or_none(k):
-    return None if k == "" or k is None else int(k)
-
-
-def _csv_value(v):
-    # 7 significant digits: far below the Monte Carlo noise (~1e-2 relative), a third of repr()'s file size.
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.7g}"
-    return v
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _machine() -> str:
@@ -348,290 +534,356 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} logical CPUs"
 
 
-def _load_average() -> list[float] | None:
+def _load_average():
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
 
 
-def _sigma_generator(seed: int, image: int, sigma_index: int) -> torch.Generator:
-    # One CPU generator per (image, sigma): Sigma is then the same whatever the batching or the device.
-    return torch.Generator().manual_seed(((seed * 1_000_003 + image) * 1_009 + sigma_index) % (2**63))
-
-
-def _linearize_points(model, points: torch.Tensor, input_shape, dtype, chunk_size: int):
-    """Batched TSL at ``points (U, n)``; returns the four tensors in ``dtype``."""
-    tsl = two_stage_linearize(model, points.reshape(-1, *input_shape), chunk_size=chunk_size)
-    return tuple(t.to(dtype) for t in (tsl.A, tsl.c1, tsl.B, tsl.c2))
-
-
 def run_tightness(
-    model: torch.nn.Module | None = None,
-    images: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
+    out,
     *,
-    sigmas: Sequence[float] = (0.05, 0.1),
-    n_images: int = 20,
-    mc_samples: int = 10_000,
-    points: Sequence[str] = ("input",),
-    clusters: Sequence[int] | None = None,
-    methods: Sequence[str] = ("exact", "series", "hybrid"),
-    cluster_methods: Sequence[str] = ("exact",),
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    batch_images: int = 4,
-    mc_batch_size: int = 4096,
-    dtype: torch.dtype = torch.float64,
-    progress: bool = True,
-) -> TightnessResult:
-    """Run NM20's tightness protocol on ``n_images`` digits (default: the first of the MNIST test split).
+    n_images: int = 1000,
+    sigmas: Sequence[float] = (0.01, 0.05, 0.2),
+    covs: Sequence[str] = COV_KINDS,
+    config: TightnessConfig | None = None,
+    context: TightnessContext | None = None,
+    command: str | None = None,
+    metadata_path=None,
+    **runner_options,
+) -> dict:
+    """Run (or resume) the protocol over ``n_images`` test digits x ``sigmas`` x ``covs`` into ``out`` (``.jsonl``).
+
+    Writes ``metadata_path`` (default: ``out`` with ``.json``) at every checkpoint and at the end: the command,
+    git commit, package versions, machine, configuration, the context's fingerprint and one entry per sitting
+    (start, end, wall time, tasks run, workers, per-task seconds). A resumed run must have the same
+    configuration and fingerprint as the run it continues.
 
     Args:
-        model: an ``nn.Sequential`` piecewise-linear classifier of ``(B, 1, 28, 28)`` images (default: the
-            trained LeNet of :func:`netmoments.models.load_lenet`).
-        images, labels: ``(N, 1, 28, 28)`` float32 in [0, 1] and ``(N,)`` int64 (default: the test split).
-        sigmas: average per-pixel noise std; ``trace(Sigma) = 784 sigma^2``.
-        n_images: how many images to use (the first ``n_images``).
-        mc_samples: Monte Carlo draws per image and sigma (NM20: 1e4).
-        points: any of "input" (p = x), "centroid", "farthest" (cluster member farthest from its centroid).
-        clusters: k values for the labelled k-means (default: NM20's k scaled to ``n_images``).
-        methods: variance methods evaluated at p = x (of "exact", "series", "hybrid").
-        cluster_methods: variance methods evaluated at the cluster points (cheaper default: "exact" only).
-        device: where the network, the sampling and the moments run.
-        seed: seeds Sigma (per image and sigma), the Monte Carlo draws and k-means.
-        batch_images: images per vectorised step (linearization, Monte Carlo and moments).
-        mc_batch_size: network evaluations per Monte Carlo batch (split over the images of a step).
-        dtype: dtype of Sigma, the sampling and the moments (the network runs in its own dtype).
-        progress: show a tqdm progress bar over image x sigma.
+        runner_options: :func:`netmoments.experiments.runner.run_tasks` options (``resume``, ``workers``, ...).
 
     Returns:
-        :class:`TightnessResult`; its ``metadata`` holds the arguments and the time spent in each phase.
+        The metadata dict.
     """
-    device = torch.device(device)
-    for name, values, allowed in (("points", points, POINT_KINDS), ("methods", methods, METHOD_LABELS),
-                                  ("cluster_methods", cluster_methods, METHOD_LABELS)):  # fmt: skip
-        bad = [v for v in values if v not in allowed]
-        if bad:
-            raise ValueError(f"{name} has unknown entries {bad}; choose from {list(allowed)}")
-    if not points:
-        raise ValueError("points must name at least one of " + ", ".join(POINT_KINDS))
+    config = config or TightnessConfig()
     sigmas = [float(s) for s in sigmas]
-    if not sigmas or any(not s > 0 for s in sigmas):
+    if not sigmas or any(not (s > 0 and math.isfinite(s)) for s in sigmas):
         raise ValueError(f"sigmas must be positive numbers, got {sigmas}")
-    if not isinstance(mc_samples, int) or mc_samples < 2:
-        raise ValueError(f"mc_samples must be an int >= 2, got {mc_samples!r}")
-    if not isinstance(batch_images, int) or batch_images < 1:
-        raise ValueError(f"batch_images must be a positive int, got {batch_images!r}")
-    if model is None:
-        from ..models import load_lenet
+    bad = [c for c in covs if c not in COV_KINDS]
+    if bad or not covs:
+        raise ValueError(f"covs must be drawn from {COV_KINDS}, got {list(covs)}")
+    ctx = context or build_context(config, n_images=n_images)
+    if not 1 <= n_images <= len(ctx.images):
+        raise ValueError(f"n_images must be in 1..{len(ctx.images)}, got {n_images}")
+    out = Path(out)
+    meta_path = Path(metadata_path) if metadata_path else out.with_suffix(".json")
+    settings = {"n_images": n_images, "sigmas": sigmas, "covs": list(covs), "config": _jsonable(asdict(config)),
+                "fingerprint": ctx.fingerprint(), "n_clusters": {str(k): v for k, v in ctx.n_clusters.items()}}  # fmt: skip
+    meta = {"settings": settings, "sittings": []}
+    if runner_options.get("resume") and meta_path.exists() and out.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("settings") != settings:
+            raise RunnerError(f"{out} was written with other settings than this run's ({meta_path}); "
+                              "use the same options, or another --out")  # fmt: skip
+        meta = old
+    tasks = task_list(n_images, sigmas, covs)
+    sitting = {
+        "command": command, "git_commit": _git_commit(), "versions": _versions(), "machine": _machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average_at_start": _load_average(),
+        "runner": {k: v for k, v in runner_options.items() if k != "progress"},
+    }  # fmt: skip
+    meta["sittings"].append(sitting)
 
-        model = load_lenet()
-    if images is None or labels is None:
-        from ..data import load_mnist
+    def checkpoint(summary):
+        sitting.update(summary.as_dict())
+        sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        sitting["load_average_at_end"] = _load_average()
+        meta["tasks_done"] = sum(1 for _ in _task_ids(out))
+        meta["n_tasks"] = len(tasks)
+        meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
+        runs = sum(s.get("n_run", 0) for s in meta["sittings"])
+        for name in ("task_seconds", "task_cpu_seconds"):
+            total = sum(s.get(f"{name}_total", 0.0) for s in meta["sittings"] if s.get("n_run"))
+            meta[f"{name}_mean"] = round(total / runs, 3) if runs else None
+        _write_json(meta_path, meta)
 
-        images, labels = load_mnist("test")
-    if not isinstance(n_images, int) or not 1 <= n_images <= images.shape[0]:
-        raise ValueError(f"n_images must be an int in 1..{images.shape[0]}, got {n_images!r}")
-    model = model.to(device).eval()
-    net_dtype = next(model.parameters()).dtype
-    images = images[:n_images].to(device)
-    labels = labels[:n_images].to("cpu")
-    flat = images.reshape(n_images, -1)
-    n_in = flat.shape[1]
+    run_tasks(tasks, tightness_task, out, context=ctx, desc="tightness", checkpoint=checkpoint,
+              checkpoint_s=120.0, **runner_options)  # fmt: skip
+    return meta
 
-    # Linearization points: p = x per image (computed per step), cluster points once (cached, deduplicated).
-    specs: list[tuple[str, int | None]] = [("input", None)] if "input" in points else []
-    cluster_kinds = [p for p in points if p != "input"]
-    if cluster_kinds:
-        ks = list(clusters) if clusters else scaled_cluster_counts(n_images)
-        for k in ks:
-            specs.extend((kind, int(k)) for kind in cluster_kinds)
-    timings = {"linearize_s": 0.0, "moments_s": 0.0, "monte_carlo_s": 0.0, "covariance_s": 0.0}
-    cluster_tsl = {}
-    start_all = time.perf_counter()
-    for kind, k in specs:
-        if k is None:
-            continue
-        unique, ids = cluster_points(flat.cpu(), labels, k, kind, seed)
-        t0 = time.perf_counter()
-        tensors = _linearize_points(
-            model, torch.as_tensor(unique, dtype=net_dtype, device=device), images.shape[1:], dtype, batch_images
+
+def _task_ids(out: Path):
+    if not out.exists():
+        return set()
+    return {r["task"] for r in read_rows(out)}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=list))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def bonferroni_z(n_tests: int, alpha: float = 0.01) -> float:
+    """The book's rule: an error is "within SE" when ``|Delta| / SE <= z_{1 - alpha / (2 n)}`` over ``n`` tests."""
+    from scipy.stats import norm
+
+    if n_tests < 1:
+        raise ValueError(f"n_tests must be >= 1, got {n_tests}")
+    return float(norm.isf(alpha / (2 * n_tests)))
+
+
+def bootstrap_ci(values, stat=np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
+    """``(estimate, low, high)``: ``stat`` of per-image ``values (n,)`` and a percentile bootstrap interval over
+    images (resampling images, never pooled draws or logits)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D array of per-image numbers, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, (n_boot, values.size))
+    boots = np.apply_along_axis(stat, 1, values[idx])
+    tail = (1 - level) / 2
+    return float(stat(values)), float(np.quantile(boots, tail)), float(np.quantile(boots, 1 - tail))
+
+
+def _select(rows, **where):
+    return [r for r in rows if all(r.get(key) == val for key, val in where.items())]
+
+
+def image_metrics(rows, sigma: float, cov: str = "dense", point: str = "input", k=None) -> dict:
+    """Per-image, per-logit metrics ``(n_images, 10)`` for one setting, images in increasing order.
+
+    Keys: ``image``, ``err_mean`` / ``err_var_<method>`` (symmetric relative error vs the truth),
+    ``zmu`` (``|Delta mu| / sd``, sd the true output std), ``z_formula_mean`` / ``z_formula_var`` (formula error /
+    its SE), ``z_lin_mean`` / ``z_lin_var`` (linearization error / its SE), ``rel_formula_var`` /
+    ``rel_lin_var`` (``|part| / MC var``), ``ties``.
+    """
+    sel = sorted(_select(rows, sigma=float(sigma), cov=cov, point=point, k=k), key=lambda r: r["image"])
+    if not sel:
+        raise ValueError(f"no rows for sigma={sigma}, cov={cov!r}, point={point!r}, k={k!r}")
+
+    def col(name):
+        return np.array([[np.nan if v is None else v for v in (r[name] or [None] * 10)] for r in sel], dtype=float)
+
+    mc_mean, mc_var = col("mc_mean"), col("mc_var")
+    mean, var_exact = col("mean"), col("var_exact")
+    out = {"image": np.array([r["image"] for r in sel]), "ties": np.array([r["ties"] for r in sel])}
+    out["err_mean"] = symmetric_relative_error(mean, mc_mean)
+    for m in METHODS:
+        out[f"err_var_{m}"] = symmetric_relative_error(col(f"var_{m}"), mc_var)
+    out["zmu"] = np.abs(mean - mc_mean) / np.sqrt(mc_var)
+    out["z_formula_mean"] = col("f_dmean") / col("lin_mean_se")
+    out["z_formula_var"] = (var_exact - col("lin_var")) / col("lin_var_se")
+    out["z_lin_mean"] = col("l_dmean") / col("l_dmean_se")
+    out["z_lin_var"] = col("l_dvar") / col("l_dvar_se")
+    out["rel_formula_var"] = np.abs(var_exact - col("lin_var")) / mc_var
+    out["rel_lin_var"] = np.abs(col("l_dvar")) / mc_var
+    out["rel_total_var"] = np.abs(var_exact - mc_var) / mc_var
+    out["mc_var_rel_se"] = col("mc_var_se") / mc_var
+    return out
+
+
+def _ci_text(values, stat=np.mean, digits=3) -> str:
+    est, lo, hi = bootstrap_ci(values, stat)
+    return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def summary_table(rows, covs=COV_KINDS, points=("input", "dither", "tie_aware"), digits: int = 3) -> str:
+    """Table 2's headline numbers per (cov, sigma, point), each with a 95 % bootstrap interval over images.
+
+    Columns: n images; symmetric relative error of the exact variance and of NM18's hybrid variance (mean over
+    images of the logit average); the mean's error standardized, ``|Delta mu| / sd`` (median over images of the
+    logit median); the variance's linearization and formula parts (``|part| / MC var``, means); and the formula
+    check: the largest ``|Delta| / SE`` of the formula error over all rows and logits (mean and variance) against
+    the Bonferroni threshold for that many tests.
+    """
+    head = ["cov", "σ", "point", "n", "var err (exact)", "var err (NM18)", "|Δμ|/sd (median)",
+            "lin. part of var err", "formula part of var err", "max formula |Δ|/SE (threshold)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    sigmas = sorted({r["sigma"] for r in rows})
+    for cov in covs:
+        for s in sigmas:
+            for point in points:
+                if not _select(rows, sigma=s, cov=cov, point=point, k=None):
+                    continue
+                m = image_metrics(rows, s, cov, point)
+                n = len(m["image"])
+                hybrid = m["err_var_hybrid"]
+                z_formula = np.abs(np.concatenate([m["z_formula_mean"].ravel(), m["z_formula_var"].ravel()]))
+                threshold = bonferroni_z(z_formula.size)
+                cells = [
+                    cov, f"{s:g}", point, str(n),
+                    _ci_text(np.nanmean(m["err_var_exact"], 1), digits=digits),
+                    _ci_text(np.nanmean(hybrid, 1), digits=digits) if not np.isnan(hybrid).all() else "–",
+                    _ci_text(np.median(m["zmu"], 1), np.median, digits=2),
+                    _ci_text(np.nanmean(m["rel_lin_var"], 1), digits=digits),
+                    _ci_text(np.nanmean(m["rel_formula_var"], 1), digits=digits),
+                    f"{np.nanmax(z_formula):.2f} ({threshold:.2f})",
+                ]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cluster_table(rows, digits: int = 3) -> str:
+    """Table 3 (dense noise): exact-variance and mean errors at the cluster points, with paired intervals.
+
+    Per ``k`` and sigma: the error at the nearest centroid and at the farthest member (means over images of the
+    logit average, 95 % bootstrap intervals), and the paired difference farthest - centroid over the same
+    images (positive: the farthest member is worse), and the same for ``|Delta mu| / sd``.
+    """
+    ks = sorted({r["k"] for r in rows if r["k"] is not None})
+    sigmas = sorted({r["sigma"] for r in rows})
+    head = ["k (clusters)", "σ", "n", "var err, centroid", "var err, farthest", "farthest − centroid (paired)",
+            "|Δμ|/sd, centroid", "|Δμ|/sd farthest − centroid"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for k in ks:
+        n_clusters = next(r["clusters"] for r in rows if r["k"] == k)
+        for s in sigmas:
+            if not _select(rows, sigma=s, cov="dense", point="centroid", k=k):
+                continue
+            c = image_metrics(rows, s, "dense", "centroid", k)
+            f = image_metrics(rows, s, "dense", "farthest", k)
+            if not np.array_equal(c["image"], f["image"]):
+                raise ValueError("centroid and farthest rows cover different images")
+            vc, vf = np.nanmean(c["err_var_exact"], 1), np.nanmean(f["err_var_exact"], 1)
+            zc, zf = np.median(c["zmu"], 1), np.median(f["zmu"], 1)
+            cells = [f"{k} ({n_clusters})", f"{s:g}", str(len(vc)), _ci_text(vc, digits=digits),
+                     _ci_text(vf, digits=digits), _ci_text(vf - vc, digits=digits), _ci_text(zc, np.median, 2),
+                     _ci_text(zf - zc, digits=2)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def provenance(metadata: dict) -> str:
+    """A markdown header with the run's provenance (commands, commits, versions, machine, sittings, tasks done)."""
+    s = metadata["settings"]
+    lines = [
+        "# Tightness of the closed forms on LeNet (NM20 Tables 2 and 3, decomposed)\n",
+        f"- settings: {s['n_images']} test digits x σ {s['sigmas']} x covariances {s['covs']}; "
+        f"{s['config']['mc_samples']} draws per task; fingerprint {s['fingerprint']}",
+        f"- tasks done: {metadata.get('tasks_done')} of {metadata.get('n_tasks')}; wall time over all sittings "
+        f"{metadata.get('wall_s_total')} s; mean seconds per task {metadata.get('task_seconds_mean')} wall, "
+        f"{metadata.get('task_cpu_seconds_mean')} CPU",
+    ]
+    for i, sit in enumerate(metadata["sittings"], 1):
+        lines.append(
+            f"- sitting {i}: `{sit.get('command')}` at {sit.get('git_commit')}, {sit.get('machine')}, "
+            f"{sit.get('started')} to {sit.get('finished')}, {sit.get('n_run')} tasks, workers {sit.get('workers')}, "
+            f"load {sit.get('load_average_at_start')} / {sit.get('load_average_at_end')}; versions {sit.get('versions')}"
         )
-        timings["linearize_s"] += time.perf_counter() - t0
-        cluster_tsl[(kind, k)] = (tensors, torch.as_tensor(ids, device=device))
-
-    # Convolutions run ~1.6x faster on NHWC tensors (oneDNN); a copy, so the caller's model is untouched.
-    mc_model = copy.deepcopy(model).to(memory_format=torch.channels_last) if images.dim() == 4 else model
-
-    def model_on_flat(x):  # (N, b, 784) in dtype -> (N, b, p) in dtype
-        inputs = x.to(net_dtype).reshape(-1, *images.shape[1:])
-        if images.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return mc_model(inputs).to(dtype).reshape(*x.shape[:-1], -1)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_images * len(sigmas), desc="tightness", unit="image·σ")
-    rows: list[dict] = []
-    nan = float("nan")
-    for start in range(0, n_images, batch_images):
-        idx = torch.arange(start, min(start + batch_images, n_images), device=device)
-        x = flat[idx].to(dtype)
-        step_tsl = {}
-        if "input" in points:
-            t0 = time.perf_counter()
-            step_tsl[("input", None)] = _linearize_points(model, flat[idx], images.shape[1:], dtype, batch_images)
-            timings["linearize_s"] += time.perf_counter() - t0
-        for key, (tensors, ids) in cluster_tsl.items():
-            step_tsl[key] = tuple(t[ids[idx]] for t in tensors)
-        for si, sigma in enumerate(sigmas):
-            t0 = time.perf_counter()
-            cov = torch.stack(
-                [random_spd(n_in, n_in * sigma**2, generator=_sigma_generator(seed, int(i), si), dtype=dtype)
-                 for i in idx.tolist()]  # fmt: skip
-            ).to(device)
-            timings["covariance_s"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            gen = torch.Generator(device=device).manual_seed(seed * 7_919 + start * 31 + si)
-            mc = monte_carlo_moments(
-                model_on_flat, x, cov, mc_samples, batch_size=max(1, mc_batch_size // len(idx)), generator=gen
-            )
-            timings["monte_carlo_s"] += time.perf_counter() - t0
-            for kind, k in specs:
-                spec_methods = methods if kind == "input" else cluster_methods
-                t0 = time.perf_counter()
-                net = AffineReLUAffine(*step_tsl[(kind, k)])
-                mean = None
-                var = {}
-                for m in METHOD_LABELS:
-                    if m in spec_methods:
-                        # Dropping always-off units leaves the exact moments unchanged (to ~1e-16, tested) and
-                        # cuts the pairwise work ~4x; the approximations are run on the full network because
-                        # their errors on those units are part of what is measured.
-                        used = prune_inactive_units(net, x, cov) if m == "exact" else net
-                        mean, var[m] = used.moments(x, cov, method=m, output="var")
-                if mean is None:  # no variance asked for: the mean alone
-                    mean = net.moments(x, cov, method="hybrid", output="var")[0]
-                timings["moments_s"] += time.perf_counter() - t0
-                err_mean = symmetric_relative_error(mean, mc.mean)
-                errs = {m: symmetric_relative_error(v, mc.var) for m, v in var.items()}
-                cols = {
-                    "mc_mean": mc.mean, "mc_mean_se": mc.mean_se, "mc_var": mc.var, "mc_var_se": mc.var_se,
-                    "mean": mean, "err_mean": err_mean,
-                }  # fmt: skip
-                for m in METHOD_LABELS:
-                    cols[f"var_{m}"] = var.get(m)
-                    cols[f"err_var_{m}"] = errs.get(m)
-                cols = {key: (val.detach().cpu().tolist() if val is not None else None) for key, val in cols.items()}
-                for b, i in enumerate(idx.tolist()):
-                    for logit in range(mc.mean.shape[-1]):
-                        row = {
-                            "image": i, "label": int(labels[i]), "sigma": sigma, "point": kind,
-                            "k": "" if k is None else k, "logit": logit, "mc_samples": mc_samples,
-                        }  # fmt: skip
-                        for key, val in cols.items():
-                            row[key] = nan if val is None else float(val[b][logit])
-                        rows.append(row)
-            if bar is not None:
-                bar.update(len(idx))
-    if bar is not None:
-        bar.close()
-    timings["total_s"] = time.perf_counter() - start_all
-    metadata = {
-        "sigmas": sigmas,
-        "n_images": n_images,
-        "mc_samples": mc_samples,
-        "points": list(points),
-        "clusters": sorted({k for _, k in specs if k is not None}),
-        "methods": list(methods),
-        "cluster_methods": list(cluster_methods),
-        "device": str(device),
-        "seed": seed,
-        "batch_images": batch_images,
-        "mc_batch_size": mc_batch_size,
-        "dtype": str(dtype).replace("torch.", ""),
-        "timings": {key: round(val, 3) for key, val in timings.items()},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "machine": _machine(),
-        "load_average_at_end": _load_average(),
-    }
-    return TightnessResult(rows, metadata)
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``tightness`` subcommand to an argparse ``subparsers`` object."""
     parser = subparsers.add_parser(
         "tightness",
-        help="NM20's tightness experiment (Tables 2 and 3) on the trained LeNet",
+        help="NM20's tightness experiment (Tables 2 and 3, formula / linearization split) on the trained LeNet",
         description=(
-            "Per test digit and sigma: a random SPD Sigma with trace 784*sigma^2, Monte Carlo through the real "
-            "LeNet, and the two-stage-linearized closed forms (new exact / series, old NM18 hybrid variance). "
-            "Writes one CSV row per image x sigma x point x logit, plus optional markdown tables, metadata "
-            "JSON and per-sigma histogram figures."
+            "Per test digit, sigma and covariance family: Monte Carlo through the real LeNet and through each "
+            "two-stage linearization on the same draws, and the closed-form moments. Appends one JSON line per "
+            "task x linearization point to --out as each task finishes (resumable with --resume), and keeps a "
+            "metadata JSON beside it. --report prints the tables of an existing --out without running."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--sigma", type=float, nargs="+", default=[0.05, 0.1], help="per-pixel noise std levels")
-    parser.add_argument("--images", type=int, default=20, help="number of test digits")
-    parser.add_argument("--mc-samples", type=int, default=10_000, help="Monte Carlo draws per image and sigma")
-    parser.add_argument("--point", nargs="+", choices=POINT_KINDS, default=["input"], help="linearization points")
-    parser.add_argument("--clusters", type=int, nargs="+", default=None,
-                        help="k values for the labelled k-means (default: NM20's k scaled to --images)")  # fmt: skip
-    parser.add_argument("--methods", nargs="+", choices=list(METHOD_LABELS), default=list(METHOD_LABELS),
-                        help="variance methods at p = x")  # fmt: skip
-    parser.add_argument("--cluster-methods", nargs="+", choices=list(METHOD_LABELS), default=["exact"],
-                        help="variance methods at the cluster points")  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--images", type=_positive_int, default=1000, help="number of test digits (the first N)")
+    parser.add_argument("--sigma", type=_positive_float, nargs="+", default=[0.01, 0.05, 0.2],
+                        help="noise levels: average per-pixel std (sparse: std on each noisy pixel)")  # fmt: skip
+    parser.add_argument("--cov", nargs="+", choices=COV_KINDS, default=list(COV_KINDS), help="covariance families")
+    parser.add_argument("--point", nargs="+", choices=POINT_KINDS, default=list(POINT_KINDS),
+                        help="linearization points under dense noise (others: input only)")  # fmt: skip
+    parser.add_argument("--clusters", type=_positive_int, nargs="+", default=None,
+                        help="Table 3's k (default: NM20's k scaled to the pool of training digits)")  # fmt: skip
+    parser.add_argument("--mc-samples", type=_positive_int, default=10_000, help="draws per task")
+    parser.add_argument("--tie-samples", type=_positive_int, default=8, help="draws for the tie-aware linearization")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-images", type=int, default=4, help="images per vectorised step")
-    parser.add_argument("--mc-batch-size", type=int, default=4096, help="network evaluations per MC batch")
-    parser.add_argument("--out", default="tightness.csv", help="CSV output path")
-    parser.add_argument("--table", default=None, help="markdown tables output path (default: beside --out, .md)")
-    parser.add_argument("--metadata", default=None, help="run metadata JSON path (default: beside --out, .json)")
-    parser.add_argument("--figures", default=None, help="folder for the per-sigma histogram PNGs (default: none)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--mnist", default=None, help="directory of the full MNIST idx files (default: shipped)")
+    parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output (one line per task x point)")
+    parser.add_argument("--metadata", default=None, help="metadata JSON path (default: beside --out, .json)")
+    parser.add_argument("--report", action="store_true", help="only print the tables of an existing --out")
+    add_runner_arguments(parser)
     parser.set_defaults(func=main)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the ``tightness`` subcommand from parsed arguments; returns the exit status."""
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
-        return 2
     out = Path(args.out)
-    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    load_at_start = _load_average()
-    result = run_tightness(
-        sigmas=args.sigma,
-        n_images=args.images,
-        mc_samples=args.mc_samples,
-        points=args.point,
-        clusters=args.clusters,
-        methods=args.methods,
-        cluster_methods=args.cluster_methods,
-        device=args.device,
-        seed=args.seed,
-        batch_images=args.batch_images,
-        mc_batch_size=args.mc_batch_size,
-        progress=not args.no_progress,
-    )
-    argv = getattr(args, "argv", None) or sys.argv[1:]
-    result.metadata["command"] = "python -m netmoments.experiments " + " ".join(argv)
-    result.metadata["started"] = started
-    result.metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    result.metadata["load_average_at_start"] = load_at_start
-    table = Path(args.table) if args.table else out.with_suffix(".md")
-    meta = Path(args.metadata) if args.metadata else out.with_suffix(".json")
-    written = result.save(out, table, meta, args.figures)
-    print(result.markdown())
-    print(f"total time {result.metadata['timings']['total_s']:.1f} s; wrote " + ", ".join(str(p) for p in written))
+    meta_path = Path(args.metadata) if args.metadata else out.with_suffix(".json")
+    if args.report:
+        if not out.exists():
+            print(f"error: --report needs an existing --out; {out} does not exist", file=sys.stderr)
+            return 2
+        rows = read_rows(out)
+        if meta_path.exists():
+            print(provenance(json.loads(meta_path.read_text())))
+        print(summary_table(rows))
+        if any(r["k"] is not None for r in rows):
+            print("\n" + cluster_table(rows))
+        return 0
+    if out.suffix != ".jsonl":
+        print(f"error: --out must end in .jsonl, got {out}", file=sys.stderr)
+        return 2
+    try:
+        from ..data import load_mnist
+
+        images, labels = load_mnist("test", path=args.mnist)
+        pool, pool_labels = load_mnist("train", path=args.mnist)
+        if args.images > len(images):
+            print(f"error: --images {args.images} exceeds the {len(images)} test digits", file=sys.stderr)
+            return 2
+        clusters = tuple(args.clusters) if args.clusters else tuple(scaled_cluster_counts(len(pool)))
+        if "input" not in args.point:
+            print("error: --point must include 'input'", file=sys.stderr)
+            return 2
+        config = TightnessConfig(seed=args.seed, mc_samples=args.mc_samples, tie_samples=args.tie_samples,
+                                 points=tuple(args.point), clusters=clusters)  # fmt: skip
+        options = runner_kwargs(args)
+        if options["scheduler"] is not None:  # fail fast, before minutes of k-means
+            from .runner import _dask_client
+
+            with _dask_client(0, options["scheduler"], options["connect_timeout"]):
+                pass
+        ctx = build_context(config, images=images, labels=labels, pool=pool, pool_labels=pool_labels,
+                            n_images=args.images)  # fmt: skip
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        meta = run_tightness(out, n_images=args.images, sigmas=args.sigma, covs=args.cov, config=config,
+                             context=ctx, command="python -m netmoments.experiments " + " ".join(argv),
+                             metadata_path=meta_path, **options)  # fmt: skip
+    except (RunnerError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {out}; metadata in {meta_path}")
     return 0
