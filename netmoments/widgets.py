@@ -80,8 +80,9 @@ def png_frame(fig: Figure, dpi: int = FRAME_DPI, colors: int | None = 256) -> by
     """
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white",
-                    metadata={"Software": None})
+        # No bbox_inches="tight": it draws the figure twice (ticks dominate the cost), and the book's figures
+        # already fit their canvas (constrained or tight layout).
+        fig.savefig(buffer, format="png", dpi=dpi, facecolor="white", metadata={"Software": None})
     finally:
         plt.close(fig)
     if colors is None:

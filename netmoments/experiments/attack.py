@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..provenance import run_metadata
+
 __all__ = ["register", "run_attack", "precompute_book_data"]
 
 
@@ -77,16 +79,18 @@ def run_attack(args) -> dict:
                              f"{float(ev.per_image_success[i]):.4f}", int(ev.pixels_touched[i]),
                              f"{float(ev.total_variation[i]):.4f}", f"{float(ev.l2[i]):.4f}",
                              f"{float(ev.linf[i]):.4f}", f"{float(ev.mean_noise_std[i]):.5f}"])
-    summary = dict(command=" ".join(getattr(args, "argv", []) or []), structure=args.structure,
+    command = "python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or [])
+    summary = dict(command=command, structure=args.structure,
                    target=args.target, options=result.options, evaluation=ev.summary(),
-                   time_s=result.time_s, time_linearize_s=result.time_linearize_s)
+                   time_s=result.time_s, time_linearize_s=result.time_linearize_s,
+                   provenance=run_metadata(command, wall_s=result.time_s))
     with open(stem.with_suffix(".json"), "w") as fh:
         json.dump(summary, fh, indent=2, default=str)
     np.savez_compressed(
         stem.with_suffix(".npz"), clean=images.cpu().numpy(), mean=result.mean.cpu().numpy(),
         noise_std=result.noise_std.cpu().numpy(), labels=labels.cpu().numpy(),
         target=(np.full(len(labels), -1) if target is None else target.cpu().numpy()),
-        success=ev.per_image_success.numpy(),
+        success=ev.per_image_success.numpy(), provenance=np.array(json.dumps(summary["provenance"])),
     )
     print(f"success {ev.success_rate:.3f} (95% CI {ev.success_ci[0]:.3f}-{ev.success_ci[1]:.3f}) on "
           f"{len(labels)} images x {ev.n_samples} draws; median pixels touched "
@@ -95,7 +99,7 @@ def run_attack(args) -> dict:
 
 
 def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=200, seed=0, progress=True,
-                         parts=("curves", "widget")):
+                         parts=("curves", "widget"), command=None):
     """The sweeps shown in chapter 8 (a few minutes on a 2-core CPU), written to ``out_dir``.
 
     * ``attacks_curves.json``: success vs budget. Sparse Gaussian attacks over fixed L1 weights
@@ -105,7 +109,10 @@ def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=2
     * ``attacks_widget.npz``: for ``n_widget`` digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the
       clean digit, attack mean, noise std, three draws and the MC success; browsed by
       :func:`netmoments.widgets.attack_browser_widget`.
+
+    Each file records its provenance (:func:`netmoments.provenance.run_metadata` of ``command``).
     """
+    command = command or f"python -m netmoments.experiments attack --book-data {out_dir} --seed {seed}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, images, labels = _load(device, n_curve)
@@ -113,10 +120,11 @@ def precompute_book_data(out_dir, device="cpu", n_curve=8, n_widget=3, samples=2
     curves = None
     if "curves" in parts:
         curves = _curves(model, images, labels, gen, samples, progress)
+        curves["provenance"] = run_metadata(command, wall_s=curves["time_s"])
         with open(out / "attacks_curves.json", "w") as fh:
             json.dump(curves, fh, indent=1, default=float)
     if "widget" in parts:
-        _widget(out, model, images[:n_widget], labels[:n_widget], gen, samples, progress)
+        _widget(out, model, images[:n_widget], labels[:n_widget], gen, samples, progress, command)
     return curves
 
 
@@ -151,8 +159,10 @@ def _curves(model, images, labels, gen, samples, progress):
     return curves
 
 
-def _widget(out, model, w_images, w_labels, gen, samples, progress):
+def _widget(out, model, w_images, w_labels, gen, samples, progress, command):
     from ..attacks import evaluate_attack, gaussian_attack
+
+    started = time.perf_counter()
 
     weights = (0.1, 0.3, 1.0)
     shifts = (1, 4)
@@ -180,8 +190,8 @@ def _widget(out, model, w_images, w_labels, gen, samples, progress):
         noise_std=torch.stack(stds, 1).numpy(),
         draws=torch.stack(draws, 1).numpy(),
         success=torch.stack(success, 1).numpy(),
+        provenance=np.array(json.dumps(run_metadata(command, wall_s=time.perf_counter() - started))),
     )
-    return curves
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -209,7 +219,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     def handler(args):
         if args.book_data:
-            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress)
+            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
+                                 command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", [])))
         else:
             run_attack(args)
         return 0

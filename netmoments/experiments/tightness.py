@@ -36,6 +36,7 @@ from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
 from ..linearize import prune_inactive_units, two_stage_linearize
 from ..montecarlo import monte_carlo_moments
+from ..provenance import run_metadata
 
 __all__ = [
     "NM20_CLUSTER_FRACTIONS",
@@ -629,6 +630,8 @@ def main(args: argparse.Namespace) -> int:
     result.metadata["started"] = started
     result.metadata["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     result.metadata["load_average_at_start"] = load_at_start
+    result.metadata["provenance"] = run_metadata(result.metadata["command"],
+                                                 wall_s=result.metadata["timings"]["total_s"])
     table = Path(args.table) if args.table else out.with_suffix(".md")
     meta = Path(args.metadata) if args.metadata else out.with_suffix(".json")
     written = result.save(out, table, meta, args.figures)
