@@ -40,6 +40,19 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CHROMIUM = next(filter(None, (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))), None)
 # Flags for a container: no sandbox (root), no GPU, /dev/shm may be tiny.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+# Known, harmless messages of the book's toolchain; anything else a page logs as an error fails the test.
+BENIGN_ERRORS = (
+    # pydata-sphinx-theme when no light/dark choice is stored yet
+    "Got invalid theme mode",
+    # html-manager 1.0.6 typesets widget labels with the MathJax 2 API (MathJax.Hub.Queue); the book loads
+    # MathJax 3, so labels stay plain text (ours are plain Unicode anyway)
+    "reading 'Queue'",
+    # duplicates of failed requests, which are checked on their own below
+    "Failed to load resource",
+)
+# html-manager's icon fonts (Font Awesome, for buttons; sliders need none) are looked up relative to the page,
+# not to the vendored script: a missing icon, nothing more.
+BENIGN_MISSING = ("@jupyter-widgets/html-manager/dist/",)
 
 
 def _skip_or_fail(reason: str):
@@ -86,18 +99,25 @@ class OpenPage:
         self.page = browser.new_page(viewport={"width": WIDTH, "height": 900})
         self.requests: list[str] = []
         self.errors: list[str] = []
+        self.missing: list[str] = []
 
         def block(route):
             self.requests.append(route.request.url)
             route.abort()
 
         self.page.route("http*://**", block)
-        self.page.on("pageerror", lambda err: self.errors.append(str(err)))
-        self.page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
+        self.page.on("pageerror", lambda err: self._error(str(err)))
+        self.page.on("console", lambda msg: msg.type == "error" and self._error(msg.text))
+        self.page.on("requestfailed", lambda req: req.url.startswith("file:") and not any(
+            b in req.url for b in BENIGN_MISSING) and self.missing.append(req.url))
         self.page.goto((HTML / f"{doc}.html").as_uri(), wait_until="load")
         # MathJax typesets after load; its startup promise resolves when the first typesetting is done.
         self.page.wait_for_function("() => window.MathJax === undefined || window.MathJax.startup !== undefined")
         self.page.evaluate("() => window.MathJax === undefined ? true : MathJax.startup.promise.then(() => true)")
+
+    def _error(self, text: str):
+        if not any(b in text for b in BENIGN_ERRORS):
+            self.errors.append(text)
 
     def close(self):
         self.page.close()
@@ -285,9 +305,26 @@ def test_every_widget_answers_its_sliders(open_page, doc):
             area.screenshot(path=str(SHOTS / f"{name}-widget{w}-{k + 1}-dragged.png"))
     assert not p.requests, f"{doc} tried to reach the network: {p.requests[:5]}"
     assert not p.errors, f"{doc}: script errors: {p.errors[:5]}"
+    assert not p.missing, f"{doc}: files missing from the build: {p.missing[:5]}"
 
 
-@pytest.mark.parametrize("doc", PAGES)
+# Pages whose display equations are still wider than the column at 1280 px (they scroll sideways). The fix is to
+# break them into lines in the chapter's text, which the chapters' own work does; strict, so that a fixed page
+# fails here until it leaves this list.
+KNOWN_OVERFLOW = {
+    "book/01_gaussians_through_affine_layers": "2 equations (Cov[y] chain; the Mahalanobis chain): chapters 1-5 text",
+    "book/03_two_relus_the_cross_moment": "4 equations (E[u+v+] integral, c(rho), f split, E_u): chapters 1-5 text",
+    "book/05_computing_phi2": "7 equations (Phi2 definition, I(a,b,c), the series, the reflection): chapters 1-5 text",
+    "book/06_linearizing_deep_networks": "1 equation (A, c1, B, c2 of the TSL): chapter 6 rewrite",
+    "book/08_gaussian_attacks": "2 equations (delta, Sigma_s, x~; Var[x~_j]): chapter 8 rewrite",
+}
+
+
+@pytest.mark.parametrize("doc", [
+    pytest.param(doc, marks=pytest.mark.xfail(strict=True, reason=f"known wide equations: {KNOWN_OVERFLOW[doc]}"))
+    if doc in KNOWN_OVERFLOW else doc
+    for doc in PAGES
+])
 def test_display_equations_fit_the_text_column(open_page, doc):
     p = open_page(doc)
     overflowing = p.page.evaluate(
@@ -297,6 +334,7 @@ def test_display_equations_fit_the_text_column(open_page, doc):
             return Array.from(document.querySelectorAll('mjx-container[display="true"]')).flatMap(eq => {
                 const maths = eq.querySelector('mjx-math');
                 const box = (maths || eq).getBoundingClientRect();
+                // MathJax gives display maths overflow-x: auto, so an equation wider than its box scrolls sideways
                 const scrolls = eq.scrollWidth > eq.clientWidth + 1
                     || (eq.parentElement && eq.parentElement.scrollWidth > eq.parentElement.clientWidth + 1);
                 return (box.right > right + 1 || scrolls)
