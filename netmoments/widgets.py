@@ -244,7 +244,8 @@ def precomputed_widget(
                                  layout=frame_layout)
         frame = image
         if describe is not None:
-            text = ipywidgets.HTML(f"<pre style='margin:0'>{html.escape(describe(result))}</pre>",
+            lines = html.escape(describe(result))
+            text = ipywidgets.HTML(f"<pre style='margin:0; white-space:pre-wrap'>{lines}</pre>",
                                    layout=frame_layout, style=text_style)
             frame = ipywidgets.VBox([image, text], layout=frame_layout)
         results[key], frames[key], images[key] = result, frame, image
