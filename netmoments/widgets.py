@@ -44,12 +44,15 @@ __all__ = [
     "FrameWidget",
     "precomputed_widget",
     "png_frame",
+    "FRAME_DPI",
     # chapter 1
     "affine_gaussian_summary",
     "affine_gaussian_widget",
+    "AFFINE_GRID",
     # chapter 2
     "relu_gaussian_summary",
     "relu_gaussian_widget",
+    "RELU_GRID",
     # chapter 6: deep networks
     "noise_sensitivity_summary",
     "noise_sensitivity_widget",
@@ -434,7 +437,7 @@ def relu_gaussian_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping
 
 # ----------------------------------------------------------------------------- chapter 3: two ReLUs, the cross moment
 
-__all__ += ["relu_pair_summary", "relu_pair_widget"]
+__all__ += ["relu_pair_summary", "relu_pair_widget", "RELU_PAIR_GRID"]
 
 _INV_2PI = 1.0 / (2.0 * math.pi)
 
@@ -550,7 +553,8 @@ def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str
 
 # ----------------------------------------------------------------------------- chapter 4: network moments
 
-__all__ += ["ar1_covariance", "chapter4_network", "network_covariance_summary", "network_covariance_widget"]
+__all__ += ["ar1_covariance", "chapter4_network", "network_covariance_summary", "network_covariance_widget",
+            "NETWORK_GRID"]
 
 #: The chapter 4 widget's network: input size n, hidden width m, output size p, and the seed of its weights.
 NETWORK_SIZES = (8, 24, 4)
@@ -684,7 +688,7 @@ def network_covariance_widget(n_samples: int = 20000, seed: int = 0, *,
 
 # ----------------------------------------------------------------------------- chapter 5: computing Phi2
 
-__all__ += ["series_slice_summary", "series_slice_widget"]
+__all__ += ["series_slice_summary", "series_slice_widget", "SERIES_GRID"]
 
 
 def series_slice_summary(h: float, k: float, terms: int, n_rho: int = 801) -> dict:

@@ -85,6 +85,7 @@ WIDGET_PAGES = [doc for doc in PAGES if WIDGET_STATE in (HTML / f"{doc}.html").r
 @pytest.fixture(scope="module")
 def browser():
     SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "live_widgets.jsonl").unlink(missing_ok=True)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -306,6 +307,10 @@ def test_every_widget_answers_its_sliders(open_page, doc):
     assert not p.requests, f"{doc} tried to reach the network: {p.requests[:5]}"
     assert not p.errors, f"{doc}: script errors: {p.errors[:5]}"
     assert not p.missing, f"{doc}: files missing from the build: {p.missing[:5]}"
+    # one line per page that passed, for the record of a run (widgets found live, page size)
+    with open(SHOTS / "live_widgets.jsonl", "a", encoding="utf8") as fh:
+        fh.write(json.dumps({"page": doc, "size_mb": round(size_mb, 2), "live_widgets": len(trees),
+                             "sliders_dragged": sum(len(t.sliders) for t in trees)}) + "\n")
 
 
 # Pages whose display equations are still wider than the column at 1280 px (they scroll sideways). The fix is to
