@@ -800,12 +800,18 @@ def attack_browser_widget(data: dict, *, dpi: int = FRAME_DPI) -> FrameWidget:
     def describe(s):
         return f"pixels touched {s['pixels_touched']}; success of the draws on the real LeNet {s['success']:.3f}"
 
+    # Targets are per digit; when each column is the label shifted by a fixed amount, say so in the readout.
+    shifts = (data["targets"] - data["labels"][:, None]) % 10
+
+    def target_label(t):
+        column = {int(v) for v in shifts[:, t]}
+        return f"#{t}: label + {column.pop()}" if len(column) == 1 else f"#{t}"
+
     grid = {"image": range(n_img), "target": range(n_tgt), "weight": range(n_w)}
     return precomputed_widget(
         compute, plot, grid, describe=describe, dpi=dpi, initial={"weight": min(1, n_w - 1)},
         descriptions={"image": "digit", "target": "target", "weight": "L1 weight"},
-        formats={"image": lambda i: f"#{i}: a {int(data['labels'][i])}",
-                 "target": lambda t: f"#{t}",
+        formats={"image": lambda i: f"#{i}: a {int(data['labels'][i])}", "target": target_label,
                  "weight": lambda w: f"#{w}: λ = {float(data['weights'][w]):g}"},
     )
 
