@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["REQUIRED_KEYS", "PACKAGES", "run_metadata", "machine_description", "git_state", "sidecar_path",
+__all__ = ["REQUIRED_KEYS", "ALIASES", "PACKAGES", "run_metadata", "machine_description", "git_state", "sidecar_path",
            "write_sidecar", "read_provenance"]
 
 #: The keys every record has; :func:`read_provenance` checks them.
@@ -138,6 +138,24 @@ def write_sidecar(path: str | os.PathLike, metadata: Mapping) -> Path:
     return out
 
 
+#: Other spellings of the required keys met in the project's result files (the experiment runner writes
+#: ``versions`` and ``finished``); a record using them counts the same.
+ALIASES = {"packages": ("versions",), "date": ("finished", "started")}
+
+
+def _normalised(record):
+    """``record`` with :data:`ALIASES` mapped onto the required keys (unchanged if not a mapping)."""
+    if not isinstance(record, Mapping):
+        return record
+    record = dict(record)
+    for key, others in ALIASES.items():
+        if not record.get(key):
+            found = [record[o] for o in others if record.get(o)]
+            if found:
+                record[key] = found[0]
+    return record
+
+
 def _complete(record) -> bool:
     """Every required key present, and all but ``git_commit`` (``None`` outside a checkout) non-empty."""
     if not isinstance(record, Mapping) or any(key not in record for key in REQUIRED_KEYS):
@@ -150,9 +168,10 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
 
     Looked up, in order: the sidecar (:func:`sidecar_path`); the JSON file of the same stem (``name.json`` for
     ``name.csv``, as the tightness experiment writes it); a JSON file's ``"provenance"`` entry or the file itself
-    if it holds the :data:`REQUIRED_KEYS` at top level; an ``.npz`` file's ``provenance`` array (a JSON string).
-    A record counts only if it has every required key (``git_commit`` may be ``None`` for a run outside a
-    checkout, but must be present).
+    if it holds the :data:`REQUIRED_KEYS` at top level, or the last of its ``"sittings"`` (a resumable run) if
+    every sitting holds them; an ``.npz`` file's ``provenance`` array (a JSON string). A record counts only if it
+    has every required key, or an alias of it (:data:`ALIASES`); ``git_commit`` may be ``None`` for a run outside
+    a checkout, but must be present.
     """
     path = Path(path)
     candidates = []
@@ -164,13 +183,17 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
         data = json.loads(json_file.read_text(encoding="utf8"))
         if isinstance(data, Mapping):
             candidates += [data.get("provenance"), data]
+            # a resumable run written in sittings: each sitting must carry a full record; the last one stands
+            sittings = data.get("sittings")
+            if isinstance(sittings, list) and sittings and all(_complete(_normalised(x)) for x in sittings):
+                candidates.append(sittings[-1])
     if path.suffix == ".npz" and path.is_file():
         import numpy as np
 
         with np.load(path, allow_pickle=False) as data:
             if "provenance" in data.files:
                 candidates.append(json.loads(str(data["provenance"])))
-    for record in candidates:
+    for record in map(_normalised, candidates):
         if _complete(record):
-            return dict(record)
+            return record
     return None

@@ -121,6 +121,22 @@ def test_records_are_found_in_sidecars_json_and_npz(tmp_path):
     assert provenance.read_provenance(arrays) is None
 
 
+def test_runner_records_with_sittings_and_aliases_count(tmp_path):
+    """The experiment runner's format: ``versions`` for ``packages``, ``finished`` for ``date``, one record per
+    sitting of a resumable run; every sitting must be complete."""
+    meta = provenance.run_metadata("run --resume")
+    runner = {k: v for k, v in meta.items() if k not in ("packages", "date")}
+    runner |= {"versions": meta["packages"], "finished": "2026-11-29 18:47:16 UTC"}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"settings": {}, "sittings": [runner, runner | {"command": "run --resume 2"}]}))
+    record = provenance.read_provenance(path)
+    assert record["command"] == "run --resume 2" and record["packages"] == meta["packages"]
+    assert record["date"] == "2026-11-29 18:47:16 UTC"
+    broken = runner | {"command": ""}
+    path.write_text(json.dumps({"sittings": [broken, runner]}))
+    assert provenance.read_provenance(path) is None
+
+
 @pytest.mark.parametrize("missing", provenance.REQUIRED_KEYS)
 def test_incomplete_records_do_not_count(tmp_path, missing):
     meta = provenance.run_metadata("produce")
