@@ -1,10 +1,18 @@
 # Two commands do everything on a fresh machine:
 #   make book   set up .venv, vendor the offline JS, execute every notebook, build the HTML strictly
-#   make test   set up .venv, run unit + property tests and nbval over book/ and netmoments/course/source/
+#   make test   set up .venv, run unit + property tests, nbval over book/ and netmoments/course/source/ and,
+#               when Chromium is installed, the browser test of the built book (tests/test_browser.py; the book
+#               is rebuilt first if any of its sources is newer than the last build)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.netmoments-installed
 JOBS   ?= 2
+PYTEST_ARGS := -n $(JOBS) --dist loadfile -p no:cacheprovider -rs
+# The last successful `make book` touches this; the browser test rebuilds the book when a source is newer.
+BOOK_STAMP  := _build/html/.netmoments-book
+BOOK_INPUTS := _config.yml _toc.yml requirements.txt $(wildcard book/*.ipynb book/*.md book/*.bib book/data/* book/course/* \
+               book/_static/* netmoments/*.py netmoments/*/*.py) scripts/check_book.py scripts/vendor_js.sh
+CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 
 .PHONY: setup book test test-fast bench vendor lab clean assignments grade
 
@@ -26,13 +34,23 @@ book: setup vendor
 	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	$(PY) scripts/check_book.py _build/html
+	touch $(BOOK_STAMP)
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
 
+$(BOOK_STAMP): $(STAMP) $(BOOK_INPUTS)
+	$(MAKE) --no-print-directory book
+
+ifneq ($(CHROMIUM),)
+test: setup $(BOOK_STAMP)
+	NETMOMENTS_BROWSER_TEST=required $(PY) -m pytest $(PYTEST_ARGS) tests book netmoments/course/source --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env
+else
 test: setup
-	$(PY) -m pytest -n $(JOBS) --dist loadfile tests book netmoments/course/source --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
+	@echo "SKIP browser test (tests/test_browser.py): no Chromium on this machine (apt-get install -y chromium)"
+	$(PY) -m pytest $(PYTEST_ARGS) tests book netmoments/course/source --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env
+endif
 
 test-fast: setup
-	$(PY) -m pytest -n $(JOBS) --dist loadfile tests -p no:cacheprovider
+	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 bench: setup
 	$(PY) benchmarks/run.py

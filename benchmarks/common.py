@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+from netmoments.provenance import run_metadata
 
 
 def sync(device) -> None:
@@ -68,5 +72,9 @@ def main(run, doc, argv=None) -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     rows = run(args.device, quick=args.quick)
-    print(f"Machine: {machine(args.device)}; device {args.device}; total {time.perf_counter() - started:.0f} s\n")
+    wall_s = time.perf_counter() - started
+    meta = run_metadata([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)], wall_s=wall_s)
+    print(f"Machine: {machine(args.device)}; device {args.device}; total {wall_s:.0f} s")
+    print(f"Provenance: commit {meta['git_commit'] or 'unknown'}{' (uncommitted changes)' if meta['git_dirty'] else ''}, "
+          f"{meta['date']}, " + ", ".join(f"{k} {v}" for k, v in meta["packages"].items()) + "\n")
     print(markdown_table(rows))

@@ -44,12 +44,15 @@ __all__ = [
     "FrameWidget",
     "precomputed_widget",
     "png_frame",
+    "FRAME_DPI",
     # chapter 1
     "affine_gaussian_summary",
     "affine_gaussian_widget",
+    "AFFINE_GRID",
     # chapter 2
     "relu_gaussian_summary",
     "relu_gaussian_widget",
+    "RELU_GRID",
     # chapter 6: deep networks
     "noise_sensitivity_summary",
     "noise_sensitivity_widget",
@@ -80,8 +83,9 @@ def png_frame(fig: Figure, dpi: int = FRAME_DPI, colors: int | None = 256) -> by
     """
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white",
-                    metadata={"Software": None})
+        # No bbox_inches="tight": it draws the figure twice (ticks dominate the cost), and the book's figures
+        # already fit their canvas (constrained or tight layout).
+        fig.savefig(buffer, format="png", dpi=dpi, facecolor="white", metadata={"Software": None})
     finally:
         plt.close(fig)
     if colors is None:
@@ -243,7 +247,8 @@ def precomputed_widget(
                                  layout=frame_layout)
         frame = image
         if describe is not None:
-            text = ipywidgets.HTML(f"<pre style='margin:0'>{html.escape(describe(result))}</pre>",
+            lines = html.escape(describe(result))
+            text = ipywidgets.HTML(f"<pre style='margin:0; white-space:pre-wrap'>{lines}</pre>",
                                    layout=frame_layout, style=text_style)
             frame = ipywidgets.VBox([image, text], layout=frame_layout)
         results[key], frames[key], images[key] = result, frame, image
@@ -432,7 +437,7 @@ def relu_gaussian_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping
 
 # ----------------------------------------------------------------------------- chapter 3: two ReLUs, the cross moment
 
-__all__ += ["relu_pair_summary", "relu_pair_widget"]
+__all__ += ["relu_pair_summary", "relu_pair_widget", "RELU_PAIR_GRID"]
 
 _INV_2PI = 1.0 / (2.0 * math.pi)
 
@@ -548,7 +553,8 @@ def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str
 
 # ----------------------------------------------------------------------------- chapter 4: network moments
 
-__all__ += ["ar1_covariance", "chapter4_network", "network_covariance_summary", "network_covariance_widget"]
+__all__ += ["ar1_covariance", "chapter4_network", "network_covariance_summary", "network_covariance_widget",
+            "NETWORK_GRID"]
 
 #: The chapter 4 widget's network: input size n, hidden width m, output size p, and the seed of its weights.
 NETWORK_SIZES = (8, 24, 4)
@@ -682,7 +688,7 @@ def network_covariance_widget(n_samples: int = 20000, seed: int = 0, *,
 
 # ----------------------------------------------------------------------------- chapter 5: computing Phi2
 
-__all__ += ["series_slice_summary", "series_slice_widget"]
+__all__ += ["series_slice_summary", "series_slice_widget", "SERIES_GRID"]
 
 
 def series_slice_summary(h: float, k: float, terms: int, n_rho: int = 801) -> dict:
@@ -794,12 +800,18 @@ def attack_browser_widget(data: dict, *, dpi: int = FRAME_DPI) -> FrameWidget:
     def describe(s):
         return f"pixels touched {s['pixels_touched']}; success of the draws on the real LeNet {s['success']:.3f}"
 
+    # Targets are per digit; when each column is the label shifted by a fixed amount, say so in the readout.
+    shifts = (data["targets"] - data["labels"][:, None]) % 10
+
+    def target_label(t):
+        column = {int(v) for v in shifts[:, t]}
+        return f"#{t}: label + {column.pop()}" if len(column) == 1 else f"#{t}"
+
     grid = {"image": range(n_img), "target": range(n_tgt), "weight": range(n_w)}
     return precomputed_widget(
         compute, plot, grid, describe=describe, dpi=dpi, initial={"weight": min(1, n_w - 1)},
         descriptions={"image": "digit", "target": "target", "weight": "L1 weight"},
-        formats={"image": lambda i: f"#{i}: a {int(data['labels'][i])}",
-                 "target": lambda t: f"#{t}",
+        formats={"image": lambda i: f"#{i}: a {int(data['labels'][i])}", "target": target_label,
                  "weight": lambda w: f"#{w}: λ = {float(data['weights'][w]):g}"},
     )
 

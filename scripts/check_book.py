@@ -9,8 +9,9 @@ Fails (exit 1) when
 - a chapter whose stored notebook has image outputs has no ``<img`` in its page;
 - a chapter whose stored notebook has widget outputs has no embedded widget state, or does not load the
   vendored require.js / embed-amd.js;
-- a page with maths does not load the vendored MathJax, or a vendored file is missing from the build.
-Prints one line per page and a summary.
+- a page with maths does not load the vendored MathJax, or a vendored file is missing from the build;
+- a page is larger than 5 MB (each widget frame is stored in the page: coarsen the widget's grid).
+Prints one line per page (with its size) and a summary.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ REMOTE_RESOURCE = re.compile(
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+PAGE_LIMIT_MB = 5.0
 VENDORED = {
     "mathjax": "_static/vendor/mathjax/tex-chtml.js",
     "require": "_static/vendor/require/require.js",
@@ -131,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  MISSING  {doc}")
             continue
         html = page.read_text(encoding="utf8", errors="replace")
-        status = []
+        size_mb = page.stat().st_size / 1e6
+        status = [f"{size_mb:.2f} MB"]
         before = len(problems)
+        if size_mb > PAGE_LIMIT_MB:
+            problems.append(f"{doc}: the page is {size_mb:.2f} MB, over the {PAGE_LIMIT_MB:g} MB limit")
         if notebook.is_file():
             n_notebooks += 1
             images, widgets = notebook_outputs(notebook)

@@ -62,6 +62,8 @@ def test_attack_browser_widget_has_one_frame_per_stored_attack():
     # the readouts name the digit's label and the weight itself, not only indices
     assert [label for label, _ in w.sliders["image"].options] == ["#0: a 3", "#1: a 7"]
     assert [label for label, _ in w.sliders["weight"].options] == ["#0: λ = 0.1", "#1: λ = 0.3", "#2: λ = 1"]
+    # targets (4, 8) for a 3 and (8, 1) for a 7: the first column is label + 1 for both, the second is not shared
+    assert [label for label, _ in w.sliders["target"].options] == ["#0: label + 1", "#1"]
     assert w.key == (0, 0, 1)
 
 
