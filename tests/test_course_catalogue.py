@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbgrader")
@@ -174,6 +175,18 @@ def run_in_process(nb) -> dict[str, str]:
     """
     namespace = {"__name__": "__main__"}
     results = {}
+    # The notebooks set torch's default dtype (and seed): a kernel would forget that, this process must not leak
+    # it into the tests that run after this one in the same worker.
+    dtype, rng = torch.get_default_dtype(), torch.get_rng_state()
+    try:
+        _run_cells(nb, namespace, results)
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(rng)
+    return results
+
+
+def _run_cells(nb, namespace: dict, results: dict) -> None:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -186,7 +199,6 @@ def run_in_process(nb) -> dict[str, str]:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("grade"):
             results[meta["grade_id"]] = error
-    return results
 
 
 def _first_solution(name: str) -> str:

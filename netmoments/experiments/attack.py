@@ -178,7 +178,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         if args.tune:
             from .attack_suite import tune
 
-            print(json.dumps(tune(args.tune, images=args.images), indent=1, default=str))
+            command = "python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or [])
+            print(json.dumps(tune(args.tune, images=args.images, command=command), indent=1, default=str))
             return 0
         if args.suite:
             from .attack_suite import run_suite

@@ -260,7 +260,7 @@ def _versions_plus(base):
     return base
 
 
-def tune(out, images=32, progress=False):
+def tune(out, images=32, progress=False, command=None):
     """Tune on *training* digits (never the reported test digits) and write ``out`` (JSON):
 
     * L0-PGD's step size over ``(0.1, 0.25, 0.5, 1.0)`` at ``k = 20`` (one restart), by success rate;
@@ -282,7 +282,8 @@ def tune(out, images=32, progress=False):
                           l0_median=float(np.median(m.l0)), time_per_image_s=res.time_s / len(y))
     best_w = max(weights, key=lambda w: (weights[w]["success_l0_20"], weights[w]["success"]))
     data = dict(split="train", images=len(y), image_indices=idx.tolist(), l0_pgd_step_size=step_scores,
-                l0_pgd_best=best_step, l1_weight=weights, l1_weight_best=best_w, git_commit=_git_commit(),
+                l0_pgd_best=best_step, l1_weight=weights, l1_weight_best=best_w, command=command,
+                git_commit=_git_commit(),
                 versions=_versions_plus(_versions()), machine=_machine(), date=time.strftime("%Y-%m-%d %H:%M %Z"),
                 wall_s=round(time.perf_counter() - start, 1))
     _write_json(Path(out), data)
