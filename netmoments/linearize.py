@@ -14,6 +14,7 @@ backward per output row).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Sequence
@@ -511,6 +512,10 @@ class TwoStageLinearization:
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _set_points(self, flat: torch.Tensor) -> None:
+        with _one_cpu_thread(flat.device):  # a few small passes: see _one_cpu_thread
+            self._set_points_unthreaded(flat)
+
+    def _set_points_unthreaded(self, flat: torch.Tensor) -> None:
         self.points = flat
         pre, self._pattern = _forward_pattern(self.before, flat.reshape(-1, *self.input_shape))
         self.hidden_shape = tuple(pre.shape[1:])
@@ -657,6 +662,26 @@ def _pattern_changed(old: list, new: list, batch: int, device) -> torch.Tensor:
     return changed
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device, enabled: bool = True):
+    """Run the structured path's many small, memory-bound CPU operations on one intra-op thread.
+
+    Each of them is a parallel region that waits for every thread: when another process holds one of the cores
+    (a shared machine, pytest-xdist workers, Dask workers) each region waits for that thread's next time slice,
+    and LeNet's linearization took 1-2.3 s instead of 70 ms on a 2-core machine. One thread loses little on an
+    idle machine, since these operations are bound by memory, not arithmetic.
+    """
+    if not enabled or device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _jacobian_at(part, points, shape, method, chunk_size, mode="auto"):
     """(Jacobian ``(Bt, m, n)``, ``part(points) (Bt, m)``); a point-independent Jacobian is an expanded view."""
     values, pattern = _forward_pattern(part, points.reshape(-1, *shape))
@@ -681,7 +706,7 @@ def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto
     # stream ~150 MB per layer through memory); a GPU wants the whole batch at once.
     step = chunk_size or (Bt if points.device.type == "cuda" else 1)
     prepared, out = {}, None
-    with torch.no_grad():
+    with torch.no_grad(), _one_cpu_thread(points.device):
         for start in range(0, Bt, step):
             sub = [p[start : start + step] if p is not None else None for p in pattern]
             jac = _structured_jacobian(part, points[start : start + step], shape, sub, prepared)
@@ -775,14 +800,15 @@ def two_stage_linearize(
     if mode not in ("auto", "fwd", "rev"):
         raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
     _, _, _, batched = _prepare(model, point, input_shape, dtype)
-    lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
-                                chunk_size=chunk_size, mode=mode)
-    A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
-    if not batched:
-        A, c1, B, c2 = A[0], c1[0], B[0], c2[0]
-    # Point-independent factors (e.g. LeNet's B = fc2.weight) stay expanded views: no per-point copies.
-    A, B = (t if t.dim() > 2 and t.stride(0) == 0 else t.contiguous() for t in (A, B))
-    return AffineReLUAffine(A, c1.contiguous(), B, c2.contiguous())
+    with _one_cpu_thread(point.device, enabled=method != "autograd"):
+        lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
+                                    chunk_size=chunk_size, mode=mode)
+        A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
+        if not batched:
+            A, c1, B, c2 = A[0], c1[0], B[0], c2[0]
+        # Point-independent factors (e.g. LeNet's B = fc2.weight) stay expanded views: no per-point copies.
+        A, B = (t if t.dim() > 2 and t.stride(0) == 0 else t.contiguous() for t in (A, B))
+        return AffineReLUAffine(A, c1.contiguous(), B, c2.contiguous())
 
 
 @torch.no_grad()
