@@ -54,6 +54,7 @@ def test_in_process_run_writes_every_task_once_in_task_order(tmp_path, suffix):
     summary = run_tasks(TASKS, noisy_task, out, progress=False)
     assert summary.complete and summary.n_run == len(TASKS) and len(summary.task_seconds) == len(TASKS)
     assert all(c >= 0 for c in summary.task_cpu_seconds) and summary.as_dict()["task_cpu_seconds_total"] >= 0
+    assert set(summary.task_costs) == {task_id(t) for t in TASKS}
     rows = read_rows(out)
     assert len(rows) == 3 * len(TASKS)
     assert [r["task"] for r in rows[::3]] == [task_id(t) for t in TASKS]

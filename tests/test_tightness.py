@@ -146,6 +146,7 @@ def test_in_process_and_two_workers_give_the_same_file(tmp_path, context):
     meta = json.loads(one.with_suffix(".json").read_text())
     assert meta["tasks_done"] == meta["n_tasks"] == 2
     assert meta["sittings"][0]["git_commit"] and meta["sittings"][0]["versions"]["torch"]
+    assert {cov: v["n"] for cov, v in meta["sittings"][0]["cost_by_cov"].items()} == {"sparse": 1, "blur": 1}
     # resuming with other settings is refused (the file would mix two experiments)
     with pytest.raises(Exception, match="other settings"):
         run_tightness(one, n_images=1, sigmas=[0.2], covs=["sparse", "blur"], config=cfg, context=ctx,

@@ -231,6 +231,7 @@ class RunSummary:
         n_run: tasks run and written by this call.
         task_seconds: wall seconds of each task run by this call (measured where it ran), in completion order.
         task_cpu_seconds: CPU seconds of the same tasks (independent of other load on the machine).
+        task_costs: ``{task id: (wall seconds, CPU seconds)}`` for the tasks run by this call.
         wall_s: wall seconds of the whole call (cluster start-up included).
         workers: number of worker processes (0 = in-process), or the scheduler address.
         out: the output file.
@@ -242,6 +243,7 @@ class RunSummary:
     n_run: int = 0
     task_seconds: list[float] = field(default_factory=list)
     task_cpu_seconds: list[float] = field(default_factory=list)
+    task_costs: dict = field(default_factory=dict)
     wall_s: float = 0.0
     workers: int | str = 0
     out: str = ""
@@ -424,6 +426,7 @@ def run_tasks(
         summary.n_run += 1
         summary.task_seconds.append(seconds[0])
         summary.task_cpu_seconds.append(seconds[1])
+        summary.task_costs[ids[i]] = seconds
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and time.perf_counter() - last_checkpoint >= checkpoint_s:
