@@ -31,6 +31,7 @@ __all__ = [
     "batched_jacobian",
     "affine_linearize",
     "two_stage_linearize",
+    "TwoStageLinearization",
     "activation_pattern",
     "prune_inactive_units",
     "pixel_noise_sensitivity",
@@ -184,21 +185,475 @@ def _prepare(model, point, input_shape, dtype):
 _PIECEWISE = (nn.ReLU, nn.MaxPool2d)
 
 
-def _affine_at(part, points, shape, mode, chunk_size):
-    """(W (B, m, n), b (B, m), part(points) (B, m)) of the first-order expansion of ``part`` at ``points``.
+# ---------------------------------------------------------------------------------------------------------------
+# Structured (local) Jacobians: compose the layers at fixed ReLU masks and max-pool choices, using locality.
+#
+# A convolutional feature map's Jacobian with respect to the input image is stored as *patches*: unit (c, h, w)
+# depends only on input pixels in a window whose top-left corner is (h * S0 + O0, w * S1 + O1) and whose size is
+# (K0, K1), for every input channel. Each layer maps this geometry to a new one (a convolution with kernel k and
+# stride s widens the window by (k - 1) * S and multiplies the stride by s), so the cost of a conv layer is the
+# size of its output times its kernel times the window, never the number of input pixels. The first Linear layer
+# after the convolutions is applied block-wise (one small GEMM per spatial position) and scattered onto the image
+# grid; from there on the Jacobian is a dense matrix. A part without convolutions starts dense (its first Linear
+# *is* the Jacobian). Layers this path does not know (groups, dilation, ceil_mode, ...) fall back to torch.func.
+# ---------------------------------------------------------------------------------------------------------------
 
-    A part without ReLU or max-pool is affine: its Jacobian is the same at every point, so it is computed once
-    and returned as an expanded (stride-0) view over the batch instead of once per point.
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _structured_supported(part: nn.Sequential, shape: Sequence[int]) -> bool:
+    """Whether :func:`_structured_jacobian` handles ``part`` on inputs of ``shape`` (else use torch.func)."""
+    spatial = len(shape) == 3
+    for layer in part:
+        if isinstance(layer, nn.Conv2d):
+            if (not spatial or layer.groups != 1 or _pair(layer.dilation) != (1, 1) or isinstance(layer.padding, str)
+                    or layer.padding_mode != "zeros"):
+                return False
+        elif isinstance(layer, nn.MaxPool2d):
+            if not spatial or layer.ceil_mode or _pair(layer.dilation) != (1, 1):
+                return False
+        elif isinstance(layer, nn.AvgPool2d):
+            if (not spatial or layer.ceil_mode or layer.divisor_override is not None
+                    or (not layer.count_include_pad and _pair(layer.padding) != (0, 0))):
+                return False
+        elif isinstance(layer, nn.Flatten):
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return False
+            spatial = False
+        elif isinstance(layer, nn.Linear):
+            if spatial:
+                return False
+    return True
+
+
+class _Patches:
+    """The Jacobian of a feature map ``(Bt, C, H, W)`` w.r.t. an input image ``(Cin, Hin, Win)``, as local windows.
+
+    ``values (Bt, C, H, W, Cin, K0, K1)``; the window of unit ``(c, h, w)`` starts at input pixel
+    ``(h * stride[0] + offset[0], w * stride[1] + offset[1])`` (offsets may be negative: zero padding).
     """
-    if len(points) > 1 and not any(isinstance(layer, _PIECEWISE) for layer in part):
-        _, jac = batched_jacobian(_flat_fn(part, shape), points[:1], mode=mode)
-        jac = jac.expand(points.shape[0], -1, -1)
+
+    def __init__(self, values, stride, offset):
+        self.values, self.stride, self.offset = values, stride, offset
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.values.shape[-2], self.values.shape[-1]
+
+    def _shifted_sum(self, taps, kernel, stride, padding, out_hw):
+        """Sum over kernel taps ``(a, b)`` of ``taps(a, b, gathered)`` placed at offset ``(a, b) * S`` in the window.
+
+        ``gathered`` is this map read at ``h = ho * s - p + a`` for every output row ``ho`` that hits the map.
+        """
+        (k0, k1), (s0, s1), (p0, p1) = kernel, stride, padding
+        (S0, S1), (K0, K1) = self.stride, self.window
+        H, W = self.values.shape[2:4]
+        Ho, Wo = out_hw
+        out = None
+        for a in range(k0):
+            lo0, hi0 = _tap_range(Ho, H, s0, p0, a)
+            for b in range(k1):
+                lo1, hi1 = _tap_range(Wo, W, s1, p1, b)
+                if lo0 >= hi0 or lo1 >= hi1:
+                    continue
+                src = self.values[:, :, lo0 * s0 - p0 + a : (hi0 - 1) * s0 - p0 + a + 1 : s0,
+                                  lo1 * s1 - p1 + b : (hi1 - 1) * s1 - p1 + b + 1 : s1]
+                contrib = taps(a, b, src)
+                if out is None:
+                    out = contrib.new_zeros(*contrib.shape[:2], Ho, Wo, contrib.shape[4],
+                                            K0 + (k0 - 1) * S0, K1 + (k1 - 1) * S1)
+                out[:, :, lo0:hi0, lo1:hi1, :, a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += contrib
+        new_offset = (self.offset[0] - p0 * S0, self.offset[1] - p1 * S1)
+        return _Patches(out, (s0 * S0, s1 * S1), new_offset)
+
+    def conv(self, layer: nn.Conv2d, out_hw) -> "_Patches":
+        weight = layer.weight
+        Bt, C = self.values.shape[:2]
+
+        def taps(a, b, src):
+            flat = src.reshape(Bt, C, -1)
+            return (weight[:, :, a, b] @ flat).reshape(Bt, weight.shape[0], *src.shape[2:])
+
+        return self._shifted_sum(taps, _pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), out_hw)
+
+    def avg_pool(self, layer: nn.AvgPool2d, out_hw) -> "_Patches":
+        kernel = _pair(layer.kernel_size)
+        scale = 1.0 / (kernel[0] * kernel[1])
+        stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+        return self._shifted_sum(lambda a, b, src: src * scale, kernel, stride, _pair(layer.padding), out_hw)
+
+    def max_pool(self, layer: nn.MaxPool2d, indices: torch.Tensor) -> "_Patches":
+        """``indices (Bt, C, Ho, Wo)``: flat ``h * W + w`` of each window's chosen input (as max_pool2d returns)."""
+        (k0, k1) = _pair(layer.kernel_size)
+        (s0, s1) = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+        (p0, p1) = _pair(layer.padding)
+        Bt, C, H, W = self.values.shape[:4]
+        Ho, Wo = indices.shape[-2:]
+        (S0, S1), (K0, K1) = self.stride, self.window
+        rest = self.values.shape[4:]
+        flat = self.values.reshape(Bt, C, H * W, -1)
+        chosen = flat.gather(2, indices.reshape(Bt, C, Ho * Wo, 1).expand(-1, -1, -1, flat.shape[-1]))
+        chosen = chosen.reshape(Bt, C, Ho, Wo, *rest)
+        rows = torch.arange(Ho, device=indices.device).view(-1, 1) * s0 - p0
+        cols = torch.arange(Wo, device=indices.device).view(1, -1) * s1 - p1
+        tap0, tap1 = indices // W - rows, indices % W - cols  # which tap of its window each unit chose
+        out = chosen.new_zeros(Bt, C, Ho, Wo, rest[0], K0 + (k0 - 1) * S0, K1 + (k1 - 1) * S1)
+        for a in range(k0):
+            for b in range(k1):
+                hit = ((tap0 == a) & (tap1 == b)).to(chosen.dtype).view(Bt, C, Ho, Wo, 1, 1, 1)
+                out[..., a * S0 : a * S0 + K0, b * S1 : b * S1 + K1] += chosen * hit
+        new_offset = (self.offset[0] - p0 * S0, self.offset[1] - p1 * S1)
+        return _Patches(out, (s0 * S0, s1 * S1), new_offset)
+
+    def mask(self, on: torch.Tensor) -> "_Patches":
+        return _Patches(self.values * on.to(self.values.dtype)[..., None, None, None], self.stride, self.offset)
+
+    def linear(self, weight: torch.Tensor, in_shape) -> torch.Tensor:
+        """``weight (O, C * H * W) @ dense Jacobian`` as a dense ``(Bt, O, n)``: one GEMM per spatial position.
+
+        Each position's block ``(O, C) @ (C, window)`` is added onto a canvas that covers every window; the canvas
+        is then cropped to the image (the parts outside are zero padding). This costs ``O * C * H * W * window``
+        multiply-adds, less than the dense product ``O * C * H * W * n`` whenever windows are smaller than images.
+        """
+        Bt, C, H, W, Cin, K0, K1 = self.values.shape
+        out_features = weight.shape[0]
+        (S0, S1), (O0, O1) = self.stride, self.offset
+        size0, size1 = (H - 1) * S0 + K0, (W - 1) * S1 + K1
+        canvas = self.values.new_zeros(Bt, out_features, Cin, size0, size1)
+        w = weight.reshape(out_features, C, H, W)
+        for h in range(H):
+            for v in range(W):
+                block = w[:, :, h, v] @ self.values[:, :, h, v].reshape(Bt, C, -1)
+                canvas[..., h * S0 : h * S0 + K0, v * S1 : v * S1 + K1] += block.view(Bt, out_features, Cin, K0, K1)
+        (r0, r1), (w0, w1) = _clip_window(O0, size0, in_shape[1])
+        (c0, c1), (u0, u1) = _clip_window(O1, size1, in_shape[2])
+        out = self.values.new_zeros(Bt, out_features, *in_shape)
+        out[..., r0:r1, c0:c1] = canvas[..., w0:w1, u0:u1]
+        return out.reshape(Bt, out_features, -1)
+
+    def dense(self, in_shape) -> torch.Tensor:
+        """The dense Jacobian ``(Bt, C * H * W, n)``."""
+        Bt, C, H, W, Cin, K0, K1 = self.values.shape
+        out = self.values.new_zeros(Bt, C, H, W, *in_shape)
+        for h in range(H):
+            (r0, r1), (w0, w1) = _clip_window(h * self.stride[0] + self.offset[0], K0, in_shape[1])
+            for v in range(W):
+                (c0, c1), (u0, u1) = _clip_window(v * self.stride[1] + self.offset[1], K1, in_shape[2])
+                if r1 > r0 and c1 > c0:
+                    out[:, :, h, v, :, r0:r1, c0:c1] = self.values[:, :, h, v, :, w0:w1, u0:u1]
+        return out.reshape(Bt, C * H * W, -1)
+
+
+def _clip_window(start: int, size: int, full: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input range, window range) of a window ``[start, start + size)`` clipped to ``[0, full)``."""
+    lo, hi = max(start, 0), min(start + size, full)
+    return (lo, hi), (lo - start, hi - start)
+
+
+def _tap_range(n_out: int, n_in: int, stride: int, padding: int, tap: int) -> tuple[int, int]:
+    """Output rows ``[lo, hi)`` whose tap ``tap`` reads an input row inside ``0..n_in-1`` (``ho*s - p + tap``)."""
+    lo = max(0, -(-(padding - tap) // stride))
+    hi = min(n_out, (n_in - 1 + padding - tap) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@torch.no_grad()
+def _forward_pattern(part: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """``part(x)`` and, per layer, what fixes its local linear map: ReLU masks, max-pool indices, else ``None``."""
+    pattern = []
+    for layer in part:
+        if isinstance(layer, nn.MaxPool2d):
+            x, idx = nn.functional.max_pool2d(
+                x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode,
+                return_indices=True,
+            )
+            pattern.append(idx)
+            continue
+        x = layer(x)
+        pattern.append(x > 0 if isinstance(layer, nn.ReLU) else None)
+    return x, pattern
+
+
+def _structured_jacobian(part: nn.Sequential, points: torch.Tensor, shape, pattern) -> torch.Tensor:
+    """Jacobian ``(Bt, m, n)`` of ``part`` at the points whose per-layer ``pattern`` is given (see _forward_pattern).
+
+    Returns ``None`` for an empty part (the identity). A part with no conv layer never forms an identity matrix:
+    its first Linear's weight is the Jacobian so far.
+    """
+    Bt = points.shape[0]
+    state = None  # None: identity so far; _Patches; or a dense (Bt or 1, m, n) tensor
+    spatial = tuple(shape)
+    for layer, pat in zip(part, pattern):
+        if isinstance(layer, (nn.Identity, nn.Flatten)):
+            if isinstance(layer, nn.Flatten):
+                spatial = (math.prod(spatial),)
+            continue
+        if isinstance(layer, nn.ReLU):
+            on = pat.reshape(Bt, *spatial)
+            if state is None:
+                state = torch.diag_embed(on.reshape(Bt, -1).to(points.dtype))
+            elif isinstance(state, _Patches):
+                state = state.mask(on)
+            else:
+                state = state * on.reshape(Bt, -1, 1).to(state.dtype)
+            continue
+        if isinstance(layer, nn.Linear):
+            weight = layer.weight
+            if state is None:
+                state = weight.unsqueeze(0)
+            elif isinstance(state, _Patches):
+                state = state.linear(weight, shape)
+            else:
+                state = weight @ state
+            spatial = (weight.shape[0],)
+            continue
+        # spatial layers: start from the identity as 1x1 windows, one per input pixel and channel
+        if state is None:
+            C, H, W = spatial
+            eye = torch.eye(C, dtype=points.dtype, device=points.device).view(1, C, 1, 1, C, 1, 1)
+            state = _Patches(eye.expand(Bt, C, H, W, C, 1, 1), (1, 1), (0, 0))
+        if isinstance(layer, nn.MaxPool2d):
+            state = state.max_pool(layer, pat)
+            spatial = (spatial[0], *pat.shape[-2:])
+        else:
+            out_hw = _conv_out_hw(layer, spatial[1:])
+            state = state.conv(layer, out_hw) if isinstance(layer, nn.Conv2d) else state.avg_pool(layer, out_hw)
+            spatial = (layer.out_channels if isinstance(layer, nn.Conv2d) else spatial[0], *out_hw)
+    if isinstance(state, _Patches):
+        state = state.dense(shape)
+    return state.expand(Bt, -1, -1) if state is not None else None
+
+
+def _conv_out_hw(layer, hw) -> tuple[int, int]:
+    kernel = _pair(layer.kernel_size)
+    stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+    padding = _pair(layer.padding)
+    return tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(hw, padding, kernel, stride))
+
+
+def _linear_apply(part: nn.Sequential, pattern: list, v: torch.Tensor, shape) -> torch.Tensor:
+    """The linear part of ``part`` at fixed ``pattern`` applied to ``v (Bt, k, n)`` -> ``(Bt, k, m)``.
+
+    This is the Jacobian-vector product at the points the pattern came from: the network with biases dropped,
+    ReLUs replaced by their masks and max-pools by gathers at their recorded choices.
+    """
+    Bt, k = v.shape[:2]
+
+    def per_item(t):  # (Bt, ...) -> (Bt * k, ...), shared by the k vectors of each point
+        return t.unsqueeze(1).expand(Bt, k, *t.shape[1:]).reshape(Bt * k, *t.shape[1:])
+
+    x = v.reshape(Bt * k, *shape)
+    for layer, pat in zip(part, pattern):
+        if isinstance(layer, nn.Conv2d):
+            x = layer._conv_forward(x, layer.weight, None)
+        elif isinstance(layer, nn.Linear):
+            x = nn.functional.linear(x, layer.weight)
+        elif isinstance(layer, nn.MaxPool2d):
+            C, H, W = x.shape[1:]
+            idx = per_item(pat.reshape(Bt, C, -1))
+            x = x.reshape(Bt * k, C, H * W).gather(-1, idx).reshape(Bt * k, C, *pat.shape[-2:])
+        elif isinstance(layer, nn.ReLU):
+            x = x * per_item(pat).to(x.dtype)
+        else:  # AvgPool2d, Flatten, Identity are linear already
+            x = layer(x)
+    return x.reshape(Bt, k, -1)
+
+
+class TwoStageLinearization:
+    """Matrix-free two-stage linearization ``model(x) ~ B relu(A x + c1) + c2`` at a batch of points.
+
+    ``A`` is never formed unless asked for (:attr:`A`, :meth:`network`): products with it are masked linear
+    passes through the layers before the kept ReLU (``A @ v``) and their transposes (``A^T @ u``, by autograd
+    through that linear pass), so a caller that needs a few columns or a few output directions pays for those
+    only. :meth:`update` moves to new points and recomputes only the points whose linear region changed.
+
+    Args:
+        model: ``nn.Sequential`` of Conv2d / MaxPool2d / AvgPool2d / Flatten / Linear / ReLU / Identity.
+        points: a batch ``(Bt, C, H, W)`` or ``(Bt, n)`` (a single point ``(C, H, W)`` / ``(n,)`` becomes ``Bt = 1``).
+        relu_index: which ReLU to keep (-1 = the last).
+        input_shape: shape of one input as the model takes it (inferred when omitted).
+        dtype: computation dtype (default ``points.dtype``).
+        method: how the dense ``A`` (and ``B``) are formed: ``"structured"`` (layer by layer with locality),
+            ``"autograd"`` (torch.func Jacobians) or ``"auto"`` (structured when every layer allows it).
+        chunk_size: points per dense-Jacobian pass (bounds memory).
+
+    Attributes:
+        points ``(Bt, n)``; pre ``(Bt, m)`` (the kept ReLU's input at the points); c1 ``(Bt, m)``;
+        B ``(Bt, p, m)`` (an expanded view when it cannot depend on the point); c2 ``(Bt, p)``.
+    """
+
+    def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, method: str = "auto",
+                 chunk_size: int | None = 16, mode: str = "auto"):
+        _check_method(method)
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        model, flat, shape, _ = _prepare(model, points, input_shape, dtype)
+        self.before, self.after = split_at_relu(model, relu_index)
+        self.input_shape = shape
+        self.method, self.chunk_size, self.mode = method, chunk_size, mode
+        self._set_points(flat)
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _set_points(self, flat: torch.Tensor) -> None:
+        self.points = flat
+        pre, self._pattern = _forward_pattern(self.before, flat.reshape(-1, *self.input_shape))
+        self.hidden_shape = tuple(pre.shape[1:])
+        self.pre = pre.reshape(flat.shape[0], -1)
+        self.c1 = self.pre - self.matvec(flat)
+        self._A = None
+        self.B, self.c2 = self._second_stage(torch.relu(self.pre))
+
+    def _second_stage(self, hidden: torch.Tensor):
+        if len(self.after) == 0:
+            eye = torch.eye(hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+            return eye.expand(hidden.shape[0], -1, -1), torch.zeros_like(hidden)
+        jac, values = _jacobian_at(self.after, hidden, self.hidden_shape, self.method, self.chunk_size, self.mode)
+        bias = values - (jac @ hidden.unsqueeze(-1)).squeeze(-1)
+        return (jac if jac.stride(0) == 0 else jac.contiguous()), bias
+
+    # -- matrix-free products -----------------------------------------------------------------------------------
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``A @ v``: ``v (Bt, n)`` -> ``(Bt, m)``, or ``(Bt, k, n)`` -> ``(Bt, k, m)``."""
+        single = v.dim() == 2
         with torch.no_grad():
-            values = part(points.reshape(-1, *shape)).reshape(points.shape[0], -1)
-    else:
-        values, jac = batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size)
-    bias = values - (jac @ points.unsqueeze(-1)).squeeze(-1)
-    return jac, bias, values
+            out = _linear_apply(self.before, self._pattern, v.unsqueeze(1) if single else v, self.input_shape)
+        return out.squeeze(1) if single else out
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        """``A^T @ u``: ``u (Bt, m)`` -> ``(Bt, n)``, or ``(Bt, k, m)`` -> ``(Bt, k, n)``."""
+        single = u.dim() == 2
+        u = u.unsqueeze(1) if single else u
+        with torch.enable_grad():
+            probe = torch.zeros(*u.shape[:2], self.points.shape[-1], dtype=u.dtype, device=u.device,
+                                requires_grad=True)
+            out = _linear_apply(self.before, self._pattern, probe, self.input_shape)
+            (grad,) = torch.autograd.grad(out, probe, grad_outputs=u.detach())
+        return grad.squeeze(1) if single else grad
+
+    def columns(self, index: torch.Tensor) -> torch.Tensor:
+        """Selected columns ``A[:, :, index]``: ``index`` long ``(k,)`` or ``(Bt, k)`` -> ``(Bt, m, k)``."""
+        Bt, n = self.points.shape
+        index = torch.as_tensor(index, device=self.points.device)
+        if index.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"index must be an integer tensor, got {index.dtype}")
+        index = index.long().expand(Bt, -1) if index.dim() == 1 else index.long()
+        if index.dim() != 2 or index.shape[0] != Bt:
+            raise ValueError(f"index must have shape (k,) or ({Bt}, k), got {tuple(index.shape)}")
+        if index.numel() and (index.min() < 0 or index.max() >= n):
+            raise ValueError(f"index must be in 0..{n - 1}")
+        basis = self.points.new_zeros(Bt, index.shape[1], n).scatter_(2, index.unsqueeze(-1), 1.0)
+        return self.matvec(basis).transpose(1, 2)
+
+    def weighted_output_map(self, weights: torch.Tensor) -> torch.Tensor:
+        """``B diag(weights) A``: ``weights (Bt, m)`` -> ``(Bt, p, n)``, one ``A^T`` product per output.
+
+        With ``weights = Phi(mu_h / sd_h)`` this is the Jacobian of the output mean, and ``M Sigma M^T`` the
+        linearized output covariance.
+        """
+        return self.rmatvec(self.B * weights.unsqueeze(-2))
+
+    # -- dense views --------------------------------------------------------------------------------------------
+    @property
+    def A(self) -> torch.Tensor:
+        """The dense ``(Bt, m, n)`` first stage (computed on first use, then cached)."""
+        if self._A is None:
+            self._A = _dense_jacobian(self.before, self.points, self.input_shape, self._pattern, self.method,
+                                      self.chunk_size, self.mode)
+        return self._A
+
+    def network(self) -> AffineReLUAffine:
+        """The linearization as an :class:`netmoments.AffineReLUAffine` (batched; forms the dense ``A``)."""
+        A = self.A if self.A.stride(0) == 0 else self.A.contiguous()
+        return AffineReLUAffine(A, self.c1.contiguous(), self.B, self.c2.contiguous())
+
+    # -- moving ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, points: torch.Tensor) -> tuple["TwoStageLinearization", torch.Tensor]:
+        """The linearization at new ``points`` (same batch size), reusing every point whose region is unchanged.
+
+        Inside one linear region ``A`` and ``c1`` (and, if the second stage's region is unchanged too, ``B`` and
+        ``c2``) are the same, so only the points whose ReLU masks or max-pool choices changed are recomputed.
+
+        Returns:
+            ``(new linearization, changed (Bt,) bool)``.
+        """
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+        flat = points.to(self.points.dtype).reshape(self.points.shape)
+        if not torch.isfinite(flat).all():
+            raise ValueError("points contains NaN or inf")
+        new = copy.copy(self)
+        new._set_points_lazily(flat)
+        Bt, dev = flat.shape[0], flat.device
+        changed = _pattern_changed(self._pattern, new._pattern, Bt, dev)
+        _, old_after = _forward_pattern(self.after, torch.relu(self.pre).reshape(-1, *self.hidden_shape))
+        _, new_after = _forward_pattern(self.after, torch.relu(new.pre).reshape(-1, *self.hidden_shape))
+        changed_after = changed | _pattern_changed(old_after, new_after, Bt, dev)
+        new.c1 = torch.where(changed.unsqueeze(-1), new.pre - new.matvec(flat), self.c1)
+        if self._A is not None and bool(changed.any()):
+            fresh = _dense_jacobian(self.before, flat[changed], self.input_shape,
+                                    [p[changed] if p is not None else None for p in new._pattern],
+                                    self.method, self.chunk_size, self.mode)
+            new._A = self._A.clone()
+            new._A[changed] = fresh
+        else:
+            new._A = self._A
+        if bool(changed_after.any()):
+            B, c2 = new._second_stage(torch.relu(new.pre[changed_after]))
+            if self.B.stride(0) == 0 and B.stride(0) == 0:
+                new.B = self.B
+            else:
+                new.B = self.B.clone()
+                new.B[changed_after] = B
+            new.c2 = self.c2.clone()
+            new.c2[changed_after] = c2
+        return new, changed
+
+    @torch.no_grad()
+    def _set_points_lazily(self, flat):
+        self.points = flat
+        pre, self._pattern = _forward_pattern(self.before, flat.reshape(-1, *self.input_shape))
+        self.pre = pre.reshape(flat.shape[0], -1)
+
+
+def _pattern_changed(old: list, new: list, batch: int, device) -> torch.Tensor:
+    """``(Bt,)`` bool: whether any ReLU mask or max-pool choice of each item differs."""
+    changed = torch.zeros(batch, dtype=torch.bool, device=device)
+    for a, b in zip(old, new):
+        if a is not None:
+            changed |= (a != b).reshape(batch, -1).any(-1)
+    return changed
+
+
+def _jacobian_at(part, points, shape, method, chunk_size, mode="auto"):
+    """(Jacobian ``(Bt, m, n)``, ``part(points) (Bt, m)``); a point-independent Jacobian is an expanded view."""
+    values, pattern = _forward_pattern(part, points.reshape(-1, *shape))
+    jac = _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode)
+    return jac, values.reshape(points.shape[0], -1)
+
+
+def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto"):
+    if method == "auto":
+        method = "structured" if _structured_supported(part, shape) else "autograd"
+    elif method == "structured" and not _structured_supported(part, shape):
+        raise ValueError("method='structured' does not support this model (a Conv2d with groups/dilation/string "
+                         "padding, a ceil-mode pool, ...); use method='auto' or 'autograd'")
+    Bt = points.shape[0]
+    if Bt > 1 and not any(isinstance(layer, _PIECEWISE) for layer in part):
+        # an affine part has one Jacobian for every point: compute it once, return a stride-0 view
+        first = [p[:1] if p is not None else None for p in pattern]
+        return _dense_jacobian(part, points[:1], shape, first, method, chunk_size, mode).expand(Bt, -1, -1)
+    if method == "autograd":
+        return batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size)[1].detach()
+    step = Bt if chunk_size is None else chunk_size
+    chunks = []
+    for start in range(0, Bt, step):
+        sub = [p[start : start + step] if p is not None else None for p in pattern]
+        with torch.no_grad():
+            chunks.append(_structured_jacobian(part, points[start : start + step], shape, sub))
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 def affine_linearize(
@@ -207,6 +662,7 @@ def affine_linearize(
     *,
     input_shape: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
+    method: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,16 +675,24 @@ def affine_linearize(
         point: one point ``(C, H, W)`` or ``(n,)``, or a batch ``(B, C, H, W)`` or ``(B, n)``.
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
-        mode, chunk_size: see :func:`batched_jacobian`.
+        method: ``"structured"`` (layer by layer with locality), ``"autograd"`` (torch.func) or ``"auto"``.
+        mode, chunk_size: see :func:`batched_jacobian` (``mode`` applies to the autograd method).
 
     Returns:
         ``W (p, n)``, ``b (p,)`` for one point; ``W (B, p, n)``, ``b (B, p)`` for a batch; on ``point``'s device.
     """
+    _check_method(method)
     model, flat, shape, batched = _prepare(model, point, input_shape, dtype)
-    weight, bias, _ = _affine_at(model, flat, shape, mode, chunk_size)
+    weight, values = _jacobian_at(model, flat, shape, method, chunk_size, mode)
+    bias = values - (weight @ flat.unsqueeze(-1)).squeeze(-1)
     if not batched:
         return weight[0], bias[0]
     return weight, bias
+
+
+def _check_method(method) -> None:
+    if method not in ("auto", "structured", "autograd"):
+        raise ValueError(f"method must be 'auto', 'structured' or 'autograd', got {method!r}")
 
 
 def two_stage_linearize(
@@ -238,6 +702,7 @@ def two_stage_linearize(
     *,
     input_shape: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
+    method: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = 16,
 ) -> AffineReLUAffine:
@@ -247,14 +712,21 @@ def two_stage_linearize(
     same for everything after it, at ``relu(f(p))``. Exact wherever the layers before the ReLU stay in
     ``point``'s linear region and the layers after it stay in ``relu(f(p))``'s.
 
+    By default the Jacobians are composed layer by layer at the point's fixed ReLU masks and max-pool choices,
+    using each unit's small receptive field (``method="structured"``): for LeNet the only large product left is
+    fc1 applied to the pooled-conv Jacobian. ``method="autograd"`` uses torch.func (forward- or reverse-mode,
+    ``mode``) and works for every supported layer; ``"auto"`` picks structured whenever the layers allow it.
+    For products with ``A`` without forming it, see :class:`TwoStageLinearization`.
+
     Args:
         model: ``nn.Sequential`` of Conv2d / MaxPool2d / AvgPool2d / Flatten / Linear / ReLU / Identity.
         point: one point ``(C, H, W)`` or ``(n,)``, or a batch ``(B, C, H, W)`` or ``(B, n)``.
         relu_index: which ReLU to keep (-1 = the last).
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
-        mode: Jacobian mode for both stages (``"auto"`` picks forward or reverse by the smaller dimension).
-        chunk_size: points per vectorised Jacobian pass (bounds memory; ~16 LeNet points is ~1-2 GB).
+        method: ``"auto"``, ``"structured"`` or ``"autograd"`` (see above).
+        mode: Jacobian mode of the autograd method (``"auto"`` picks forward or reverse by the smaller dimension).
+        chunk_size: points per Jacobian pass (bounds memory).
 
     Returns:
         :class:`netmoments.AffineReLUAffine` with ``A (m, n)``, ``c1 (m,)``, ``B (p, m)``, ``c2 (p,)``, or with a
@@ -262,17 +734,13 @@ def two_stage_linearize(
         (everything on its side of the kept ReLU is affine, e.g. ``B`` at a classifier's last ReLU) is then an
         expanded view (``stride(0) == 0``) of one matrix rather than ``B`` copies.
     """
-    model, flat, shape, batched = _prepare(model, point, input_shape, dtype)
-    before, after = split_at_relu(model, relu_index)
-    A, c1, pre = _affine_at(before, flat, shape, mode, chunk_size)
-    with torch.no_grad():
-        hidden_shape = before(flat[:1].reshape(1, *shape)).shape[1:]
-    if len(after) == 0:
-        eye = torch.eye(A.shape[-2], dtype=A.dtype, device=A.device)
-        B, c2 = eye.expand(flat.shape[0], -1, -1), torch.zeros_like(c1)
-    else:
-        B, c2, _ = _affine_at(after, torch.relu(pre).detach(), hidden_shape, mode, chunk_size)
-    A, c1, B, c2 = (t.detach() for t in (A, c1, B, c2))
+    _check_method(method)
+    if mode not in ("auto", "fwd", "rev"):
+        raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
+    _, _, _, batched = _prepare(model, point, input_shape, dtype)
+    lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
+                                chunk_size=chunk_size, mode=mode)
+    A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
     if not batched:
         A, c1, B, c2 = A[0], c1[0], B[0], c2[0]
     # Point-independent factors (e.g. LeNet's B = fc2.weight) stay expanded views: no per-point copies.

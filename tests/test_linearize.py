@@ -215,3 +215,119 @@ def test_prune_inactive_units_keeps_exact_moments(gen):
     # a unit that is on for some inputs is never dropped: keep everything when nothing is dead
     net_alive = nm.AffineReLUAffine(A, c1.abs(), B, c2)
     assert prune_inactive_units(net_alive, mean, cov).A.shape[-2] >= (c1.abs() > 0).sum(-1).min()
+
+
+# --- structured (locality) Jacobians and the matrix-free linearization -----------------------------------------
+
+def odd_convnet(seed=0):
+    """Two input channels, a non-square image, strides, paddings, a 3x3/2 padded max-pool and a rectangular kernel."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, (3, 2), padding=(1, 0)),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3),
+    ).double().eval()
+
+
+def _assert_linearizations_agree(net, x, relu_index, atol=1e-12):
+    fast = two_stage_linearize(net, x, relu_index, method="structured")
+    slow = two_stage_linearize(net, x, relu_index, method="autograd")
+    for name in ("A", "c1", "B", "c2"):
+        a, b = getattr(fast, name), getattr(slow, name)
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, rtol=0, atol=atol), (name, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("relu_index", [0, 1, 2])
+def test_structured_equals_autograd_on_lenet(lenet64, digits, relu_index):
+    _assert_linearizations_agree(lenet64, digits[:2], relu_index)
+
+
+@pytest.mark.parametrize("relu_index", [0, 1, 2])
+def test_structured_equals_autograd_on_random_cnns(relu_index, gen):
+    _assert_linearizations_agree(small_convnet(seed=3), torch.rand(4, 1, 8, 8, generator=gen, dtype=torch.float64),
+                                 relu_index)
+    _assert_linearizations_agree(odd_convnet(), torch.randn(3, 2, 11, 9, generator=gen, dtype=torch.float64),
+                                 relu_index, )
+
+
+def test_structured_equals_autograd_on_the_mlp(digits):
+    _assert_linearizations_agree(load_mlp().double(), digits, -1)
+
+
+def test_structured_affine_linearization_matches_autograd(gen):
+    net = odd_convnet(seed=2)
+    x = torch.randn(2, 2, 11, 9, generator=gen, dtype=torch.float64)
+    W, b = affine_linearize(net, x, method="structured")
+    W_ref, b_ref = affine_linearize(net, x, method="autograd")
+    assert torch.allclose(W, W_ref, rtol=0, atol=1e-12) and torch.allclose(b, b_ref, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose((W @ x.reshape(2, -1, 1)).squeeze(-1) + b, net(x), rtol=0, atol=1e-12)
+
+
+def test_unsupported_layers_fall_back_to_autograd(gen):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3))
+    net = net.double()
+    x = torch.rand(1, 8, 8, generator=gen, dtype=torch.float64)
+    auto = two_stage_linearize(net, x)
+    ref = two_stage_linearize(net, x, method="autograd")
+    assert torch.allclose(auto.A, ref.A, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="structured"):
+        two_stage_linearize(net, x, method="structured")
+    with pytest.raises(ValueError, match="method"):
+        two_stage_linearize(net, x, method="fast")
+
+
+def test_matrix_free_products_match_the_dense_matrix(gen):
+    from netmoments.linearize import TwoStageLinearization
+
+    net = odd_convnet(seed=1)
+    x = torch.randn(3, 2, 11, 9, generator=gen, dtype=torch.float64)
+    lin = TwoStageLinearization(net, x, relu_index=-1)
+    A = two_stage_linearize(net, x, method="autograd").A  # an independent reference
+    n, m = A.shape[-1], A.shape[-2]
+    v = torch.randn(3, 5, n, generator=gen, dtype=torch.float64)
+    u = torch.randn(3, 4, m, generator=gen, dtype=torch.float64)
+    assert torch.allclose(lin.matvec(v), v @ A.transpose(1, 2), rtol=0, atol=1e-12)
+    assert torch.allclose(lin.matvec(v[:, 0]), (A @ v[:, 0, :, None])[..., 0], rtol=0, atol=1e-12)
+    assert torch.allclose(lin.rmatvec(u), u @ A, rtol=0, atol=1e-12)
+    assert torch.allclose(lin.rmatvec(u[:, 0]), (u[:, :1] @ A)[:, 0], rtol=0, atol=1e-12)
+    idx = torch.tensor([0, 7, n - 1])
+    assert torch.allclose(lin.columns(idx), A[:, :, idx], rtol=0, atol=1e-12)
+    per_item = torch.stack([torch.randperm(n, generator=gen)[:4] for _ in range(3)])
+    assert torch.allclose(lin.columns(per_item), torch.stack([A[i][:, per_item[i]] for i in range(3)]), atol=1e-12)
+    w = torch.rand(3, m, generator=gen, dtype=torch.float64)
+    assert torch.allclose(lin.weighted_output_map(w), lin.B @ (w.unsqueeze(-1) * A), rtol=0, atol=1e-12)
+    assert torch.allclose(lin.A, A, rtol=0, atol=1e-12)
+    with torch.no_grad():  # the linearization reproduces the network at its points
+        assert torch.allclose(lin.network()(x.reshape(3, -1)), net(x), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="index"):
+        lin.columns(torch.tensor([n]))
+    with pytest.raises(TypeError, match="index"):
+        lin.columns(torch.tensor([0.5]))
+
+
+def test_update_recomputes_only_points_whose_region_changed(lenet64, digits, gen):
+    from netmoments.linearize import TwoStageLinearization
+
+    x = digits[:3] + 0.01 * torch.rand(digits[:3].shape, generator=gen, dtype=torch.float64)  # off max-pool ties
+    lin = TwoStageLinearization(lenet64, x)
+    A0 = lin.A
+    moved = x.clone()
+    moved[0] += 1e-9 * torch.randn(x[0].shape, generator=gen, dtype=torch.float64)  # stays in its region
+    moved[1] = digits[0]  # a different digit: a different region
+    moved[2] = digits[2]  # back onto the raw digit's max-pool ties: another region
+    new, changed = lin.update(moved)
+    assert changed.tolist() == [False, True, True]
+    fresh = TwoStageLinearization(lenet64, moved)
+    assert torch.equal(new.A[0], A0[0]) and torch.equal(new.c1[0], lin.c1[0])  # reused, not recomputed
+    for name in ("A", "c1", "B", "c2", "pre"):
+        assert torch.allclose(getattr(new, name), getattr(fresh, name), rtol=0, atol=1e-11), name
+    assert torch.allclose(new.network()(moved.reshape(3, -1)), lenet64(moved), rtol=0, atol=1e-11)
