@@ -49,6 +49,7 @@ def test_symmetric_relative_error():
     expected = torch.tensor([2 * 2 / 4, 2.0, 0.0, 0.0, 2.0])
     assert torch.equal(symmetric_relative_error(a, b), expected)
     assert np.array_equal(symmetric_relative_error(b.numpy(), a.numpy()), expected.numpy())
+    assert np.isnan(symmetric_relative_error(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))[0])
 
 
 def test_scaled_cluster_counts():
@@ -172,6 +173,7 @@ def test_tables_from_rows(dense_rows, context):
     rows = list(dense_rows) + tightness_task((0, 0.05, "dense"), context)
     text = summary_table(rows, covs=("dense",))
     assert text.count("\n") == 2 + 3 - 1 and "| dense | 0.05 | input | 2 |" in text
+    assert "| dense | 0.05 | dither | 2 |" in text and text.splitlines()[3].split("|")[6].strip() == "–"  # no NM18 there
     m = image_metrics(rows, 0.05, "dense", "input")
     assert list(m["image"]) == [0, 1] and m["zmu"].shape == (2, 10)
     # Table 3 rows: fake a k by relabelling (the table only needs matching centroid / farthest rows)

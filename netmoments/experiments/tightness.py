@@ -150,14 +150,15 @@ class TightnessConfig:
 
 
 def symmetric_relative_error(a, b):
-    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0 (tensors or arrays)."""
+    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0 (tensors or arrays); NaN in, NaN out."""
     if isinstance(a, torch.Tensor):
         denom = a.abs() + b.abs()
         safe = torch.where(denom > 0, denom, torch.ones_like(denom))
         return torch.where(denom > 0, 2 * (a - b).abs() / safe, torch.zeros_like(denom))
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     denom = np.abs(a) + np.abs(b)
-    return np.where(denom > 0, 2 * np.abs(a - b) / np.where(denom > 0, denom, 1.0), 0.0)
+    out = np.where(denom > 0, 2 * np.abs(a - b) / np.where(denom > 0, denom, 1.0), 0.0)
+    return np.where(np.isnan(denom), np.nan, out)
 
 
 def scaled_cluster_counts(n_images: int, fractions: Sequence[float] = NM20_CLUSTER_FRACTIONS) -> list[int]:
