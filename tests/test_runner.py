@@ -114,6 +114,20 @@ def test_task_failure_keeps_finished_rows(tmp_path):
         run_tasks([(0, 1.0)], lambda key: [], tmp_path / "empty.csv", progress=False)
 
 
+def test_an_interrupted_run_checkpoints_its_sitting(tmp_path):
+    seen = []
+
+    def interrupted(key):
+        if key == TASKS[3]:
+            raise KeyboardInterrupt
+        return noisy_task(key)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(TASKS, interrupted, tmp_path / "rows.csv", progress=False, checkpoint=seen.append)
+    assert seen and seen[-1].n_run == 3 and not seen[-1].complete
+    assert len(read_rows(tmp_path / "rows.csv")) == 3 * 3
+
+
 def test_bad_arguments():
     with pytest.raises(RunnerError, match=".csv or .jsonl"):
         run_tasks(TASKS, noisy_task, "rows.txt", progress=False)

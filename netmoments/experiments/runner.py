@@ -364,8 +364,8 @@ def run_tasks(
         retries: how many times a task whose worker died is run again before the run fails.
         connect_timeout: seconds to wait for ``scheduler``.
         progress: a tqdm bar over the tasks.
-        checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds and at
-            the end (e.g. to rewrite a metadata file).
+        checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds, at the
+            end and when the run is interrupted (e.g. to rewrite a metadata file).
 
     Returns:
         :class:`RunSummary`. Raises :class:`RunnerError` when a task fails (rows of finished tasks are kept,
@@ -448,6 +448,12 @@ def run_tasks(
                 record(i, rows, seconds)
         else:
             _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries, connect_timeout, record)
+    except BaseException:
+        # Interrupted (Ctrl-C, a failing task): the rows written so far are complete tasks; record the sitting.
+        summary.wall_s = time.perf_counter() - start_wall
+        if checkpoint is not None:
+            checkpoint(summary)
+        raise
     finally:
         if bar is not None:
             bar.close()

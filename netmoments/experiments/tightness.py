@@ -899,5 +899,9 @@ def main(args: argparse.Namespace) -> int:
     except (RunnerError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished tasks are in {out} and the sitting in {meta_path}; continue with --resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {out}; metadata in {meta_path}")
     return 0
