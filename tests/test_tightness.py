@@ -218,4 +218,7 @@ def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
     rows = read_rows(out)
     assert [r["task"] for r in rows] == [task_id((0, 0.05, "sparse"))]
     assert cli_main(["tightness", "--report", "--out", str(out)]) == 0
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's SIGTERM handler is removed again
     assert "| sparse | 0.05 | input | 1 |" in capsys.readouterr().out

@@ -870,6 +870,20 @@ def main(args: argparse.Namespace) -> int:
     if out.suffix != ".jsonl":
         print(f"error: --out must end in .jsonl, got {out}", file=sys.stderr)
         return 2
+    # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded.
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run_cli(args, out, meta_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _run_cli(args, out: Path, meta_path: Path) -> int:
     try:
         from ..data import load_mnist
 
