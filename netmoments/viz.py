@@ -1069,3 +1069,140 @@ def monte_carlo_table(
                          for label, z in z_scores.items())
     print(f"Bonferroni threshold for {len(rows)} numbers at level {level}: {threshold:.2f}; {verdicts}")
     return MonteCarloTable(rows, z_scores, threshold)
+
+
+# ----------------------------------------------------------------------------- chapters 6-7: the TSL split and tightness
+
+__all__ += ["plot_two_stage_diagram", "plot_exact_sets", "plot_intervals", "plot_error_split"]
+
+STAGE1_COLOR = "#9ecae1"
+KEPT_COLOR = "#fdae6b"
+STAGE2_COLOR = "#a1d99b"
+
+
+def plot_two_stage_diagram(layers, kept: int, ax: Axes | None = None) -> Figure:
+    """A block diagram of the two-stage linearization of a sequential network.
+
+    Args:
+        layers: short names of the layers, in order (e.g. ``["conv1", "pool", "ReLU", ...]``).
+        kept: index into ``layers`` of the kept ReLU. Layers before it form stage 1 (replaced by ``A x + c1``,
+            linearized at ``p``), layers after it stage 2 (``B h + c2``, linearized at the kept ReLU's output).
+    """
+    layers = list(layers)
+    if not 0 <= kept < len(layers):
+        raise ValueError(f"kept must index layers (0..{len(layers) - 1}), got {kept}")
+    fig, ax = _new_axes(ax, (max(6.0, 0.95 * len(layers) + 1.5), 2.6))
+    width, gap = 0.8, 0.15
+    for i, name in enumerate(layers):
+        color = STAGE1_COLOR if i < kept else KEPT_COLOR if i == kept else STAGE2_COLOR
+        x0 = i * (width + gap)
+        ax.add_patch(plt.Rectangle((x0, 0.0), width, 1.0, facecolor=color, edgecolor="#333333", linewidth=1))
+        ax.text(x0 + width / 2, 0.5, name, ha="center", va="center", fontsize=8, rotation=90 if len(name) > 6 else 0)
+        if i:
+            ax.annotate("", xy=(x0, 0.5), xytext=(x0 - gap, 0.5), arrowprops=dict(arrowstyle="->", lw=0.8))
+
+    def brace(i0, i1, text, y=-0.15):
+        x0, x1 = i0 * (width + gap), i1 * (width + gap) + width
+        ax.plot([x0, x0, x1, x1], [y + 0.08, y, y, y + 0.08], color="#333333", lw=1)
+        ax.text((x0 + x1) / 2, y - 0.08, text, ha="center", va="top", fontsize=9)
+
+    if kept > 0:
+        brace(0, kept - 1, "stage 1: $A x + c_1$\n(Jacobian at $p$)")
+    brace(kept, kept, "kept ReLU\n(exact)")
+    if kept < len(layers) - 1:
+        brace(kept + 1, len(layers) - 1, "stage 2: $B h + c_2$\n(Jacobian at $q_p$)")
+    ax.set_xlim(-0.2, len(layers) * (width + gap))
+    ax.set_ylim(-0.85, 1.15)
+    ax.set_axis_off()
+    ax.set_title(r"$f(x) \approx g(x) = B\,\max(Ax + c_1, 0) + c_2$", fontsize=10)
+    return fig
+
+
+def plot_exact_sets(xs, ys, tsl_exact, affine_exact, point=None, ax: Axes | None = None) -> Figure:
+    """Where the TSL and the affine linearization at ``point`` reproduce a 2-D network exactly.
+
+    Args:
+        xs, ys: grid coordinates ``(nx,)``, ``(ny,)``.
+        tsl_exact, affine_exact: boolean ``(ny, nx)`` grids (``|error| <`` a tolerance at each grid point).
+        point: the linearization point ``(2,)``, drawn as a star.
+    """
+    from matplotlib.colors import ListedColormap
+
+    tsl_exact, affine_exact = np.asarray(tsl_exact, bool), np.asarray(affine_exact, bool)
+    if tsl_exact.shape != affine_exact.shape or tsl_exact.shape != (len(ys), len(xs)):
+        raise ValueError(f"grids must have shape (len(ys), len(xs)) = {(len(ys), len(xs))}")
+    # 0: neither, 1: TSL only, 2: both, 3: affine only (should not happen: it would contradict the theory)
+    code = np.where(affine_exact, np.where(tsl_exact, 2, 3), np.where(tsl_exact, 1, 0))
+    fig, ax = _new_axes(ax, (4.6, 4.2))
+    cmap = ListedColormap(["#f0f0f0", KEPT_COLOR, STAGE1_COLOR, "#d62728"])
+    ax.imshow(code, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), cmap=cmap, vmin=-0.5, vmax=3.5,
+              interpolation="nearest", aspect="auto")
+    if point is not None:
+        p = to_numpy(point).reshape(-1)
+        ax.plot(p[0], p[1], "k*", markersize=12)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (STAGE1_COLOR, KEPT_COLOR, "#f0f0f0")]
+    ax.legend(handles, ["both exact (affine ⊆ TSL)", "only the TSL exact", "neither"], loc="upper right", fontsize=8)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    return fig
+
+
+def plot_intervals(groups: dict, xlabel: str, reference: float | None = None, log: bool = False,
+                   ax: Axes | None = None) -> Figure:  # fmt: skip
+    """A forest plot: one row per ``(label, estimate, low, high)``, in titled groups.
+
+    Args:
+        groups: ``{group title: [(label, estimate, low, high), ...]}`` (intervals, e.g. bootstrap over images).
+        xlabel: what the estimates are.
+        reference: an x value to mark with a dashed line (e.g. 0 for paired differences).
+        log: logarithmic x axis.
+    """
+    rows = [(title, entry) for title, entries in groups.items() for entry in entries]
+    if not rows:
+        raise ValueError("groups holds no intervals")
+    fig, ax = _new_axes(ax, (6.4, 0.32 * len(rows) + 0.6 * len(groups) + 0.8))
+    y, ticks, labels = 0.0, [], []
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for g, (title, entries) in enumerate(groups.items()):
+        for label, est, lo, hi in entries:
+            ax.errorbar([est], [y], xerr=[[est - lo], [hi - est]], fmt="o", color=colors[g % len(colors)],
+                        capsize=3, markersize=4)  # fmt: skip
+            ticks.append(y)
+            labels.append(f"{title}: {label}" if title else label)
+            y -= 1.0
+        y -= 0.6
+    ax.set_yticks(ticks, labels, fontsize=8)
+    if reference is not None:
+        ax.axvline(reference, color="#888888", linestyle="--", linewidth=1)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_error_split(per_image: dict, title: str | None = None, ax: Axes | None = None) -> Figure:
+    """Per-image variance error split into its linearization and formula parts (relative to the MC variance).
+
+    Args:
+        per_image: ``{"linearization": (n,), "formula": (n,), "mc_rel_se": (n,)}`` logit-averaged per image:
+            ``|MC[f] - MC[g]| / MC var``, ``|closed form - MC[g]| / MC var`` and the MC relative SE of the variance.
+    """
+    lin = np.asarray(per_image["linearization"], dtype=float)
+    formula = np.asarray(per_image["formula"], dtype=float)
+    fig, ax = _new_axes(ax, (4.8, 3.6))
+    lo = max(1e-5, min(lin.min(), formula.min()) / 2)
+    hi = max(lin.max(), formula.max()) * 2
+    ax.loglog(lin, formula, "o", markersize=3, alpha=0.6, color=INPUT_COLOR)
+    ax.plot([lo, hi], [lo, hi], color="#888888", linestyle="--", linewidth=1, label="equal parts")
+    if "mc_rel_se" in per_image:
+        se = float(np.median(per_image["mc_rel_se"]))
+        ax.axhline(se, color=OUTPUT_COLOR, linewidth=1, label=f"MC relative SE of the variance ({se:.3f})")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("linearization part  |MC[f] − MC[g]| / var")
+    ax.set_ylabel("formula part  |closed form − MC[g]| / var")
+    ax.legend(fontsize=7, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

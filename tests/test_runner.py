@@ -54,6 +54,7 @@ def test_in_process_run_writes_every_task_once_in_task_order(tmp_path, suffix):
     summary = run_tasks(TASKS, noisy_task, out, progress=False)
     assert summary.complete and summary.n_run == len(TASKS) and len(summary.task_seconds) == len(TASKS)
     assert all(c >= 0 for c in summary.task_cpu_seconds) and summary.as_dict()["task_cpu_seconds_total"] >= 0
+    assert set(summary.task_costs) == {task_id(t) for t in TASKS}
     rows = read_rows(out)
     assert len(rows) == 3 * len(TASKS)
     assert [r["task"] for r in rows[::3]] == [task_id(t) for t in TASKS]
@@ -111,6 +112,20 @@ def test_task_failure_keeps_finished_rows(tmp_path):
     assert len(read_rows(out)) == 2 * 3
     with pytest.raises(RunnerError, match="non-empty list"):
         run_tasks([(0, 1.0)], lambda key: [], tmp_path / "empty.csv", progress=False)
+
+
+def test_an_interrupted_run_checkpoints_its_sitting(tmp_path):
+    seen = []
+
+    def interrupted(key):
+        if key == TASKS[3]:
+            raise KeyboardInterrupt
+        return noisy_task(key)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(TASKS, interrupted, tmp_path / "rows.csv", progress=False, checkpoint=seen.append)
+    assert seen and seen[-1].n_run == 3 and not seen[-1].complete
+    assert len(read_rows(tmp_path / "rows.csv")) == 3 * 3
 
 
 def test_bad_arguments():

@@ -231,6 +231,7 @@ class RunSummary:
         n_run: tasks run and written by this call.
         task_seconds: wall seconds of each task run by this call (measured where it ran), in completion order.
         task_cpu_seconds: CPU seconds of the same tasks (independent of other load on the machine).
+        task_costs: ``{task id: (wall seconds, CPU seconds)}`` for the tasks run by this call.
         wall_s: wall seconds of the whole call (cluster start-up included).
         workers: number of worker processes (0 = in-process), or the scheduler address.
         out: the output file.
@@ -242,6 +243,7 @@ class RunSummary:
     n_run: int = 0
     task_seconds: list[float] = field(default_factory=list)
     task_cpu_seconds: list[float] = field(default_factory=list)
+    task_costs: dict = field(default_factory=dict)
     wall_s: float = 0.0
     workers: int | str = 0
     out: str = ""
@@ -362,8 +364,8 @@ def run_tasks(
         retries: how many times a task whose worker died is run again before the run fails.
         connect_timeout: seconds to wait for ``scheduler``.
         progress: a tqdm bar over the tasks.
-        checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds and at
-            the end (e.g. to rewrite a metadata file).
+        checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds, at the
+            end and when the run is interrupted (e.g. to rewrite a metadata file).
 
     Returns:
         :class:`RunSummary`. Raises :class:`RunnerError` when a task fails (rows of finished tasks are kept,
@@ -424,6 +426,7 @@ def run_tasks(
         summary.n_run += 1
         summary.task_seconds.append(seconds[0])
         summary.task_cpu_seconds.append(seconds[1])
+        summary.task_costs[ids[i]] = seconds
         if bar is not None:
             bar.update(1)
         if checkpoint is not None and time.perf_counter() - last_checkpoint >= checkpoint_s:
@@ -445,6 +448,12 @@ def run_tasks(
                 record(i, rows, seconds)
         else:
             _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries, connect_timeout, record)
+    except BaseException:
+        # Interrupted (Ctrl-C, a failing task): the rows written so far are complete tasks; record the sitting.
+        summary.wall_s = time.perf_counter() - start_wall
+        if checkpoint is not None:
+            checkpoint(summary)
+        raise
     finally:
         if bar is not None:
             bar.close()

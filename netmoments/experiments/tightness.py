@@ -37,7 +37,7 @@ Linearization points ``p`` (rows ``point``):
 
 Each row (one per task x point; JSON lines, per-logit lists of 10) holds the truth (``mc_*``), the closed forms
 (``mean``, ``var_exact`` and, at ``p = x``, ``var_series`` / ``var_hybrid``), the formula error parts
-(``f_dmean``, ``lin_mean_se``, ``lin_var``, ``lin_var_se``) and the linearization error parts (``l_dmean``,
+(``f_dmean``, ``lin_var``, ``lin_var_se``; the means' SEs are ``sqrt(var / N)``) and the linearization error parts (``l_dmean``,
 ``l_dmean_se``, ``l_dvar``, ``l_dvar_se``). :func:`image_metrics`, :func:`bootstrap_ci` and the table functions
 turn them into per-image metrics with confidence intervals over images. CLI:
 ``python -m netmoments.experiments tightness --help``.
@@ -100,10 +100,11 @@ METHODS = ("exact", "series", "hybrid")
 SPARSE_PIXELS = 60
 BLUR_STD = 1.5
 # Per-logit lists in every row (10 numbers each).
+# The mean's standard errors are not stored: they are sqrt(var / N) of the stored variances.
 ROW_LISTS = (
-    "mc_mean", "mc_mean_se", "mc_var", "mc_var_se",
+    "mc_mean", "mc_var", "mc_var_se",
     "mean", "var_exact", "var_series", "var_hybrid",
-    "f_dmean", "lin_mean_se", "lin_var", "lin_var_se",
+    "f_dmean", "lin_var", "lin_var_se",
     "l_dmean", "l_dmean_se", "l_dvar", "l_dvar_se",
 )  # fmt: skip
 
@@ -149,14 +150,15 @@ class TightnessConfig:
 
 
 def symmetric_relative_error(a, b):
-    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0 (tensors or arrays)."""
+    """``2|a - b| / (|a| + |b|)`` elementwise, in ``[0, 2]``; 0 where both are 0 (tensors or arrays); NaN in, NaN out."""
     if isinstance(a, torch.Tensor):
         denom = a.abs() + b.abs()
         safe = torch.where(denom > 0, denom, torch.ones_like(denom))
         return torch.where(denom > 0, 2 * (a - b).abs() / safe, torch.zeros_like(denom))
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     denom = np.abs(a) + np.abs(b)
-    return np.where(denom > 0, 2 * np.abs(a - b) / np.where(denom > 0, denom, 1.0), 0.0)
+    out = np.where(denom > 0, 2 * np.abs(a - b) / np.where(denom > 0, denom, 1.0), 0.0)
+    return np.where(np.isnan(denom), np.nan, out)
 
 
 def scaled_cluster_counts(n_images: int, fractions: Sequence[float] = NM20_CLUSTER_FRACTIONS) -> list[int]:
@@ -352,8 +354,9 @@ def task_list(n_images: int, sigmas: Sequence[float], covs: Sequence[str]) -> li
 
 
 def _round(values) -> list:
-    # 7 significant digits: the errors are differences stored on their own, so this loses nothing measurable.
-    return [float(f"{v:.7g}") if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
+    # 6 significant digits: every error is computed from the differences stored on their own (f_dmean, l_dmean,
+    # ...), so rounding the moments themselves loses nothing measurable, and the file stays small.
+    return [float(f"{v:.6g}") if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
 def _paired_stats(f: torch.Tensor, g: torch.Tensor) -> dict:
@@ -480,7 +483,7 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
         cols = {
             **truth,
             "mean": mean, "var_exact": var["exact"], "var_series": var["series"], "var_hybrid": var["hybrid"],
-            "f_dmean": mean - paired["lin_mean"], "lin_mean_se": paired["lin_mean_se"],
+            "f_dmean": mean - paired["lin_mean"],
             "lin_var": paired["lin_var"], "lin_var_se": paired["lin_var_se"],
             "l_dmean": paired["l_dmean"], "l_dmean_se": paired["l_dmean_se"],
             "l_dvar": paired["l_dvar"], "l_dvar_se": paired["l_dvar_se"],
@@ -503,8 +506,9 @@ def _git_commit() -> str | None:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        # "+dirty" = uncommitted changes to the code (the package), not to result files the run itself appends to
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "netmoments"], capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -597,6 +601,14 @@ def run_tightness(
 
     def checkpoint(summary):
         sitting.update(summary.as_dict())
+        # Cost per task by covariance family (dense tasks carry all of Table 3's points, so they cost most).
+        by_cov = {}
+        for key, (wall, cpu) in summary.task_costs.items():
+            entry = by_cov.setdefault(json.loads(key)[2], {"n": 0, "wall_s": 0.0, "cpu_s": 0.0})
+            entry["n"] += 1
+            entry["wall_s"] = round(entry["wall_s"] + wall, 3)
+            entry["cpu_s"] = round(entry["cpu_s"] + cpu, 3)
+        sitting["cost_by_cov"] = by_cov
         sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         sitting["load_average_at_end"] = _load_average()
         meta["tasks_done"] = sum(1 for _ in _task_ids(out))
@@ -675,12 +687,15 @@ def image_metrics(rows, sigma: float, cov: str = "dense", point: str = "input", 
 
     mc_mean, mc_var = col("mc_mean"), col("mc_var")
     mean, var_exact = col("mean"), col("var_exact")
+    n_draws = np.array([r["mc_samples"] for r in sel], dtype=float)[:, None]
+    lin_mean_se = np.sqrt(col("lin_var") / n_draws)
+    total_dmean = col("f_dmean") - col("l_dmean")  # = mean - mc_mean, exactly, without the rounding of either
     out = {"image": np.array([r["image"] for r in sel]), "ties": np.array([r["ties"] for r in sel])}
-    out["err_mean"] = symmetric_relative_error(mean, mc_mean)
+    out["err_mean"] = 2 * np.abs(total_dmean) / (np.abs(mean) + np.abs(mc_mean))
     for m in METHODS:
         out[f"err_var_{m}"] = symmetric_relative_error(col(f"var_{m}"), mc_var)
-    out["zmu"] = np.abs(mean - mc_mean) / np.sqrt(mc_var)
-    out["z_formula_mean"] = col("f_dmean") / col("lin_mean_se")
+    out["zmu"] = np.abs(total_dmean) / np.sqrt(mc_var)
+    out["z_formula_mean"] = col("f_dmean") / lin_mean_se
     out["z_formula_var"] = (var_exact - col("lin_var")) / col("lin_var_se")
     out["z_lin_mean"] = col("l_dmean") / col("l_dmean_se")
     out["z_lin_var"] = col("l_dvar") / col("l_dvar_se")
@@ -856,6 +871,20 @@ def main(args: argparse.Namespace) -> int:
     if out.suffix != ".jsonl":
         print(f"error: --out must end in .jsonl, got {out}", file=sys.stderr)
         return 2
+    # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded.
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _run_cli(args, out, meta_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _run_cli(args, out: Path, meta_path: Path) -> int:
     try:
         from ..data import load_mnist
 
@@ -885,5 +914,9 @@ def main(args: argparse.Namespace) -> int:
     except (RunnerError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the finished tasks are in {out} and the sitting in {meta_path}; continue with --resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {out}; metadata in {meta_path}")
     return 0
