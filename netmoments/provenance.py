@@ -5,7 +5,7 @@ Every result file the book loads carries this record, in itself (a ``"provenance
 can tell what produced it and whether the code has moved on since::
 
     meta = run_metadata("python -m netmoments.experiments tightness --images 40", wall_s=812.4)
-    write_sidecar("book/data/tightness_full.csv", meta)
+    write_sidecar("results/tightness.csv", meta)
 
 Only the standard library is needed (torch, numpy, ... are reported if installed).
 """
