@@ -709,7 +709,8 @@ def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto
     with torch.no_grad(), _one_cpu_thread(points.device):
         for start in range(0, Bt, step):
             sub = [p[start : start + step] if p is not None else None for p in pattern]
-            jac = _structured_jacobian(part, points[start : start + step], shape, sub, prepared)
+            # detach: views of a parameter made under no_grad still require grad (the B of an affine last part)
+            jac = _structured_jacobian(part, points[start : start + step], shape, sub, prepared).detach()
             if step >= Bt:
                 return jac
             if out is None:

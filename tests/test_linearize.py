@@ -241,6 +241,7 @@ def _assert_linearizations_agree(net, x, relu_index, atol=1e-12):
     slow = two_stage_linearize(net, x, relu_index, method="autograd")
     for name in ("A", "c1", "B", "c2"):
         a, b = getattr(fast, name), getattr(slow, name)
+        assert not a.requires_grad, f"{name} is tied to the model's parameters"
         assert a.shape == b.shape, name
         assert torch.allclose(a, b, rtol=0, atol=atol), (name, float((a - b).abs().max()))
 
