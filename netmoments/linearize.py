@@ -516,10 +516,7 @@ class TwoStageLinearization:
             self._set_points_unthreaded(flat)
 
     def _set_points_unthreaded(self, flat: torch.Tensor) -> None:
-        self.points = flat
-        pre, self._pattern = _forward_pattern(self.before, flat.reshape(-1, *self.input_shape))
-        self.hidden_shape = tuple(pre.shape[1:])
-        self.pre = pre.reshape(flat.shape[0], -1)
+        self._set_points_lazily(flat)
         self.c1 = self.pre - self.matvec(flat)
         self._A = None
         self.B, self.c2 = self._second_stage(torch.relu(self.pre))
@@ -648,8 +645,10 @@ class TwoStageLinearization:
 
     @torch.no_grad()
     def _set_points_lazily(self, flat):
+        """Points, activation pattern and pre-activations only (what :meth:`update` compares before reusing)."""
         self.points = flat
         pre, self._pattern = _forward_pattern(self.before, flat.reshape(-1, *self.input_shape))
+        self.hidden_shape = tuple(pre.shape[1:])
         self.pre = pre.reshape(flat.shape[0], -1)
 
 

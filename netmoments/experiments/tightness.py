@@ -64,7 +64,9 @@ import torch
 from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
 from ..linearize import maxpool_ties, prune_inactive_units, two_stage_linearize
-from .runner import RunnerError, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key
+from .runner import (
+    RunnerError, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
+)
 
 __all__ = [
     "NM20_CLUSTER_FRACTIONS",
@@ -807,16 +809,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
