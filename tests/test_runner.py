@@ -48,7 +48,7 @@ def test_task_id_and_seed():
         task_id((1, float("nan")))
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".csv.gz", ".jsonl.gz"])
 def test_in_process_run_writes_every_task_once_in_task_order(tmp_path, suffix):
     out = tmp_path / f"rows{suffix}"
     summary = run_tasks(TASKS, noisy_task, out, progress=False)
@@ -91,6 +91,25 @@ def test_resume_drops_a_torn_tail_and_incomplete_tasks(tmp_path):
     summary = run_tasks(TASKS, noisy_task, torn, resume=True, progress=False)
     assert summary.n_skipped == 2 and summary.n_run == len(TASKS) - 2
     assert torn.read_bytes() == one.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".csv.gz"])
+def test_gzipped_output_resumes_after_a_torn_member_and_matches_the_plain_file(tmp_path, suffix):
+    import gzip
+
+    plain = tmp_path / ("plain" + suffix[: -len(".gz")])
+    run_tasks(TASKS, noisy_task, plain, progress=False)
+    out = tmp_path / ("rows" + suffix)
+    run_tasks(TASKS[:3], noisy_task, out, progress=False)  # sitting 1: three tasks, one gzip member each
+    members = out.read_bytes()
+    one_more = gzip.compress(b"this task never finished writing\n", mtime=0)
+    out.write_bytes(members + one_more[: len(one_more) // 2])  # killed mid-write: a truncated member
+    assert len(read_rows(out)) == 3 * 3
+    summary = run_tasks(TASKS, noisy_task, out, resume=True, progress=False)
+    assert (summary.n_skipped, summary.n_run, summary.complete) == (3, len(TASKS) - 3, True)
+    assert gzip.decompress(out.read_bytes()) == plain.read_bytes()  # same rows, same order, same bytes
+    with pytest.raises(RunnerError, match=r"\.jsonl \(optionally followed by \.gz\)"):
+        run_tasks(TASKS, noisy_task, tmp_path / "rows.txt.gz", progress=False)
 
 
 def test_resume_refuses_a_file_from_another_run(tmp_path):

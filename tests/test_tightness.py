@@ -222,3 +222,18 @@ def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's SIGTERM handler is removed again
     assert "| sparse | 0.05 | input | 1 |" in capsys.readouterr().out
+
+
+def test_cli_gzipped_output_keeps_its_metadata_beside_it(tmp_path):
+    import gzip
+
+    from netmoments.experiments.__main__ import main as cli_main
+
+    plain, packed = tmp_path / "t.jsonl", tmp_path / "z" / "t.jsonl.gz"
+    common = ["tightness", "--images", "1", "--sigma", "0.05", "--cov", "sparse", "--mc-samples", "100",
+              "--no-progress"]  # fmt: skip
+    assert cli_main(common + ["--out", str(plain)]) == 0
+    assert cli_main(common + ["--out", str(packed)]) == 0
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    assert json.loads((tmp_path / "z" / "t.json").read_text())["tasks_done"] == 1
+    assert cli_main(["tightness", "--out", str(tmp_path / "t.csv.gz"), "--images", "1"]) == 2

@@ -16,7 +16,7 @@ from netmoments.experiments.runner import read_rows, task_id
 from netmoments.experiments.tightness import ROW_LISTS, TightnessConfig, bonferroni_z, build_context, tightness_task
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
-ROWS, META = DATA / "tightness_scale.jsonl", DATA / "tightness_scale.json"
+ROWS, META = DATA / "tightness_scale.jsonl.gz", DATA / "tightness_scale.json"
 pytestmark = pytest.mark.skipif(not ROWS.exists(), reason="no committed tightness run")
 
 

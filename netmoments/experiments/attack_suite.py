@@ -260,10 +260,34 @@ def _versions_plus(base):
     return base
 
 
+L0_PGD_STEP_GRID = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+FMN_GRID = dict(max_stepsize=(0.3, 1.0, 3.0), gamma=(0.05, 0.3))
+
+
+def tune_fmn(model, images, labels, norm, grid=FMN_GRID, steps=100):
+    """Foolbox FMN's ``max_stepsize`` x ``gamma`` grid at ``steps`` steps, scored like every sparse method: the
+    success rate within ``k = 20`` pixels (ties: the smaller median L0). Returns ``(best options, scores)``."""
+    from ..attacks import fmn_attack
+    from ..attacks.metrics import image_metrics
+
+    scores = {}
+    for max_stepsize in grid["max_stepsize"]:
+        for gamma in grid["gamma"]:
+            res = fmn_attack(model, images, labels, norm=norm, steps=steps, max_stepsize=max_stepsize, gamma=gamma)
+            m = image_metrics(model, res, labels, n_draws=1, generator=torch.Generator().manual_seed(0))
+            scores[f"max_stepsize={max_stepsize},gamma={gamma}"] = dict(
+                max_stepsize=max_stepsize, gamma=gamma, success_l0_20=float(m.success_l0[:, 3].mean()),
+                success=float(m.success.mean()), l0_median=float(np.median(m.l0)),  # inf where not fooled
+                time_per_image_s=res.time_s / len(labels))
+    best = max(scores.values(), key=lambda v: (v["success_l0_20"], -v["l0_median"]))
+    return dict(max_stepsize=best["max_stepsize"], gamma=best["gamma"]), scores
+
+
 def tune(out, images=32, progress=False, command=None):
     """Tune on *training* digits (never the reported test digits) and write ``out`` (JSON):
 
-    * L0-PGD's step size over ``(0.1, 0.25, 0.5, 1.0)`` at ``k = 20`` (one restart), by success rate;
+    * L0-PGD's step size over ``L0_PGD_STEP_GRID`` at ``k = 20`` (one restart), by success rate;
+    * Foolbox L0-FMN's and L1-FMN's ``max_stepsize`` and ``gamma`` over ``FMN_GRID`` (:func:`tune_fmn`);
     * our sparse attack's L1 price ``l1_weight`` over ``(0.1, 0.3, 1.0)``, by the mean expected success at
       ``k = 20`` pixels on the draws (ties: the higher overall success).
     """
@@ -273,7 +297,8 @@ def tune(out, images=32, progress=False, command=None):
 
     start = time.perf_counter()
     model, x, y, idx = load_digits("train", images)
-    best_step, step_scores = tune_step_size(sparse_pgd_attack, model, x, y, (0.1, 0.25, 0.5, 1.0), k=20)
+    best_step, step_scores = tune_step_size(sparse_pgd_attack, model, x, y, L0_PGD_STEP_GRID, k=20)
+    fmn = {norm: tune_fmn(model, x, y, norm) for norm in ("l0", "l1")}
     weights = {}
     for w in (0.1, 0.3, 1.0):
         res = gaussian_attack(model, x, y, l1_weight=w)
@@ -282,7 +307,8 @@ def tune(out, images=32, progress=False, command=None):
                           l0_median=float(np.median(m.l0)), time_per_image_s=res.time_s / len(y))
     best_w = max(weights, key=lambda w: (weights[w]["success_l0_20"], weights[w]["success"]))
     data = dict(split="train", images=len(y), image_indices=idx.tolist(), l0_pgd_step_size=step_scores,
-                l0_pgd_best=best_step, l1_weight=weights, l1_weight_best=best_w, command=command,
+                l0_pgd_best=best_step, fmn_l0=fmn["l0"][1], fmn_l0_best=fmn["l0"][0], fmn_l1=fmn["l1"][1],
+                fmn_l1_best=fmn["l1"][0], l1_weight=weights, l1_weight_best=best_w, command=command,
                 git_commit=_git_commit(),
                 versions=_versions_plus(_versions()), machine=_machine(), date=time.strftime("%Y-%m-%d %H:%M %Z"),
                 wall_s=round(time.perf_counter() - start, 1))

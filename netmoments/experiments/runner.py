@@ -20,7 +20,9 @@ in flight. The rules that make a run trustworthy:
   ``scheduler="tcp://host:port"`` joins an existing cluster (e.g. one started by dask-jobqueue on Slurm) and
   fails within ``connect_timeout`` seconds if nothing answers there.
 
-The output is CSV or JSON lines, chosen by ``out``'s suffix (``.csv`` / ``.jsonl``). The CLI options of every
+The output is CSV or JSON lines, chosen by ``out``'s suffix (``.csv`` / ``.jsonl``), optionally gzipped
+(``.csv.gz`` / ``.jsonl.gz``: each task is appended as its own gzip member, so the file stays a valid gzip stream
+and a torn last member is dropped like a torn last line). The CLI options of every
 experiment come from :func:`add_runner_arguments` and :func:`runner_kwargs`.
 """
 from __future__ import annotations
@@ -28,12 +30,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gzip
 import hashlib
 import io
 import json
 import math
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
@@ -94,10 +98,40 @@ def seed_from_key(seed: int, *parts) -> int:
 
 
 def _format_of(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+    suffix = path.suffixes[-2].lower() if _gzipped(path) and len(path.suffixes) >= 2 else path.suffix.lower()
+    fmt = FORMATS.get(suffix)
     if fmt is None:
-        raise RunnerError(f"out must end in .csv or .jsonl, got {str(path)!r}")
+        raise RunnerError(f"out must end in .csv or .jsonl (optionally followed by .gz), got {str(path)!r}")
     return fmt
+
+
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _sound_bytes(path: Path) -> tuple[bytes, int, int]:
+    """(the file's text up to its last complete line, byte length of that sound prefix on disk, file length).
+
+    For a gzipped file the sound prefix is its complete gzip members (a task is one member, written at once).
+    """
+    raw = path.read_bytes()
+    if not _gzipped(path):
+        sound = raw.rfind(b"\n") + 1  # a torn last line (no newline) is dropped
+        return raw[:sound], sound, len(raw)
+    parts, pos = [], 0
+    while pos < len(raw):
+        member = zlib.decompressobj(wbits=31)
+        try:
+            data = member.decompress(raw[pos:])
+        except zlib.error:
+            break
+        if not member.eof:
+            break  # truncated member: a write that did not finish
+        parts.append(data)
+        pos = len(raw) - len(member.unused_data)
+    text = b"".join(parts)
+    cut = text.rfind(b"\n") + 1
+    return text[:cut], (pos if cut == len(text) else 0), len(raw)
 
 
 def _parse_value(text: str):
@@ -115,9 +149,8 @@ def _scan(path: Path, fmt: str) -> tuple[list[str] | None, list[dict], int, bool
 
     A row is kept only when its line ends in a newline and its task has all ``task_rows`` rows.
     """
-    raw = path.read_bytes()
-    sound = raw.rfind(b"\n") + 1  # a torn last line (no newline) is dropped
-    text = raw[:sound].decode()
+    text, sound, size = _sound_bytes(path)
+    text = text.decode()
     header = None
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -133,7 +166,7 @@ def _scan(path: Path, fmt: str) -> tuple[list[str] | None, list[dict], int, bool
     complete = [r for r in rows if counts[str(r["task"])] == int(r["task_rows"])]
     for r in complete:
         r["task"] = str(r["task"])
-    return header, complete, sound, (sound != len(raw) or len(complete) != len(rows))
+    return header, complete, sound, (sound != size or len(complete) != len(rows))
 
 
 def read_rows(path, complete_only: bool = True) -> list[dict]:
@@ -181,6 +214,8 @@ def _header_bytes(fields: list[str], fmt: str) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    if _gzipped(path) and data:
+        data = gzip.compress(data, mtime=0)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -207,7 +242,10 @@ class _Appender:
                     f"task {key_id} returned a row whose columns differ from the file's "
                     f"(extra {sorted(extra)}, missing {sorted(missing)})"
                 )
-        data = memoryview(_encode(stamped, self.fields, self.fmt))
+        data = _encode(stamped, self.fields, self.fmt)
+        if _gzipped(self.path):
+            data = gzip.compress(data, mtime=0)  # one member per task: readable even if a later write is torn
+        data = memoryview(data)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         try:
             while data:

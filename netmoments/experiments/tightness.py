@@ -837,7 +837,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--tie-samples", type=_positive_int, default=8, help="draws for the tie-aware linearization")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist", default=None, help="directory of the full MNIST idx files (default: shipped)")
-    parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output (one line per task x point)")
+    parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output, .jsonl or gzipped .jsonl.gz (one line per task x point)")
     parser.add_argument("--metadata", default=None, help="metadata JSON path (default: beside --out, .json)")
     parser.add_argument("--report", action="store_true", help="only print the tables of an existing --out")
     add_runner_arguments(parser)
@@ -848,7 +848,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run the ``tightness`` subcommand from parsed arguments; returns the exit status."""
     out = Path(args.out)
-    meta_path = Path(args.metadata) if args.metadata else out.with_suffix(".json")
+    stem = out.with_suffix("") if out.suffix == ".gz" else out
+    meta_path = Path(args.metadata) if args.metadata else stem.with_suffix(".json")
     if args.report:
         if not out.exists():
             print(f"error: --report needs an existing --out; {out} does not exist", file=sys.stderr)
@@ -860,8 +861,8 @@ def main(args: argparse.Namespace) -> int:
         if any(r["k"] is not None for r in rows):
             print("\n" + cluster_table(rows))
         return 0
-    if out.suffix != ".jsonl":
-        print(f"error: --out must end in .jsonl, got {out}", file=sys.stderr)
+    if stem.suffix != ".jsonl":
+        print(f"error: --out must end in .jsonl or .jsonl.gz, got {out}", file=sys.stderr)
         return 2
     # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded.
     import signal
