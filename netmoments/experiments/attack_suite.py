@@ -273,13 +273,24 @@ def tune_fmn(model, images, labels, norm, grid=FMN_GRID, steps=100):
     scores = {}
     for max_stepsize in grid["max_stepsize"]:
         for gamma in grid["gamma"]:
-            res = fmn_attack(model, images, labels, norm=norm, steps=steps, max_stepsize=max_stepsize, gamma=gamma)
+            name = f"max_stepsize={max_stepsize},gamma={gamma}"
+            try:
+                res = fmn_attack(model, images, labels, norm=norm, steps=steps, max_stepsize=max_stepsize,
+                                 gamma=gamma)
+            except IndexError as err:
+                # Foolbox 3.3.4's L0 projection indexes past the last pixel once its epsilon outgrows the image
+                # (large gamma): such a setting cannot be used, so it is recorded and never chosen.
+                scores[name] = dict(max_stepsize=max_stepsize, gamma=gamma, error=f"IndexError: {err}")
+                continue
             m = image_metrics(model, res, labels, n_draws=1, generator=torch.Generator().manual_seed(0))
-            scores[f"max_stepsize={max_stepsize},gamma={gamma}"] = dict(
+            scores[name] = dict(
                 max_stepsize=max_stepsize, gamma=gamma, success_l0_20=float(m.success_l0[:, 3].mean()),
                 success=float(m.success.mean()), l0_median=float(np.median(m.l0)),  # inf where not fooled
                 time_per_image_s=res.time_s / len(labels))
-    best = max(scores.values(), key=lambda v: (v["success_l0_20"], -v["l0_median"]))
+    usable = [v for v in scores.values() if "error" not in v]
+    if not usable:
+        raise RuntimeError(f"every FMN setting failed: {scores}")
+    best = max(usable, key=lambda v: (v["success_l0_20"], -v["l0_median"]))
     return dict(max_stepsize=best["max_stepsize"], gamma=best["gamma"]), scores
 
 
