@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ._ops import total_variation, wilson_interval
-from .gaussian import AttackResult, _as_class_tensor
+from .gaussian import AttackResult
+from .metrics import judge_draws
 
 __all__ = ["evaluate_attack", "AttackEvaluation"]
 
@@ -74,23 +75,10 @@ def evaluate_attack(
         threshold: a pixel counts as touched when ``|delta| > threshold`` or its noise std ``> threshold``.
         batch_size: real-network forward passes per chunk; z: the interval's normal quantile (1.96: 95 %).
     """
-    if not isinstance(result, AttackResult):
-        raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-    bsz = result.batch_size
-    device = result.clean.device
-    num_classes = model(result.clean[:1]).shape[-1]
-    labels = _as_class_tensor("labels", labels, bsz, device, num_classes)
-    if target is not None:
-        target = _as_class_tensor("target", target, bsz, device, num_classes)
     start = time.perf_counter()
-    n = 1 if result.is_point else n_samples
-    draws = result.sample(n, generator=generator)  # (n, B, C, H, W)
-    flat = draws.reshape(n * bsz, *draws.shape[2:])
-    preds = torch.cat([model(flat[i : i + batch_size]).argmax(-1) for i in range(0, flat.shape[0], batch_size)])
-    preds = preds.view(n, bsz)
-    wanted = preds != labels if target is None else preds == target
+    draws, wanted, labels, target = judge_draws(model, result, labels, target, n_samples, generator, batch_size,
+                                                name="n_samples")
+    n, bsz = wanted.shape
     per_image = wanted.double().mean(0).cpu()
     hits = float(wanted.sum())
     image_hits = float((per_image > 0.5).sum())

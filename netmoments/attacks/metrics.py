@@ -228,6 +228,39 @@ def _median_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def judge_draws(model: nn.Module, result, labels, target=None, n_draws: int = 100, generator=None,
+                batch_size: int = 4096, name: str = "n_draws"):
+    """Draw from an attack and classify the draws with the real ``model`` (shared by every evaluator).
+
+    Checks ``result`` (an :class:`~netmoments.attacks.AttackResult`), ``n_draws`` (positive int; a point attack
+    is one draw whatever it says), and ``labels``/``target`` (``(B,)`` or int class indices of the model).
+
+    Returns:
+        ``draws (n, B, C, H, W)`` clipped to the box, ``success (n, B)`` bool (misclassified, or classified as
+        the target), and the checked ``labels`` and ``target`` as ``(B,)`` int64 on the result's device.
+    """
+    from .gaussian import AttackResult, _as_class_tensor
+
+    if not isinstance(result, AttackResult):
+        raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise ValueError(f"{name} must be a positive int, got {n_draws!r}")
+    bsz = result.batch_size
+    device = result.clean.device
+    num_classes = model(result.clean[:1]).shape[-1]
+    labels = _as_class_tensor("labels", labels, bsz, device, num_classes)
+    if target is not None:
+        target = _as_class_tensor("target", target, bsz, device, num_classes)
+    n = 1 if result.is_point else n_draws
+    draws = result.sample(n, generator=generator)
+    flat = draws.reshape(n * bsz, *draws.shape[2:])
+    preds = torch.cat([model(flat[i : i + batch_size]).argmax(-1) for i in range(0, flat.shape[0], batch_size)])
+    preds = preds.view(n, bsz)
+    success = preds != labels if target is None else preds == target
+    return draws, success, labels, target
+
+
+@torch.no_grad()
 def image_metrics(
     model: nn.Module,
     result,
@@ -257,26 +290,10 @@ def image_metrics(
     Returns:
         :class:`ImageMetrics`.
     """
-    from .gaussian import AttackResult, _as_class_tensor
-
-    if not isinstance(result, AttackResult):
-        raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
-    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-        raise ValueError(f"n_draws must be a positive int, got {n_draws!r}")
     if isinstance(ssim_draws, bool) or not isinstance(ssim_draws, int) or ssim_draws < 1:
         raise ValueError(f"ssim_draws must be a positive int, got {ssim_draws!r}")
-    bsz = result.batch_size
-    device = result.clean.device
-    num_classes = model(result.clean[:1]).shape[-1]
-    labels = _as_class_tensor("labels", labels, bsz, device, num_classes)
-    if target is not None:
-        target = _as_class_tensor("target", target, bsz, device, num_classes)
-    n = 1 if result.is_point else n_draws
-    draws = result.sample(n, generator=generator)  # (n, B, C, H, W), clipped
-    flat = draws.reshape(n * bsz, *draws.shape[2:])
-    logits = torch.cat([model(flat[i : i + batch_size]) for i in range(0, flat.shape[0], batch_size)])
-    preds = logits.argmax(-1).view(n, bsz)
-    ok = preds != labels if target is None else preds == target  # (n, B)
+    draws, ok, labels, target = judge_draws(model, result, labels, target, n_draws, generator, batch_size)
+    n, bsz = ok.shape
     diff = (draws - result.clean.unsqueeze(0)).flatten(2)  # (n, B, npix)
     changed = diff.abs() > L0_THRESHOLD
     l0 = changed.sum(-1).double()
