@@ -60,3 +60,22 @@ def test_committed_results_recompute(suite):
         l0_old = np.array([float(r["l0_all"]) for r in old])
         l0_new = np.array([float(r["l0_all"]) for r in new])
         assert np.mean(l0_old == l0_new) >= 1 - 1.0 / len(p) - 1e-9, (method, l0_old, l0_new)
+
+
+def test_frozen_settings_are_the_committed_tuning():
+    """The suites' frozen baseline settings (attack_suite.TUNED) are the winners recorded on training digits."""
+    import json
+
+    from netmoments.experiments.attack_suite import L0_PGD_STEP_GRID, TUNED
+
+    path = DATA / "attack_tuning.json"
+    if not path.exists():
+        pytest.skip("attack_tuning.json not committed")
+    tuning = json.loads(path.read_text())
+    assert tuning["split"] == "train" and tuning["git_commit"] and tuning["command"]
+    assert set(map(float, tuning["l0_pgd_step_size"])) == set(L0_PGD_STEP_GRID)
+    assert TUNED["l0_pgd_step_size"] == tuning["l0_pgd_best"]
+    assert TUNED["fmn_l0"] == tuning["fmn_l0_best"] and TUNED["fmn_l1"] == tuning["fmn_l1_best"]
+    from netmoments.attacks.gaussian import default_options
+
+    assert default_options("sparse")["l1_weight"] == tuning["l1_weight_best"]
