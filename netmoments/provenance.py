@@ -34,17 +34,22 @@ PACKAGES = ("netmoments", "torch", "numpy", "scipy", "matplotlib", "scikit-learn
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def git_state(repo: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
+def git_state(repo: str | os.PathLike | None = None,
+              paths: Sequence[str] = (".", ":(exclude)book/data")) -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the git checkout holding ``repo`` (default: this package's checkout).
 
-    ``commit`` is the full hash of ``HEAD``; ``dirty`` says whether tracked files differ from it (the result was
-    then produced by code that no commit holds). Both are ``None`` outside a git checkout or without git.
+    ``commit`` is the full hash of ``HEAD``; ``dirty`` says whether tracked files under ``paths`` (git
+    pathspecs, relative to the checkout's root) differ from it: the result was then produced by code that no
+    commit holds. The default leaves out ``book/data``, where runs append their own results as they go. Both are
+    ``None`` outside a git checkout or without git.
     """
     cwd = Path(repo) if repo is not None else _REPO
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=root,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -167,7 +172,7 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
     """The provenance record of a result file, or ``None`` if it has none.
 
     Looked up, in order: the sidecar (:func:`sidecar_path`); the JSON file of the same stem (``name.json`` for
-    ``name.csv``, as the tightness experiment writes it); a JSON file's ``"provenance"`` entry or the file itself
+    ``name.csv`` or ``name.jsonl.gz``, as the experiment runners write it); a JSON file's ``"provenance"`` entry or the file itself
     if it holds the :data:`REQUIRED_KEYS` at top level, or the last of its ``"sittings"`` (a resumable run) if
     every sitting holds them; an ``.npz`` file's ``provenance`` array (a JSON string). A record counts only if it
     has every required key, or an alias of it (:data:`ALIASES`); ``git_commit`` may be ``None`` for a run outside
@@ -178,7 +183,8 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
     side = sidecar_path(path)
     if side.is_file():
         candidates.append(json.loads(side.read_text(encoding="utf8")))
-    json_file = path if path.suffix == ".json" else path.with_suffix(".json")
+    stem = path.with_suffix("") if path.suffix == ".gz" else path  # rows.jsonl.gz is described by rows.json
+    json_file = path if path.suffix == ".json" else stem.with_suffix(".json")
     if json_file.is_file():
         data = json.loads(json_file.read_text(encoding="utf8"))
         if isinstance(data, Mapping):

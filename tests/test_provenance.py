@@ -92,6 +92,26 @@ def test_git_state_sees_uncommitted_changes(tmp_path):
     assert provenance.git_state(tmp_path) == (commit, True)
 
 
+def test_git_state_ignores_results_appended_under_book_data(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "book" / "data").mkdir(parents=True)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "book" / "data" / "rows.csv").write_text("a\n")
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "book" / "data" / "rows.csv").write_text("a\n1\n")  # a run appending its rows
+    commit, dirty = provenance.git_state(tmp_path / "pkg")
+    assert dirty is False and commit == _head_from_git_files(tmp_path)
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert provenance.git_state(tmp_path / "book") == (commit, True)
+    assert provenance.git_state(tmp_path, paths=("book",)) == (commit, True)
+    assert provenance.git_state(tmp_path, paths=("pkg",)) == (commit, True)
+
+
 def test_records_are_found_in_sidecars_json_and_npz(tmp_path):
     meta = provenance.run_metadata("produce")
     csv = tmp_path / "table.csv"

@@ -51,7 +51,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -504,16 +503,12 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
 
 
 def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)  # fmt: skip
-        # "+dirty" = uncommitted changes to the code (the package), not to result files the run itself appends to
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                "netmoments"], capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """HEAD's commit, with ``+dirty`` when the package's code differs from it (not the result files a run
+    appends to)."""
+    from ..provenance import git_state
+
+    commit, dirty = git_state(paths=("netmoments",))
+    return None if commit is None else commit + ("+dirty" if dirty else "")
 
 
 def _versions() -> dict:
