@@ -95,21 +95,28 @@ def run_attack(args) -> dict:
     return summary
 
 
-def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0, progress=True):
+def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0, progress=True, command=None):
     """The targeted-attack browser of chapter 8 (``attacks_widget.npz``, about a minute on a 2-core CPU): for
     ``n_widget`` test digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the clean digit, attack mean, noise
     std, three draws and the Monte Carlo success; browsed by :func:`netmoments.widgets.attack_browser_widget`.
 
-    (The chapter's tables come from ``--suite``; the old pooled-draw sweeps were dropped.)
+    (The chapter's tables come from ``--suite``; the old pooled-draw sweeps were dropped.) The file carries its
+    provenance record (:func:`netmoments.provenance.run_metadata`) as a JSON string in its ``provenance`` entry.
     """
+    from ..provenance import run_metadata
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     model, images, labels = _load(device, n_widget)
     gen = lambda: torch.Generator(device=images.device).manual_seed(seed)  # noqa: E731
-    _widget(out, model, images, labels, gen, samples, progress)
+    arrays = _widget(model, images, labels, gen, samples, progress)
+    record = run_metadata(command or f"python -m netmoments.experiments attack --book-data {out_dir} --seed {seed}",
+                          seed=seed, samples=samples, n_widget=n_widget, wall_s=round(time.perf_counter() - start, 1))
+    np.savez_compressed(out / "attacks_widget.npz", provenance=np.array(json.dumps(record)), **arrays)
 
 
-def _widget(out, model, w_images, w_labels, gen, samples, progress):
+def _widget(model, w_images, w_labels, gen, samples, progress):
     from ..attacks import evaluate_attack, gaussian_attack
 
     weights = (0.1, 0.3, 1.0)
@@ -131,8 +138,7 @@ def _widget(out, model, w_images, w_labels, gen, samples, progress):
         draws.append(torch.stack(row_draws, 1))
         success.append(torch.stack(row_succ, 1))
     # arrays indexed [image, target, weight, ...]
-    np.savez_compressed(
-        out / "attacks_widget.npz",
+    return dict(
         clean=w_images.cpu().numpy(), labels=w_labels.cpu().numpy(), targets=targets.cpu().numpy(),
         weights=np.array(weights), mean=torch.stack(means, 1).numpy(),
         noise_std=torch.stack(stds, 1).numpy(),
@@ -191,7 +197,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                       **runner_kwargs(args))
             return 0
         if args.book_data:
-            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress)
+            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
+                                 command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or []))
         else:
             run_attack(args)
         return 0
