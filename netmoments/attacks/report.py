@@ -55,7 +55,7 @@ def format_interval(ci, digits=2) -> str:
 
 def method_table(rows, methods=None, n_boot=2000, budgets=L0_BUDGETS, size="l0") -> list[dict]:
     """One dict per method: n digits, mean expected success, its 10 % quantile over digits, success at each
-    L0 budget, median size at which a digit is fooled, SSIM, diversity, seconds and passes per digit, each an
+    ``size`` budget (``"l0"``, ``"l2"`` or ``"tv"``, with the matching ``budgets``), median size at which a digit is fooled, SSIM, diversity, seconds and passes per digit, each an
     ``(estimate, low, high)`` bootstrap interval over digits."""
     groups = by_method(rows)
     methods = methods or list(groups)
@@ -68,7 +68,7 @@ def method_table(rows, methods=None, n_boot=2000, budgets=L0_BUDGETS, size="l0")
         entry["success"] = bootstrap_ci(per_digit(g, "success"), "mean", n_boot)
         entry["success_q10"] = bootstrap_ci(per_digit(g, "success"), 0.1, n_boot)
         for b in budgets:
-            key = f"success_l0_{b}"
+            key = f"success_{size}_{b:g}"  # the CSV's column names (metrics.ImageMetrics.rows)
             if key in g[0]:
                 entry[key] = bootstrap_ci(per_digit(g, key), "mean", n_boot)
         entry[size] = bootstrap_ci(per_digit(g, size), "median", n_boot)
