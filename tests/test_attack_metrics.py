@@ -175,3 +175,9 @@ def test_report_tables_cost_ratio_and_calibration():
     assert cal["bins"][0][2] == 6 and cal["bins"][1][2] == 6
     assert cal["bins"][1][4] == pytest.approx(1.0)  # pred 0.95 digits (i < 2) all succeed
     assert format_interval((0.5, 0.25, float("inf"))) == "0.50 [0.25, inf]"
+    # success at budgets of another size: the table reads that size's columns, not the L0 ones
+    for r in rows:
+        r.update({"success_l2_0.5": float(r["image"] < 3), "success_l2_1": 1.0})
+    table = method_table(rows, budgets=(0.5, 1.0), size="l2", n_boot=200)
+    assert table[0]["success_l2_0.5"][0] == pytest.approx(3 / 12) and table[0]["success_l2_1"][0] == 1.0
+    assert "success_l0_10" not in table[0]
