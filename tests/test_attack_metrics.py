@@ -181,3 +181,23 @@ def test_report_tables_cost_ratio_and_calibration():
     table = method_table(rows, budgets=(0.5, 1.0), size="l2", n_boot=200)
     assert table[0]["success_l2_0.5"][0] == pytest.approx(3 / 12) and table[0]["success_l2_1"][0] == 1.0
     assert "success_l0_10" not in table[0]
+
+
+def test_paired_difference_and_its_wording():
+    from netmoments.attacks.report import compare, paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 40)
+    rows = []
+    for i, b in enumerate(base):
+        rows.append(dict(image=i, method="a", success=b + 0.1, l0=5.0 if i else np.inf))
+        rows.append(dict(image=i, method="b", success=b, l0=7.0))
+    rows.append(dict(image=99, method="a", success=0.0, l0=1.0))  # not attacked by b: not paired
+    est, lo, hi = paired_difference(rows, "a", "b", "success", n_boot=300)
+    assert est == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    assert paired_difference(rows, "a", "b", "l0", n_boot=300)[0] == pytest.approx(-2.0)  # digit 0 (inf) left out
+    assert compare((0.1, 0.05, 0.2)).startswith("higher (+0.10 [0.05, 0.20])")
+    assert compare((-0.1, -0.2, -0.01), lower="worse").startswith("worse")
+    assert compare((0.0, -0.1, 0.1)).startswith("not distinguishable")
+    with pytest.raises(ValueError, match="share no digit"):
+        paired_difference(rows, "a", "missing", "success")
