@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     for suite, table in (("sparse", sparse_table), ("ablation", sparse_table), ("targeted", sparse_table),
                          ("smooth", smooth_table)):
         path = data / f"attack_{suite}.csv"
-        if not path.exists():
+        if not path.exists() or not path.with_suffix(".json").exists():
             print(f"#### {suite}: not run\n")
             continue
         rows = report.load_rows(path)
