@@ -18,8 +18,15 @@ from netmoments.experiments.tightness import (
     bootstrap_ci,
     build_context,
     cluster_linearization_points,
+    ci_text,
     cluster_table,
+    complete_images,
+    format_ci,
     image_metrics,
+    interval_sign,
+    join_words,
+    sig_text,
+    sign_phrase,
     labelled_kmeans,
     noise_factor,
     run_tightness,
@@ -167,6 +174,57 @@ def test_bootstrap_ci_and_bonferroni():
         bootstrap_ci(np.ones((2, 2)))
     assert bonferroni_z(1) == pytest.approx(2.5758, abs=1e-4)  # z_{1 - 0.01/2}
     assert bonferroni_z(20) > bonferroni_z(2)
+
+
+def test_prose_formatting_helpers():
+    assert format_ci(0.0531, 0.0424, 0.0649) == "0.053 [0.042, 0.065]"
+    assert format_ci(-0.0421, -0.0504, -0.0336, digits=2) == "-0.04 [-0.05, -0.03]"
+    assert format_ci(-0.0001, -0.0004, 0.0002) == "0.000 [0.000, 0.000]"  # never "-0.000"
+    assert format_ci(12.345, 10, 15, digits=0) == "12 [10, 15]"
+    with pytest.raises(ValueError, match="low must be <= high"):
+        format_ci(1.0, 2.0, 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        format_ci(float("nan"), 0.0, 1.0)
+    values = np.random.default_rng(1).normal(2.0, 1.0, 50)
+    est, lo, hi = bootstrap_ci(values, np.median)
+    assert ci_text(values, np.median, digits=2) == f"{est:.2f} [{lo:.2f}, {hi:.2f}]"
+    assert [interval_sign(*lh) for lh in ((0.1, 0.3), (-0.3, -0.1), (-0.1, 0.2), (0.0, 0.2))] == [1, -1, 0, 0]
+    with pytest.raises(ValueError, match="low must be <= high"):
+        interval_sign(1.0, 0.0)
+    assert join_words(["a"]) == "a" and join_words(["a", "b"]) == "a and b"
+    assert join_words([1, 2, 3]) == "1, 2 and 3"
+    with pytest.raises(ValueError, match="at least one"):
+        join_words([])
+    words = {1: "worse", -1: "better", 0: "not distinguishable"}
+    assert sign_phrase([1, 1, 0], [100, 200, 2000], words, "k = ") == \
+        "worse at k = 100 and 200, not distinguishable at k = 2000"
+    assert sign_phrase([0, 1, 0], [1, 2, 3], words) == "not distinguishable at 1 and 3, worse at 2"
+    assert sign_phrase([-1, -1], ["a", "b"], words, every="every σ") == "better at every σ"
+    assert sign_phrase([-1, 0], ["a", "b"], words, every="every σ") == "better at a, not distinguishable at b"
+    with pytest.raises(ValueError, match="equally long"):
+        sign_phrase([1], [1, 2], words)
+    with pytest.raises(ValueError, match="each with a phrase"):
+        sign_phrase([2], [1], words)
+    assert [sig_text(v) for v in (368.9, 3.841, 18.84, 0.05312, 1234.5, -0.0421, 0)] == \
+        ["369", "3.84", "18.8", "0.0531", "1,234", "-0.0421", "0"]
+    assert sig_text(3.841, 2) == "3.8"
+    with pytest.raises(ValueError, match="finite"):
+        sig_text(float("inf"))
+
+
+def test_complete_images_is_the_longest_complete_prefix():
+    def rows(tasks):  # two linearization points (rows) per task, as a dense task has several
+        return [{"image": i, "task": f"{i}-{t}"} for i, t in tasks for _ in range(2)]
+
+    full = [(i, t) for i in range(4) for t in range(3)]
+    assert complete_images(rows(full), 3) == 4
+    assert complete_images(rows([x for x in full if x != (1, 2)]), 3) == 1  # image 1 misses a task
+    assert complete_images(rows([x for x in full if x[0] != 0]), 3) == 0  # image 0 not started
+    assert complete_images([], 3) == 0
+    with pytest.raises(ValueError, match="more than tasks_per_image"):
+        complete_images(rows(full), 2)
+    with pytest.raises(ValueError, match="tasks_per_image must be >= 1"):
+        complete_images(rows(full), 0)
 
 
 def test_tables_from_rows(dense_rows, context):
