@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from ..prose import format_ci, interval_sign
 from .metrics import L0_BUDGETS, bootstrap_ci
 
 __all__ = ["load_rows", "by_method", "method_table", "format_interval", "cost_ratio", "calibration",
@@ -45,12 +46,14 @@ def per_digit(rows, key) -> np.ndarray:
 
 
 def format_interval(ci, digits=2) -> str:
+    """``(est, lo, hi)`` as ``"0.48 [0.38, 0.58]"`` (:func:`netmoments.prose.format_ci`); a size that is infinite
+    (digits never fooled) reads ``"inf"``, an infinite upper end ``"0.50 [0.25, inf]"``."""
     est, lo, hi = ci
     if not math.isfinite(est):
         return "inf"
-    fmt = f"{{:.{digits}f}}"
-    hi_txt = "inf" if not math.isfinite(hi) else fmt.format(hi)
-    return f"{fmt.format(est)} [{fmt.format(lo)}, {hi_txt}]"
+    if not math.isfinite(hi):
+        return format_ci(est, lo, lo, digits).rsplit(",", 1)[0] + ", inf]"
+    return format_ci(est, lo, hi, digits)
 
 
 def method_table(rows, methods=None, n_boot=2000, budgets=L0_BUDGETS, size="l0") -> list[dict]:
@@ -104,7 +107,7 @@ def compare(ci, higher="higher", lower="lower", same="not distinguishable", digi
     """Words for a paired difference ``(est, lo, hi)``: ``higher`` when its interval lies above 0, ``lower``
     when below, else ``same``; followed by the interval, e.g. ``"higher (+0.39 [0.31, 0.47])"``."""
     est, lo, hi = ci
-    word = higher if lo > 0 else lower if hi < 0 else same
+    word = {1: higher, -1: lower, 0: same}[interval_sign(lo, hi)]
     fmt = f"{{:+.{digits}f}} [{{:.{digits}f}}, {{:.{digits}f}}]"
     return f"{word} ({fmt.format(est, lo, hi)})"
 

@@ -63,6 +63,7 @@ import torch
 from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
 from ..linearize import maxpool_ties, prune_inactive_units, two_stage_linearize
+from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
     RunnerError, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
 )
@@ -710,74 +711,10 @@ def image_metrics(rows, sigma: float, cov: str = "dense", point: str = "input", 
     return out
 
 
-def format_ci(estimate: float, low: float, high: float, digits: int = 3) -> str:
-    """``"0.053 [0.042, 0.065]"``: an estimate and its interval, each with ``digits`` decimals (``-0`` shown as 0)."""
-    if digits < 0:
-        raise ValueError(f"digits must be >= 0, got {digits}")
-    values = [float(v) for v in (estimate, low, high)]
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"estimate, low and high must be finite, got {values}")
-    if not values[1] <= values[2]:
-        raise ValueError(f"low must be <= high, got low={values[1]}, high={values[2]}")
-    text = [f"{v:.{digits}f}" for v in values]
-    text = [t[1:] if t.startswith("-") and float(t) == 0 else t for t in text]  # no "-0.000"
-    return f"{text[0]} [{text[1]}, {text[2]}]"
-
-
 def ci_text(values, stat=np.mean, digits: int = 3) -> str:
     """``stat`` of per-image ``values (n,)`` with its 95 % bootstrap interval over images, as :func:`format_ci`."""
     return format_ci(*bootstrap_ci(values, stat), digits=digits)
 
-
-_ci_text = ci_text  # the tables' name for it
-
-
-def interval_sign(low: float, high: float) -> int:
-    """+1 if an interval lies above 0, -1 if below, 0 if it contains 0 (the difference is not distinguishable)."""
-    if not low <= high:
-        raise ValueError(f"low must be <= high, got low={low}, high={high}")
-    return 1 if low > 0 else -1 if high < 0 else 0
-
-
-def join_words(items) -> str:
-    """``"a"``, ``"a and b"``, ``"a, b and c"``: a list for prose."""
-    items = [str(i) for i in items]
-    if not items:
-        raise ValueError("join_words needs at least one item")
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def sign_phrase(signs, labels, words: dict, prefix: str = "", every: str | None = None) -> str:
-    """Prose for the signs of several intervals, e.g. ``"worse at k = 100 and 200, not distinguishable at k = 2000"``.
-
-    ``signs``: +1 / -1 / 0 per label (:func:`interval_sign`); ``words``: the phrase for each sign; ``prefix`` goes
-    before each group of labels (``"k = "``); ``every``, if given, replaces the labels when all share one sign
-    (``"every k"`` gives ``"worse at every k"``). Groups appear in the order of their first label.
-    """
-    signs, labels = list(signs), [str(lab) for lab in labels]
-    if not signs or len(signs) != len(labels):
-        raise ValueError(f"signs and labels must be non-empty and equally long, got {len(signs)} and {len(labels)}")
-    if not set(signs) <= {-1, 0, 1} or not set(signs) <= set(words):
-        raise ValueError(f"signs must be -1, 0 or 1, each with a phrase in words; got {sorted(set(signs))}")
-    if every is not None and len(set(signs)) == 1:
-        return f"{words[signs[0]]} at {every}"
-    groups = {}
-    for sign, label in zip(signs, labels):
-        groups.setdefault(sign, []).append(label)
-    return ", ".join(f"{words[sign]} at {prefix}{join_words(group)}" for sign, group in groups.items())
-
-
-def sig_text(value: float, sig: int = 3) -> str:
-    """``value`` rounded to ``sig`` significant digits, in plain notation for prose (368.9 -> "369", 3.84 -> "3.84")."""
-    if sig < 1:
-        raise ValueError(f"sig must be >= 1, got {sig}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"value must be finite, got {value}")
-    if value == 0:
-        return "0"
-    decimals = max(sig - 1 - math.floor(math.log10(abs(value))), 0)
-    return f"{round(value, decimals):,.{decimals}f}"
 
 
 def complete_images(rows, tasks_per_image: int) -> int:
@@ -824,11 +761,11 @@ def summary_table(rows, covs=COV_KINDS, points=("input", "dither", "tie_aware"),
                 threshold = bonferroni_z(z_formula.size)
                 cells = [
                     cov, f"{s:g}", point, str(n),
-                    _ci_text(np.nanmean(m["err_var_exact"], 1), digits=digits),
-                    _ci_text(np.nanmean(hybrid, 1), digits=digits) if not np.isnan(hybrid).all() else "–",
-                    _ci_text(np.median(m["zmu"], 1), np.median, digits=2),
-                    _ci_text(np.nanmean(m["rel_lin_var"], 1), digits=digits),
-                    _ci_text(np.nanmean(m["rel_formula_var"], 1), digits=digits),
+                    ci_text(np.nanmean(m["err_var_exact"], 1), digits=digits),
+                    ci_text(np.nanmean(hybrid, 1), digits=digits) if not np.isnan(hybrid).all() else "–",
+                    ci_text(np.median(m["zmu"], 1), np.median, digits=2),
+                    ci_text(np.nanmean(m["rel_lin_var"], 1), digits=digits),
+                    ci_text(np.nanmean(m["rel_formula_var"], 1), digits=digits),
                     f"{np.nanmax(z_formula):.2f} ({threshold:.2f})",
                 ]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
@@ -858,9 +795,9 @@ def cluster_table(rows, digits: int = 3) -> str:
                 raise ValueError("centroid and farthest rows cover different images")
             vc, vf = np.nanmean(c["err_var_exact"], 1), np.nanmean(f["err_var_exact"], 1)
             zc, zf = np.median(c["zmu"], 1), np.median(f["zmu"], 1)
-            cells = [f"{k} ({n_clusters})", f"{s:g}", str(len(vc)), _ci_text(vc, digits=digits),
-                     _ci_text(vf, digits=digits), _ci_text(vf - vc, digits=digits), _ci_text(zc, np.median, 2),
-                     _ci_text(zf - zc, digits=2)]  # fmt: skip
+            cells = [f"{k} ({n_clusters})", f"{s:g}", str(len(vc)), ci_text(vc, digits=digits),
+                     ci_text(vf, digits=digits), ci_text(vf - vc, digits=digits), ci_text(zc, np.median, 2),
+                     ci_text(zf - zc, digits=2)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
