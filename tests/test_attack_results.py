@@ -79,3 +79,24 @@ def test_frozen_settings_are_the_committed_tuning():
     from netmoments.attacks.gaussian import default_options
 
     assert default_options("sparse")["l1_weight"] == tuning["l1_weight_best"]
+
+
+def test_benchmark_tables_list_every_committed_method(capsys):
+    """benchmarks/attack_tables.py (the README's tables) prints one row per method of each committed suite."""
+    import importlib.util
+
+    from netmoments.attacks.report import by_method
+
+    spec = importlib.util.spec_from_file_location("attack_tables", DATA.parents[1] / "benchmarks" / "attack_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert tables.main(["--data", str(DATA)]) == 0
+    out = capsys.readouterr().out
+    for suite in SLICES:
+        path = DATA / f"attack_{suite}.csv"
+        if not (path.exists() and path.with_suffix(".json").exists()):
+            continue
+        section = out.split(f"#### {suite}\n", 1)[1].split("####", 1)[0]
+        for method, rows in by_method(_committed(suite)[0]).items():
+            n = len({r["image"] for r in rows})
+            assert f"| {method} | {n} |" in section, (suite, method)
