@@ -100,3 +100,34 @@ def test_benchmark_tables_list_every_committed_method(capsys):
         for method, rows in by_method(_committed(suite)[0]).items():
             n = len({r["image"] for r in rows})
             assert f"| {method} | {n} |" in section, (suite, method)
+
+
+def test_a_suite_grows_its_digits_on_resume(tmp_path, monkeypatch):
+    """--resume with more --images keeps the finished chunks and reruns a last chunk that was cut short."""
+    from netmoments.experiments import attack_suite
+    from netmoments.experiments.runner import RunnerError, read_rows
+
+    calls = []
+
+    def fake_task(key, ctx, only=None):  # a stand-in for the attacks: one row per digit of the chunk
+        calls.append(key)
+        _, labels, index = ctx.batch(key[1])
+        return [dict(image=int(i), label=int(y), method="fake") for i, y in zip(index, labels)]
+
+    monkeypatch.setattr(attack_suite, "suite_task", fake_task)
+    out = tmp_path / "suite.csv"
+    attack_suite.run_suite("ablation", out, images=5, chunk=2, progress=False)  # chunks of 2, 2, 1 digits
+    first = read_rows(out)
+    assert len(first) == 5 and len(calls) == 3
+    with pytest.raises(RunnerError, match="only --images may grow"):
+        attack_suite.run_suite("ablation", out, images=5, chunk=3, resume=True, progress=False)
+    with pytest.raises(RunnerError, match="only --images may grow"):
+        attack_suite.run_suite("ablation", out, images=4, chunk=2, resume=True, progress=False)
+    calls.clear()
+    meta = attack_suite.run_suite("ablation", out, images=8, chunk=2, resume=True, progress=False)
+    assert calls == [("ablation", 2), ("ablation", 3)]  # the cut-short chunk 2 again, then the new chunk 3
+    rows = read_rows(out)
+    assert sorted(r["image"] for r in rows) == sorted({r["image"] for r in rows}) and len(rows) == 8
+    assert [r for r in rows if r["task"] in (first[0]["task"], first[2]["task"])] == first[:4]  # kept as they were
+    assert meta["settings"]["images"] == 8 and meta["sittings"][-1]["grown_from_images"] == 5
+    assert meta["images_done"] == 8 and len(meta["sittings"]) == 2

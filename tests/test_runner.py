@@ -112,6 +112,20 @@ def test_gzipped_output_resumes_after_a_torn_member_and_matches_the_plain_file(t
         run_tasks(TASKS, noisy_task, tmp_path / "rows.txt.gz", progress=False)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl.gz"])
+def test_drop_tasks_makes_resume_run_them_again(tmp_path, suffix):
+    from netmoments.experiments.runner import drop_tasks
+
+    out = tmp_path / f"rows{suffix}"
+    run_tasks(TASKS, noisy_task, out, progress=False)
+    whole = read_rows(out)
+    assert drop_tasks(out, [task_id(TASKS[-1]), task_id(TASKS[0])]) == 6
+    assert {r["task"] for r in read_rows(out)} == {task_id(t) for t in TASKS[1:-1]}
+    summary = run_tasks(TASKS, noisy_task, out, resume=True, progress=False)
+    assert summary.n_run == 2 and read_rows(out) == whole
+    assert drop_tasks(out, ["[99,1.0]"]) == 0 and read_rows(out) == whole
+
+
 def test_resume_refuses_a_file_from_another_run(tmp_path):
     out = tmp_path / "rows.csv"
     run_tasks([(9, 9.0)], noisy_task, out, progress=False)

@@ -210,7 +210,12 @@ def suite_task(key, ctx: SuiteContext, only=None):
 
 def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **runner_options):
     """Run (or resume) ``suite`` over ``images`` correctly classified digits of ``split`` into ``out``
-    (``.csv``); writes ``out`` with ``.json`` (provenance and progress) at every checkpoint."""
+    (``.csv``); writes ``out`` with ``.json`` (provenance and progress) at every checkpoint.
+
+    With ``resume=True`` the settings must match the file's, except that ``images`` may grow: the chunks already
+    done are kept (a chunk's digits do not depend on the total), and an old last chunk that was cut short is run
+    again with its full set of digits.
+    """
     from .runner import RunnerError, run_tasks
     from .tightness import _git_commit, _load_average, _machine, _versions, _write_json
 
@@ -228,10 +233,25 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
     ctx = SuiteContext(split, images, chunk)
     settings = dict(suite=suite, split=split, images=images, chunk=chunk, draws=DRAWS, tuned=TUNED)
     meta = {"settings": json.loads(json.dumps(settings)), "sittings": []}
+    grown_from = None
     if runner_options.get("resume") and meta_path.exists() and out.exists():
         old = json.loads(meta_path.read_text())
-        if old.get("settings") != meta["settings"]:
-            raise RunnerError(f"{out} was written with other settings ({meta_path}); use the same options")
+        old_settings = dict(old.get("settings") or {})
+        old_images = old_settings.pop("images", None)
+        same_but_images = old_settings == {k: v for k, v in meta["settings"].items() if k != "images"}
+        if old.get("settings") != meta["settings"] and not (same_but_images and old_images <= images):
+            raise RunnerError(f"{out} was written with other settings ({meta_path}); use the same options "
+                              "(only --images may grow on --resume)")
+        if old_images != images:
+            # Chunk c holds the same digits whatever the total, except an old last chunk that was cut short:
+            # it now holds more digits under the same task id, so it is dropped and run again.
+            old_count = min(old_images, len(ctx.labels))
+            if old_count % chunk:
+                from .runner import drop_tasks, task_id
+
+                drop_tasks(out, [task_id((suite, old_count // chunk))])
+            grown_from = old_images
+            old["settings"] = meta["settings"]
         meta = old
     n_chunks = math.ceil(len(ctx.labels) / chunk)
     tasks = [(suite, c) for c in range(n_chunks)]
@@ -239,6 +259,8 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
                "machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "load_average_at_start": _load_average(),
                "runner": {k: v for k, v in runner_options.items() if k != "progress"}}
+    if grown_from is not None:
+        sitting["grown_from_images"] = grown_from
     meta["sittings"].append(sitting)
 
     def checkpoint(summary):

@@ -185,6 +185,24 @@ def completed_tasks(path) -> set[str]:
     return {r["task"] for r in read_rows(path)}
 
 
+def drop_tasks(path, task_ids) -> int:
+    """Rewrite the runner output ``path`` without the rows of the tasks in ``task_ids`` (ids as :func:`task_id`
+    gives them), atomically; a torn tail is dropped too. Returns how many rows were removed.
+
+    For a run whose task list changed under a kept id (e.g. a last, partial chunk that grows when more digits are
+    added): dropping the stale task makes ``resume`` run it again.
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    header, rows, _, _ = _scan(path, fmt)
+    drop = {str(t) for t in task_ids}
+    kept = [r for r in rows if r["task"] not in drop]
+    fields = header or (list(rows[0]) if rows else None)
+    if fields:
+        _atomic_write(path, _header_bytes(fields, fmt) + (_encode(kept, fields, fmt) if kept else b""))
+    return len(rows) - len(kept)
+
+
 def _encode(rows: list[dict], fields: list[str], fmt: str) -> bytes:
     out = io.StringIO(newline="")
     if fmt == "csv":
