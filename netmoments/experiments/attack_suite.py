@@ -269,9 +269,9 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
         sitting.update(summary.as_dict())
         sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         sitting["load_average_at_end"] = _load_average()
-        done = {r["task"] for r in read_rows(out)} if out.exists() else set()
-        meta["tasks_done"], meta["n_tasks"] = len(done), len(tasks)
-        meta["images_done"] = len({r["image"] for r in read_rows(out)}) if out.exists() else 0
+        rows = read_rows(out) if out.exists() else []
+        meta["tasks_done"], meta["n_tasks"] = len({r["task"] for r in rows}), len(tasks)
+        meta["images_done"] = len({r["image"] for r in rows})
         meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
         _write_json(meta_path, meta)
 

@@ -62,7 +62,7 @@ import torch
 
 from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
-from ..linearize import maxpool_ties, prune_inactive_units, two_stage_linearize
+from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
     RunnerError, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
@@ -279,25 +279,12 @@ def noise_factor(kind: str, sigma: float, n: int, generator: torch.Generator | N
 
 
 def _linearize(model, points: torch.Tensor):
-    """TSL at a batch of points ``(U, 1, 28, 28)``: ``(A (U, m, n), c1 (U, m), B (p, m), c2 (p,), pre (U, m))``.
-
-    Uses the matrix-free :class:`netmoments.linearize.TwoStageLinearization` where it exists (dense ``A`` from it),
-    else :func:`two_stage_linearize`.
-    """
-    try:
-        from ..linearize import TwoStageLinearization
-    except ImportError:
-        TwoStageLinearization = None
+    """TSL at a batch of points ``(U, 1, 28, 28)``: ``(A (U, m, n), c1 (U, m), B (p, m), c2 (p,), pre (U, m))``,
+    the dense ``A`` from the matrix-free :class:`netmoments.linearize.TwoStageLinearization`."""
     with torch.no_grad():
-        if TwoStageLinearization is not None:
-            tsl = TwoStageLinearization(model, points)
-            B, c2 = tsl.B, tsl.c2
-            return tsl.A, tsl.c1, (B[0] if B.dim() == 3 else B), (c2[0] if c2.dim() == 2 else c2), tsl.pre
-    net = two_stage_linearize(model, points)
-    pre = (net.A @ points.reshape(len(points), -1, 1).to(net.A.dtype)).squeeze(-1) + net.c1
-    B = net.B[0] if net.B.dim() == 3 else net.B
-    c2 = net.c2[0] if net.c2.dim() == 2 else net.c2
-    return net.A, net.c1, B, c2, pre
+        tsl = TwoStageLinearization(model, points)
+    B, c2 = tsl.B, tsl.c2
+    return tsl.A, tsl.c1, (B[0] if B.dim() == 3 else B), (c2[0] if c2.dim() == 2 else c2), tsl.pre
 
 
 # ---------------------------------------------------------------------------------------------- the task
