@@ -50,6 +50,9 @@ VENDORED = {
 }
 
 
+GRADER_MARKERS = ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS")
+
+
 def toc_files(toc_path: Path) -> list[str]:
     """Every document named in a jb-book _toc.yml, root first, without suffix."""
     toc = yaml.safe_load(toc_path.read_text(encoding="utf8"))
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         before = len(problems)
         if size_mb > PAGE_LIMIT_MB:
             problems.append(f"{doc}: the page is {size_mb:.2f} MB, over the {PAGE_LIMIT_MB:g} MB limit")
+        for marker in GRADER_MARKERS if notebook.is_file() and "/course/" in doc else ():
+            if marker in html:
+                # an assignment's solutions or hidden tests leaked into the student page
+                problems.append(f"{doc}: the page contains the grader marker {marker!r}")
         if notebook.is_file():
             n_notebooks += 1
             images, widgets = notebook_outputs(notebook)

@@ -220,3 +220,74 @@ def test_vendor_script_provides_what_the_config_loads():
     for path in [config["mathjax_path"], *config["nb_ipywidgets_js"]]:
         folder, name = path.split("/")[-2:]
         assert f"{folder}/" in script and name in script, f"{path} is loaded but vendor_js.sh does not provide it"
+
+
+# ---------------------------------------------------------------- the teaching structure (d2l's arc)
+
+CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
+CHAPTER_IDS = [p.name for p in CHAPTERS]
+EXERCISE = re.compile(r"```\{exercise\}([^\n]*)\n:label: ([\w-]+)")
+SOLUTION = re.compile(r"```\{solution\} ([\w-]+)")
+DIFFICULTY = re.compile(r"\((★{1,3})(, open)?\)\s*$")
+# "chapter 4" written as plain text instead of a {doc} link; code (indented or fenced) and links are exempt.
+PLAIN_CHAPTER_REF = re.compile(r"(?<![\[`/<{])\b[Cc]hapters? \d\b")
+
+
+def _markdown_prose(nb: dict) -> str:
+    """The chapter's markdown with fenced code, math blocks and indented code removed."""
+    kept, stack = [], []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        for line in _source(cell).split("\n"):
+            if line.startswith("```"):
+                if stack and line.strip() == "```":
+                    stack.pop()
+                else:
+                    kind = line[3:].strip()
+                    stack.append(kind.startswith("{") and not kind.startswith(("{code", "{math")))
+                continue
+            if all(stack) and not line.startswith("    "):
+                kept.append(line)
+    return "\n".join(kept)
+
+
+def test_teaching_checks_can_fail():
+    # The checks below must reject what they are meant to catch.
+    assert PLAIN_CHAPTER_REF.search("as chapter 4 shows") and not PLAIN_CHAPTER_REF.search(
+        "as {doc}`chapter 4 <04_network_moments>` shows")
+    assert not DIFFICULTY.search("Whitening") and DIFFICULTY.search("Other activations (★★★, open)").group(2)
+    fake = {"cells": [{"cell_type": "markdown", "source": "see chapter 2\n```python\nchapter 3\n```\n    chapter 5"}]}
+    assert PLAIN_CHAPTER_REF.findall(_markdown_prose(fake)) == ["chapter 2"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_opens_with_a_question_and_a_box(path):
+    opening = _source(_load(path)["cells"][0])
+    assert "**The question.**" in opening, "the first cell should pose the chapter's motivating question"
+    box = opening[opening.find("This chapter at a glance"):]
+    assert "This chapter at a glance" in opening, "the first cell should hold the 'at a glance' box"
+    for part in ("**Learning objectives.**", "**Prerequisites.**", "**Time.**"):
+        assert part in box, f"the box lacks {part}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_has_summary_and_marked_exercises(path):
+    prose = "\n".join(_source(c) for c in _load(path)["cells"] if c["cell_type"] == "markdown")
+    assert "## Summary" in prose and "## Exercises" in prose
+    exercises = EXERCISE.findall(prose)
+    solved = set(SOLUTION.findall(prose))
+    assert len(exercises) >= 4, f"{len(exercises)} exercises, at least 4 expected"
+    unmarked = [label for title, label in exercises if not DIFFICULTY.search(title)]
+    assert not unmarked, f"exercises without a difficulty mark (★, ★★, ★★★): {unmarked}"
+    open_ = [label for title, label in exercises if DIFFICULTY.search(title).group(2)]
+    assert open_, "no open problem (title ending '(★★★, open)')"
+    assert not set(open_) & solved, f"open problems must have no solution: {set(open_) & solved}"
+    unsolved = [label for title, label in exercises if label not in open_ and label not in solved]
+    assert not unsolved, f"exercises without a solution: {unsolved}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=CHAPTER_IDS)
+def test_chapter_references_are_links(path):
+    plain = PLAIN_CHAPTER_REF.findall(_markdown_prose(_load(path)))
+    assert not plain, f"plain-text chapter references (use {{doc}} links): {plain}"
