@@ -158,3 +158,18 @@ def test_bad_inputs(gen):
         net.moments(mean.float(), cov.float())
     with pytest.raises(ValueError, match="A contains NaN"):
         nm.AffineReLUAffine(net.A * float("nan"), net.c1, net.B, net.c2)
+
+
+@pytest.mark.parametrize("bad, word", [(float("nan"), "NaN"), (float("inf"), "inf"), (float("-inf"), "inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_check_finite_finds_one_bad_entry_anywhere(bad, word, dtype):
+    from netmoments._validation import check_finite
+
+    for index in (0, 777, -1):
+        value = torch.randn(3, 1000, dtype=dtype)
+        value.view(-1)[index] = bad
+        with pytest.raises(ValueError, match=f"x contains {word}"):
+            check_finite("x", value)
+    check_finite("x", torch.randn(3, 1000, dtype=dtype))
+    check_finite("x", torch.empty(0, dtype=dtype))
+    check_finite("x", torch.tensor([float("inf")], dtype=dtype), allow_inf=True)
