@@ -10,11 +10,11 @@ At the current mean the network is two-stage linearized into ``g(x) = B relu(A x
 ``k`` the margin ``M_k`` (label minus ``k`` when untargeted, ``k`` minus target when targeted) is treated as
 Gaussian and standardized,
 
-    r_k = (E[M_k] + kappa) / sqrt(Var[M_k] + T^2),    P(M_k < 0) ~ Phi(-r_k),
+    r_k = (E[M_k] + kappa) / sqrt(Var[M_k] + tau^2),    P(M_k < 0) ~ Phi(-r_k),
 
 and the attack minimizes ``relu(r + Phi^-1(goal))`` with ``r = min_k r_k`` (untargeted: beat the label with the
 easiest class) or ``max_k r_k`` (targeted: the target must beat every class), plus L1 penalties handled by
-proximal steps (exact zeros: few pixels touched) and optional L2 / total-variation penalties. ``T`` (the
+proximal steps (exact zeros: few pixels touched) and optional L2 / total-variation penalties. ``tau`` (the
 ``temperature``) keeps ``r`` finite for a point attack (``Var = 0``). Success is never judged by this surrogate:
 see :func:`netmoments.attacks.evaluate_attack`, which samples the real network.
 """
