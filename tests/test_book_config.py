@@ -291,3 +291,42 @@ def test_chapter_has_summary_and_marked_exercises(path):
 def test_chapter_references_are_links(path):
     plain = PLAIN_CHAPTER_REF.findall(_markdown_prose(_load(path)))
     assert not plain, f"plain-text chapter references (use {{doc}} links): {plain}"
+
+
+CLAIMED_RUN_TIME = re.compile(r"the notebook runs in about (a minute|\d+ seconds|\d+ minutes)")
+
+
+def _claimed_seconds(text: str) -> float:
+    phrase = CLAIMED_RUN_TIME.search(text).group(1)
+    if phrase == "a minute":
+        return 60.0
+    number, unit = phrase.split()
+    return float(number) * (60 if unit == "minutes" else 1)
+
+
+def _stored_run_seconds(nb: dict) -> float | None:
+    from datetime import datetime
+
+    stamps = [c["metadata"].get("execution", {}) for c in _code_cells(nb)]
+    stamps = [s for s in stamps if "iopub.execute_input" in s and "shell.execute_reply" in s]
+    if not stamps:
+        return None
+    parse = lambda s: datetime.fromisoformat(s.rstrip("Z"))  # noqa: E731
+    return (parse(stamps[-1]["shell.execute_reply"]) - parse(stamps[0]["iopub.execute_input"])).total_seconds()
+
+
+def test_run_time_parser():
+    assert _claimed_seconds("the notebook runs in about 35 seconds on") == 35
+    assert _claimed_seconds("the notebook runs in about a minute on") == 60
+    assert _claimed_seconds("the notebook runs in about 2 minutes") == 120
+
+
+@pytest.mark.parametrize("path", CHAPTERS + [BOOK / "A1_phi2_quadrature.ipynb"], ids=CHAPTER_IDS + ["A1"])
+def test_box_run_time_matches_the_stored_execution(path):
+    # The box's run time was measured on an idle machine; the stored notebook may have been executed under load,
+    # so only a gross mismatch (a claim off by more than 4x either way) fails.
+    nb = _load(path)
+    claimed = _claimed_seconds(_source(nb["cells"][0]))
+    stored = _stored_run_seconds(nb)
+    assert stored is not None, "no execution timestamps stored (execute with nbconvert --execute)"
+    assert claimed / 4 <= stored <= claimed * 4, f"the box says about {claimed:.0f} s, the stored run took {stored:.0f} s"
