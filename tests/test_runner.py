@@ -33,6 +33,18 @@ def crash_once_task(key, marker_dir):
     return noisy_task(key)
 
 
+def cancel_once_task(key, context, marker_dir):
+    """Has the scheduler cancel it the first time it sees ``key`` (as when the scheduler forgets a task)."""
+    from distributed import Future, get_client, get_worker
+
+    marker = Path(marker_dir) / f"cancelled-{key[0]}-{key[1]}"
+    if key == (2, 1.0) and not marker.exists():
+        marker.touch()
+        get_client().cancel(Future(get_worker().get_current_task()), force=True)
+        time.sleep(5)  # the cancellation reaches the runner first
+    return noisy_task(key, context)
+
+
 TASKS = [(i, s) for i in range(4) for s in (0.5, 1.0)]
 
 
@@ -198,6 +210,19 @@ def test_local_dask_workers_give_the_same_file_and_survive_a_dying_worker(tmp_pa
     assert summary.complete and crashed.read_bytes() == plain.read_bytes()
 
 
+def test_a_task_the_scheduler_forgets_is_run_again(tmp_path):
+    pytest.importorskip("distributed")
+    import functools
+
+    plain = tmp_path / "plain.csv"
+    run_tasks(TASKS, noisy_task, plain, context={"offset": 1.0}, progress=False)
+    cancelled = tmp_path / "cancelled.csv"
+    summary = run_tasks(TASKS, functools.partial(cancel_once_task, marker_dir=str(tmp_path)), cancelled,
+                        context={"offset": 1.0}, workers=2, progress=False)  # fmt: skip
+    assert (tmp_path / "cancelled-2-1.0").exists()  # it was cancelled once
+    assert summary.complete and cancelled.read_bytes() == plain.read_bytes()
+
+
 def test_unreachable_scheduler_fails_fast_with_a_clear_message(tmp_path):
     pytest.importorskip("distributed")
     start = time.perf_counter()
@@ -205,3 +230,12 @@ def test_unreachable_scheduler_fails_fast_with_a_clear_message(tmp_path):
         run_tasks(TASKS, noisy_task, tmp_path / "rows.csv", scheduler="tcp://127.0.0.1:9", connect_timeout=2,
                   progress=False)  # fmt: skip
     assert time.perf_counter() - start < 15
+
+
+def test_scattered_context_is_alive_only_if_every_future_is():
+    from types import SimpleNamespace as Fake
+
+    done, lost = Fake(status="finished"), Fake(status="cancelled")
+    assert runner._scattered_alive(done) and not runner._scattered_alive(lost)
+    assert runner._scattered_alive([done, done]) and not runner._scattered_alive([done, lost])
+    assert runner._scattered_alive({"a": done}) and not runner._scattered_alive({"a": done, "b": lost})

@@ -16,7 +16,9 @@ in flight. The rules that make a run trustworthy:
 - **Resume.** With ``resume=True`` the tasks already complete in ``out`` are skipped; without it an existing
   ``out`` is an error (never silently overwritten or appended to).
 - **Dask.** ``workers=N`` starts a local cluster of ``N`` single-threaded worker processes (with nannies: a
-  worker that dies is restarted and its task run again; tasks that kill ``retries + 1`` workers fail the run);
+  worker that dies is restarted and its task run again, and so is a task that the scheduler forgot, e.g. after
+  losing the client for a while; tasks that kill ``retries + 1`` workers or are lost ``retries + 1`` times fail
+  the run);
   ``scheduler="tcp://host:port"`` joins an existing cluster (e.g. one started by dask-jobqueue on Slurm) and
   fails within ``connect_timeout`` seconds if nothing answers there.
 
@@ -531,6 +533,7 @@ def run_tasks(
 
 def _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries, connect_timeout, record):
     from distributed import as_completed
+    from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
     with _dask_client(workers, scheduler, connect_timeout) as client:
@@ -559,6 +562,15 @@ def _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries
                         queue.add(submit(i, key))
                         continue
                     raise RunnerError(f"task {ids[i]} killed its worker {attempts[i]} times; giving up") from None
+                except FutureCancelledError as err:
+                    # Not cancelled by us: the scheduler forgot the task, e.g. after losing this client for a while
+                    # (a laptop that slept, a stopped process). It then forgot the scattered context too.
+                    if attempts[i] <= retries:
+                        if ctx is not None and not _scattered_alive(ctx):
+                            ctx = client.scatter(context, broadcast=True, hash=False)
+                        queue.add(submit(i, key))
+                        continue
+                    raise RunnerError(f"task {ids[i]} was cancelled {attempts[i]} times ({err}); giving up") from None
                 except RunnerError:
                     raise
                 except Exception as err:
@@ -567,6 +579,13 @@ def _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries
         finally:
             for future in list(queue.futures) if hasattr(queue, "futures") else []:
                 future.cancel()
+
+
+def _scattered_alive(scattered) -> bool:
+    """Whether every future that ``client.scatter`` returned (one, or a list or dict of them) still holds data."""
+    futures = scattered.values() if isinstance(scattered, dict) else scattered
+    futures = futures if isinstance(futures, (list, tuple, type({}.values()))) else [futures]
+    return all(f.status == "finished" for f in futures)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
