@@ -407,8 +407,7 @@ def _accumulate(new_buffer, items: list, add, device: torch.device) -> torch.Ten
 def _in_slices(op, length: int, device: torch.device, pieces: int = 8) -> None:
     """``op(rows)`` for consecutive slices ``rows`` covering ``range(length)``, spread over the free CPU threads.
 
-    For the large copies and additions around the loops: they are bound by memory latency (transposing
-    reads), so a second thread helps them too.
+    For large transposing copies: they are bound by memory latency, so a second thread helps them too.
     """
     pieces = max(1, min(pieces, length))
     bounds = [slice(i * length // pieces, (i + 1) * length // pieces) for i in range(pieces)]
@@ -749,7 +748,11 @@ _CPU_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("netmo
 
 
 def _cpu_workers() -> int:
-    """How many Python threads may work on independent points: torch's thread count before _one_cpu_thread."""
+    """How many Python threads may share independent work: torch's thread count before _one_cpu_thread.
+
+    A pool thread does not inherit the context variable, so there this is the 1 that _one_cpu_thread set:
+    work split over threads never splits again.
+    """
     return _CPU_WORKERS.get() or torch.get_num_threads()
 
 
@@ -867,7 +870,7 @@ def two_stage_linearize(
     On a CPU the structured method uses ``torch.get_num_threads()`` Python threads, each running one-thread
     operations: a batch's points are spread over them, and a single point splits its convolution taps and
     fc1's positions. On an idle 2-core machine this makes LeNet's linearization about 1.5x (one point) to 1.8x
-    (a batch) faster than one thread; when other processes keep the cores busy it is slower (about 1.7x for
+    (a batch) faster than one thread; when other processes keep the cores busy it is slower (about 1.4x for
     one point), as any multi-threaded PyTorch code is: there, call ``torch.set_num_threads(1)`` first.
 
     Args:
