@@ -555,22 +555,18 @@ def _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries
                 i, key = index_of.pop(future.key)
                 try:
                     rows, seconds = future.result()
-                except KilledWorker:
-                    # The scheduler already re-ran it on other workers (distributed.scheduler.allowed-failures);
-                    # give it a few more fresh tries before giving up on the run.
-                    if attempts[i] <= retries:
-                        queue.add(submit(i, key))
-                        continue
-                    raise RunnerError(f"task {ids[i]} killed its worker {attempts[i]} times; giving up") from None
-                except FutureCancelledError as err:
-                    # Not cancelled by us: the scheduler forgot the task, e.g. after losing this client for a while
-                    # (a laptop that slept, a stopped process). It then forgot the scattered context too.
+                except (KilledWorker, FutureCancelledError) as err:
+                    # KilledWorker: the scheduler already re-ran it on other workers (allowed-failures). A
+                    # cancellation we did not make: the scheduler forgot the task, and perhaps the scattered
+                    # context, e.g. after losing this client for a while (a laptop that slept, a stopped process).
+                    # Either way, a few fresh tries before giving up on the run.
                     if attempts[i] <= retries:
                         if ctx is not None and not _scattered_alive(ctx):
                             ctx = client.scatter(context, broadcast=True, hash=False)
                         queue.add(submit(i, key))
                         continue
-                    raise RunnerError(f"task {ids[i]} was cancelled {attempts[i]} times ({err}); giving up") from None
+                    what = "killed its worker" if isinstance(err, KilledWorker) else f"was cancelled ({err})"
+                    raise RunnerError(f"task {ids[i]} {what} {attempts[i]} times; giving up") from None
                 except RunnerError:
                     raise
                 except Exception as err:
@@ -583,8 +579,9 @@ def _run_on_dask(pending, ids, fn, context, workers, scheduler, threads, retries
 
 def _scattered_alive(scattered) -> bool:
     """Whether every future that ``client.scatter`` returned (one, or a list or dict of them) still holds data."""
-    futures = scattered.values() if isinstance(scattered, dict) else scattered
-    futures = futures if isinstance(futures, (list, tuple, type({}.values()))) else [futures]
+    if isinstance(scattered, dict):
+        scattered = list(scattered.values())
+    futures = scattered if isinstance(scattered, (list, tuple)) else [scattered]
     return all(f.status == "finished" for f in futures)
 
 
