@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["REQUIRED_KEYS", "ALIASES", "PACKAGES", "run_metadata", "machine_description", "git_state", "sidecar_path",
-           "write_sidecar", "read_provenance"]
+           "write_sidecar", "read_provenance", "describe_provenance"]
 
 #: The keys every record has; :func:`read_provenance` checks them.
 REQUIRED_KEYS = ("command", "git_commit", "packages", "machine", "date")
@@ -203,3 +203,51 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
         if _complete(record):
             return record
     return None
+
+
+def _machine_text(machine) -> str:
+    if isinstance(machine, Mapping):
+        parts = [machine.get("system"), machine.get("cpu")]
+        if machine.get("logical_cpus"):
+            parts.append(f"{machine['logical_cpus']} logical CPUs")
+        if machine.get("cuda_devices"):
+            parts.append(", ".join(machine["cuda_devices"]))
+        return ", ".join(str(p) for p in parts if p)
+    return str(machine)
+
+
+def describe_provenance(path: str | os.PathLike,
+                        packages: Sequence[str] = ("torch", "numpy", "scipy", "dask", "foolbox")) -> str:
+    """One sentence saying where the result file ``path`` came from, for a chapter to print beside its tables.
+
+    It names the command, the commit (12 hex digits, ``+dirty`` when uncommitted code ran), the machine, the date,
+    the versions of ``packages`` that the record holds, and, for a run written in sittings, how many sittings and
+    their total wall time.
+
+    Raises:
+        ValueError: ``path`` has no complete provenance record (:func:`read_provenance`).
+    """
+    record = read_provenance(path)
+    if record is None:
+        raise ValueError(f"path {str(path)!r} has no complete provenance record (command, commit, packages, "
+                         f"machine, date)")
+    commit = record["git_commit"]
+    if commit is None:
+        code = "outside a git checkout"
+    else:
+        dirty = commit.endswith("+dirty") or bool(record.get("git_dirty"))
+        code = f"at commit {commit.removesuffix('+dirty')[:12]}" + (" (+ uncommitted changes)" if dirty else "")
+    versions = record["packages"]
+    pinned = ", ".join(f"{name} {versions[name]}" for name in packages if versions.get(name))
+    text = (f"Produced by `{record['command']}` {code} on {_machine_text(record['machine'])}, "
+            f"{record['date']}" + (f"; {pinned}" if pinned else ""))
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix == ".gz" else path
+    json_file = path if path.suffix == ".json" else stem.with_suffix(".json")
+    if json_file.is_file():
+        data = json.loads(json_file.read_text(encoding="utf8"))
+        sittings = data.get("sittings") if isinstance(data, Mapping) else None
+        if isinstance(sittings, list) and len(sittings) > 1:
+            wall = sum(float(s.get("wall_s") or 0) for s in sittings)
+            text += f"; the last of {len(sittings)} sittings, {wall / 3600:.1f} h of wall time in all"
+    return text + "."

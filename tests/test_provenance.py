@@ -185,3 +185,47 @@ def test_every_committed_data_file_records_its_provenance(name):
     assert record is not None, (
         f"{name} has no provenance record (command, git commit, package versions, machine, date): write one "
         "with netmoments.provenance.run_metadata, in the file or in a sidecar (provenance.write_sidecar)")
+
+
+def test_the_description_names_command_commit_machine_date_and_versions(tmp_path):
+    meta = provenance.run_metadata("python -m produce --all")
+    meta |= {"git_commit": "0123456789abcdef" * 2 + "01234567", "git_dirty": False,
+             "packages": {"python": "3.11", "torch": "9.9", "numpy": "8.8"},
+             "machine": {"system": "Linux", "cpu": "Some CPU", "logical_cpus": 3}, "date": "2030-01-02"}
+    csv = tmp_path / "t.csv"
+    csv.write_text("a\n1\n")
+    provenance.write_sidecar(csv, meta)
+    text = provenance.describe_provenance(csv)
+    assert text == ("Produced by `python -m produce --all` at commit 0123456789ab on Linux, Some CPU, 3 logical CPUs, "
+                    "2030-01-02; torch 9.9, numpy 8.8.")
+    provenance.write_sidecar(csv, meta | {"git_dirty": True})
+    assert "at commit 0123456789ab (+ uncommitted changes)" in provenance.describe_provenance(csv)
+    provenance.write_sidecar(csv, meta | {"git_commit": None})
+    assert "outside a git checkout" in provenance.describe_provenance(csv)
+
+
+def test_the_description_of_a_run_in_sittings_counts_them_and_sums_their_wall_time(tmp_path):
+    meta = provenance.run_metadata("run")
+    runner = {k: v for k, v in meta.items() if k not in ("packages", "date")}
+    runner |= {"versions": meta["packages"], "finished": "2026-11-29 18:47:16 UTC",
+               "git_commit": "abcdef0123456789+dirty", "machine": "a 2-core box"}
+    path = tmp_path / "rows.json"
+    sittings = [runner | {"wall_s": 1800.0}, runner | {"wall_s": 5400.0, "command": "run --resume"}]
+    path.write_text(json.dumps({"sittings": sittings}))
+    rows = tmp_path / "rows.jsonl.gz"  # described by rows.json
+    text = provenance.describe_provenance(rows)
+    assert text.startswith("Produced by `run --resume` at commit abcdef012345 (+ uncommitted changes) on a 2-core box")
+    assert text.endswith("; the last of 2 sittings, 2.0 h of wall time in all.")
+
+
+def test_a_file_without_a_record_cannot_be_described(tmp_path):
+    csv = tmp_path / "bare.csv"
+    csv.write_text("a\n")
+    with pytest.raises(ValueError, match="bare.csv.*no complete provenance record"):
+        provenance.describe_provenance(csv)
+
+
+@pytest.mark.parametrize("name", [f for f in DATA_FILES if f not in LEGACY])
+def test_every_committed_data_file_can_be_described(name):
+    text = provenance.describe_provenance(ROOT / name)
+    assert text.startswith("Produced by `python -m netmoments.")
