@@ -77,6 +77,27 @@ def reuse_probe_task(key):
     return [{"key": key[0], "faults": int(out.getvalue()), **{k: os.environ.get(k) for k in runner.MALLOC_ENVIRON}}]
 
 
+def page_faulting_task(key):
+    """Maps fresh memory and touches every page, ten times: about 160,000 page faults, i.e. kernel time."""
+    import mmap
+
+    size = 64 << 20
+    for _ in range(10):
+        with mmap.mmap(-1, size) as block:
+            for offset in range(0, size, mmap.PAGESIZE):
+                block[offset] = 1
+    return [{"key": key}]
+
+
+def test_kernel_seconds_are_recorded_as_part_of_cpu_seconds(tmp_path):
+    summary = run_tasks([1, 2], page_faulting_task, tmp_path / "k.csv", progress=False)
+    (wall1, cpu1, kernel1), (wall2, cpu2, kernel2) = summary.task_costs.values()
+    assert summary.task_kernel_seconds == [kernel1, kernel2]
+    for wall, cpu, kernel in summary.task_costs.values():
+        assert 0.02 < kernel <= cpu + 0.02  # clock-tick resolution
+    assert summary.as_dict()["task_kernel_seconds_total"] == round(kernel1 + kernel2, 3)
+
+
 def test_task_id_and_seed():
     assert task_id((3, 0.05, "t2")) == '[3,0.05,"t2"]'
     assert task_id(np.int64(3)) == "3"

@@ -326,7 +326,9 @@ class RunSummary:
         n_run: tasks run and written by this call.
         task_seconds: wall seconds of each task run by this call (measured where it ran), in completion order.
         task_cpu_seconds: CPU seconds of the same tasks (independent of other load on the machine).
-        task_costs: ``{task id: (wall seconds, CPU seconds)}`` for the tasks run by this call.
+        task_kernel_seconds: the part of those CPU seconds spent in the kernel (page faults, mostly: see
+            "Memory reuse" in the module docstring).
+        task_costs: ``{task id: (wall seconds, CPU seconds, kernel seconds)}`` for the tasks run by this call.
         wall_s: wall seconds of the whole call (cluster start-up included).
         workers: number of worker processes (0 = in-process), or the scheduler address.
         out: the output file.
@@ -338,6 +340,7 @@ class RunSummary:
     n_run: int = 0
     task_seconds: list[float] = field(default_factory=list)
     task_cpu_seconds: list[float] = field(default_factory=list)
+    task_kernel_seconds: list[float] = field(default_factory=list)
     task_costs: dict = field(default_factory=dict)
     wall_s: float = 0.0
     workers: int | str = 0
@@ -357,15 +360,16 @@ class RunSummary:
             "task_seconds_total": round(sum(secs), 3),
             "task_cpu_seconds_mean": round(sum(self.task_cpu_seconds) / len(secs), 3) if secs else None,
             "task_cpu_seconds_total": round(sum(self.task_cpu_seconds), 3),
+            "task_kernel_seconds_total": round(sum(self.task_kernel_seconds), 3),
             "complete": self.complete,
         }
 
 
 def _call_task(fn, key, context, threads: int):
-    """Run one task with ``threads`` torch threads; returns ``(rows, (wall seconds, CPU seconds))``.
+    """Run one task with ``threads`` torch threads; returns ``(rows, (wall, CPU, kernel seconds))``.
 
-    Runs in-process or on a worker. The CPU seconds (this process's, all its threads) are the cost that does
-    not depend on how busy the machine was.
+    Runs in-process or on a worker. The CPU seconds (this process's, all its threads, user and kernel) are the
+    cost that does not depend on how busy the machine was; the kernel seconds are their part spent in the kernel.
     """
     import torch
 
@@ -373,8 +377,9 @@ def _call_task(fn, key, context, threads: int):
     torch.set_num_threads(threads)
     try:
         start, start_cpu = time.perf_counter(), time.process_time()
+        start_kernel = os.times().system
         rows = fn(key) if context is None else fn(key, context)
-        seconds = (time.perf_counter() - start, time.process_time() - start_cpu)
+        seconds = (time.perf_counter() - start, time.process_time() - start_cpu, os.times().system - start_kernel)
     finally:
         torch.set_num_threads(previous)
     rows = list(rows)
@@ -543,6 +548,7 @@ def run_tasks(
         summary.n_run += 1
         summary.task_seconds.append(seconds[0])
         summary.task_cpu_seconds.append(seconds[1])
+        summary.task_kernel_seconds.append(seconds[2])
         summary.task_costs[ids[i]] = seconds
         if bar is not None:
             bar.update(1)
