@@ -1,6 +1,6 @@
 """Run every benchmark and print one markdown table of ratios, all measured in this run.
 
-    python benchmarks/run.py [--device cuda] [--only special,core,deep,attacks] [--quick]
+    python benchmarks/run.py [--device cuda] [--only special,core,deep,attacks,memory] [--quick]
 
 Record the table and the machine line in benchmarks/README.md.
 """
@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, markdown_table  # noqa: E402
 
-SUITES = ["special", "core", "deep", "attacks"]
+SUITES = ["special", "core", "deep", "attacks", "memory"]
 
 
 def main(argv=None):
