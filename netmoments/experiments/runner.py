@@ -72,13 +72,13 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
 
 #: glibc malloc settings for a task process, as environment variables read at its start: one arena, no
-#: ``mmap``\ ed blocks, no trimming, so freed memory is reused instead of faulted in again (module docstring).
+#: ``mmap`` blocks, no trimming, so freed memory is reused instead of faulted in again (module docstring).
 MALLOC_ENVIRON = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 def keep_freed_memory() -> bool:
     """Make this process's glibc malloc keep freed memory for reuse (the settings of :data:`MALLOC_ENVIRON`
-    that can still change after start: no ``mmap``\ ed blocks, no trimming).
+    that can still change after start: no ``mmap`` blocks, no trimming).
 
     Allocations made on threads that already have their own arena are not affected; that is why a worker
     process gets the environment variables before it starts. Returns ``False`` (and changes nothing) where the C
