@@ -168,6 +168,13 @@ def _complete(record) -> bool:
     return all(record[key] for key in REQUIRED_KEYS if key != "git_commit")
 
 
+def _metadata_json(path: Path) -> Path:
+    """The JSON file that describes ``path``: itself, or the one of the same stem (``rows.jsonl.gz`` -> ``rows.json``)."""
+    if path.suffix == ".json":
+        return path
+    return (path.with_suffix("") if path.suffix == ".gz" else path).with_suffix(".json")
+
+
 def read_provenance(path: str | os.PathLike) -> dict | None:
     """The provenance record of a result file, or ``None`` if it has none.
 
@@ -183,8 +190,7 @@ def read_provenance(path: str | os.PathLike) -> dict | None:
     side = sidecar_path(path)
     if side.is_file():
         candidates.append(json.loads(side.read_text(encoding="utf8")))
-    stem = path.with_suffix("") if path.suffix == ".gz" else path  # rows.jsonl.gz is described by rows.json
-    json_file = path if path.suffix == ".json" else stem.with_suffix(".json")
+    json_file = _metadata_json(path)
     if json_file.is_file():
         data = json.loads(json_file.read_text(encoding="utf8"))
         if isinstance(data, Mapping):
@@ -242,8 +248,7 @@ def describe_provenance(path: str | os.PathLike,
     text = (f"Produced by `{record['command']}` {code} on {_machine_text(record['machine'])}, "
             f"{record['date']}" + (f"; {pinned}" if pinned else ""))
     path = Path(path)
-    stem = path.with_suffix("") if path.suffix == ".gz" else path
-    json_file = path if path.suffix == ".json" else stem.with_suffix(".json")
+    json_file = _metadata_json(path)
     if json_file.is_file():
         data = json.loads(json_file.read_text(encoding="utf8"))
         sittings = data.get("sittings") if isinstance(data, Mapping) else None
