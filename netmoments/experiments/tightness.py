@@ -21,6 +21,7 @@ same draws*. Per logit, the error of the closed form splits exactly into two par
 (a) must vanish within its Monte Carlo standard error (the closed form is exact for ``g_p``); (b) is a paired
 difference on the same draws, with its own (small) standard error. The analytic moments are never used as a
 control variate for ``MC[f]``: that would hide a formula error. The same holds for the variance.
+:func:`recheck_formula` measures one row's part (a) again on fresh, more numerous float64 draws.
 
 Linearization points ``p`` (rows ``point``):
 
@@ -83,6 +84,7 @@ __all__ = [
     "build_context",
     "task_list",
     "tightness_task",
+    "recheck_formula",
     "run_tightness",
     "image_metrics",
     "bootstrap_ci",
@@ -399,8 +401,25 @@ def _sparse_pixels(model, x: torch.Tensor, label: int, count: int) -> torch.Tens
     return torch.argsort(-grad.abs().to(torch.float64), stable=True)[:count]
 
 
-def tightness_task(key, ctx: TightnessContext) -> list[dict]:
-    """Run one task ``(image, sigma, cov)``; returns one row per linearization point (see the module docstring)."""
+def _exact_moments(net: AffineReLUAffine, mean: torch.Tensor, cov: torch.Tensor):
+    """The closed-form output mean and variance ``(p,)``, ``(p,)`` of ``net`` under ``N(mean, cov)``."""
+    # Pruning always-off units leaves the exact moments unchanged (tested) and cuts the pairwise work ~4x;
+    # the approximations run on the full network, their errors on those units being part of what is measured.
+    return prune_inactive_units(net, mean, cov).moments(mean, cov, method="exact", output="var")
+
+
+def _task_generator(ctx: TightnessContext, key, *what) -> torch.Generator:
+    image, sigma, cov = key
+    return torch.Generator().manual_seed(seed_from_key(ctx.config.seed, image, sigma, cov, *what))
+
+
+def _task_linearizations(key, ctx: TightnessContext):
+    """Everything a task fixes before its draws: ``(x, label, factor, means, lin, B, c2)``.
+
+    ``x`` the digit (float64 ``(n,)``), ``factor`` the noise factor ``L`` (float64 ``(n, n)``), ``means`` the input
+    means by name (``"x"`` and, when dithered, ``"dither"``), ``lin`` one ``(name, k, A, c1, mean name, ties)`` per
+    linearization point, ``B (p, m)`` and ``c2 (p,)`` the layers after the kept ReLU.
+    """
     image, sigma, cov = key
     cfg = ctx.config
     if cov not in COV_KINDS:
@@ -410,7 +429,7 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
     n = x.numel()
 
     def gen(*what):
-        return torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov, *what))
+        return _task_generator(ctx, key, *what)
 
     pixels = _sparse_pixels(ctx.model, x.float(), label, cfg.sparse_pixels) if cov == "sparse" else None
     factor = noise_factor(cov, sigma, n, gen("cov"), pixels, cfg.blur_std)
@@ -435,16 +454,25 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
         c_bar = pre_s.to(torch.float64).mean(0) - A_bar @ x
         lin.append(("tie_aware", None, A_bar.to(A.dtype), c_bar.to(c1.dtype), "x", ties[0]))
     for kind in ("centroid", "farthest"):
-        if kind not in points:
+        if kind not in points or not ctx.cluster_points:
             continue
         ks = sorted(ctx.cluster_points)
         pts = torch.stack([torch.as_tensor(ctx.cluster_points[k][kind][image]) for k in ks]).reshape(-1, 1, 28, 28)
         A_k, c1_k, _, _, _ = _linearize(ctx.model, pts)
         for j, k in enumerate(ks):
             lin.append((kind, k, A_k[j], c1_k[j], "x", sum(t for t, _ in maxpool_ties(ctx.model, pts[j]))))
+    return x, label, factor, means, lin, B, c2
+
+
+def tightness_task(key, ctx: TightnessContext) -> list[dict]:
+    """Run one task ``(image, sigma, cov)``; returns one row per linearization point (see the module docstring)."""
+    image, sigma, cov = key
+    cfg = ctx.config
+    x, label, factor, means, lin, B, c2 = _task_linearizations(key, ctx)
+    n = x.numel()
 
     # The same draws for the truth and every linearized network, in batches.
-    draw_gen = gen("draws")
+    draw_gen = _task_generator(ctx, key, "draws")
     outs_f = {name: [] for name in means}
     outs_g = [[] for _ in lin]
     done = 0
@@ -468,9 +496,7 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
     for j, (name, k, A_p, c1_p, mean_name, n_ties) in enumerate(lin):
         m = means[mean_name]
         net = AffineReLUAffine(A_p.to(torch.float64), c1_p.to(torch.float64), B64, c2_64)
-        # Pruning always-off units leaves the exact moments unchanged (tested) and cuts the pairwise work ~4x;
-        # the approximations run on the full network, their errors on those units being part of what is measured.
-        mean, var_exact = prune_inactive_units(net, m, sigma_cov).moments(m, sigma_cov, method="exact", output="var")
+        mean, var_exact = _exact_moments(net, m, sigma_cov)
         var = {"exact": var_exact}
         for method in ("series", "hybrid"):
             var[method] = net.moments(m, sigma_cov, method=method, output="var")[1] if name == "input" else None
@@ -492,6 +518,55 @@ def tightness_task(key, ctx: TightnessContext) -> list[dict]:
             row[col] = None if val is None else _round(val.detach().cpu().numpy())
         rows.append(row)
     return rows
+
+
+def recheck_formula(key, ctx: TightnessContext, point: str = "input", k: int | None = None, draws: int = 200_000,
+                    batch: int = 10_000, seed: int = 1) -> dict:  # fmt: skip
+    """Re-measure one row's formula error (a) on ``draws`` fresh draws, in float64 throughout.
+
+    A run decides "within SE" from each task's own draws (``mc_samples``, float32 networks) for every row, logit
+    and moment at once, so its largest formula ``|Δ|/SE`` is the extreme of up to ~10^6 comparisons. Measuring that
+    one comparison again, on independent and more numerous draws, tells a chance extreme (``|Δ|/SE`` falls back to
+    O(1)) from an error in the closed form (``|Δ|/SE`` grows like ``sqrt(draws)``).
+
+    Args:
+        key: the task ``(image, sigma, cov)``.
+        ctx: a context holding the task's digit and, for a cluster point, its ``k``
+            (``build_context(TightnessConfig(clusters=(k,)), n_images=image + 1)`` gives the run's points).
+        point, k: the row, as in the rows' ``point`` and ``k`` columns.
+        draws: fresh draws of the input (``>= 2``); batch: how many go through the network at once (memory only).
+        seed: picks the fresh draws; they are seeded apart from the task's own.
+
+    Returns:
+        float64 ``(p,)`` tensors: ``mean``, ``var`` (the closed form), ``mc_mean``, ``mc_mean_se``, ``mc_var``,
+        ``mc_var_se`` (Monte Carlo of the same linearized network) and ``z_mean``, ``z_var`` (difference / SE).
+    """
+    for name, value, low in (("draws", draws, 2), ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    _, _, factor, means, lin, B, c2 = _task_linearizations(key, ctx)
+    found = [item for item in lin if item[0] == point and item[1] == k]
+    if not found:
+        raise ValueError(f"task {tuple(key)} has no row point={point!r}, k={k!r}; "
+                         f"its rows are {[(item[0], item[1]) for item in lin]}")  # fmt: skip
+    _, _, A_p, c1_p, mean_name, _ = found[0]
+    m = means[mean_name]
+    net = AffineReLUAffine(A_p.to(torch.float64), c1_p.to(torch.float64), B.to(torch.float64), c2.to(torch.float64))
+    mean, var = _exact_moments(net, m, factor @ factor.mT)
+    gen = _task_generator(ctx, key, "recheck", int(seed))
+    outputs, done = [], 0
+    with torch.no_grad():
+        while done < draws:
+            size = min(batch, draws - done)
+            outputs.append(net(m + torch.randn(size, m.numel(), generator=gen, dtype=torch.float64) @ factor.mT))
+            done += size
+    mc = _truth_stats(torch.cat(outputs))
+
+    def z(diff, se):  # a constant logit has SE 0: agreement is z = 0, anything else is infinitely many SEs
+        return torch.where(se > 0, diff / se.where(se > 0, 1.0), torch.where(diff == 0, 0.0, torch.inf) * diff.sign())
+
+    return {"mean": mean, "var": var, **mc, "z_mean": z(mean - mc["mc_mean"], mc["mc_mean_se"]),
+            "z_var": z(var - mc["mc_var"], mc["mc_var_se"])}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- running
