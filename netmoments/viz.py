@@ -1073,7 +1073,7 @@ def monte_carlo_table(
 
 # ----------------------------------------------------------------------------- chapters 6-7: the TSL split and tightness
 
-__all__ += ["plot_two_stage_diagram", "plot_exact_sets", "plot_intervals", "plot_error_split"]
+__all__ += ["plot_two_stage_diagram", "plot_exact_sets", "plot_intervals", "plot_error_split", "plot_z_distribution"]
 
 STAGE1_COLOR = "#9ecae1"
 KEPT_COLOR = "#fdae6b"
@@ -1205,4 +1205,49 @@ def plot_error_split(per_image: dict, title: str | None = None, ax: Axes | None 
     ax.legend(fontsize=7, loc="upper left")
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_z_distribution(z_by_name: dict, threshold: float | None = None, limit: float | None = None,
+                        bins: int = 60, ax: Axes | None = None) -> Figure:  # fmt: skip
+    """Histograms of signed ``Delta / SE`` values against the standard normal density they follow when ``Delta`` is
+    pure Monte Carlo noise (log density, so the tails, where an error would show, are visible).
+
+    Args:
+        z_by_name: ``{name: array of Delta / SE}`` (any shape; NaNs are dropped), one histogram each.
+        threshold: a critical value (e.g. Bonferroni's) drawn at ``+-threshold``.
+        limit: the x range ``[-limit, limit]`` (default: 5 % beyond the largest ``|z|``, the threshold and 5);
+            values beyond it are counted in the outermost bins.
+        bins: number of bins.
+    """
+    values = {name: to_numpy(z).ravel() for name, z in z_by_name.items()}
+    values = {name: v[np.isfinite(v)] for name, v in values.items()}
+    if not values or any(v.size == 0 for v in values.values()):
+        raise ValueError("z_by_name must hold at least one non-empty array of finite values per name")
+    if limit is None:
+        limit = 1.05 * max(5.0, max(float(np.abs(v).max()) for v in values.values()), threshold or 0.0)
+    edges = np.linspace(-limit, limit, bins + 1)
+    width = edges[1] - edges[0]
+    fig, ax = _new_axes(ax, (6.4, 3.8))
+    colors = (INPUT_COLOR, OUTPUT_COLOR, HYBRID_COLOR, SERIES_COLOR)
+    smallest = np.inf
+    for k, (name, v) in enumerate(values.items()):
+        counts, _ = np.histogram(np.clip(v, -limit, limit), edges)
+        density = counts / (v.size * width)
+        smallest = min(smallest, 1.0 / (v.size * width))
+        ax.stairs(np.where(counts > 0, density, np.nan), edges, color=colors[k % len(colors)], linewidth=1.4,
+                  label=f"{name} ({v.size:,})")
+    grid = np.linspace(-limit, limit, 400)
+    ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color=MC_COLOR, linestyle="--", linewidth=1,
+            label="standard normal")
+    if threshold is not None:
+        for sign in (-1, 1):
+            ax.axvline(sign * threshold, color="#888888", linewidth=1,
+                       label=f"threshold ±{threshold:.2f}" if sign > 0 else None)
+    ax.set_yscale("log")
+    ax.set_ylim(smallest / 3, 1.0)
+    ax.set_xlim(-limit, limit)
+    ax.set_xlabel("Δ / SE")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7, loc="upper right")
     return fig
