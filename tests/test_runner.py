@@ -223,6 +223,28 @@ def test_an_interrupted_run_checkpoints_its_sitting(tmp_path):
     assert len(read_rows(tmp_path / "rows.csv")) == 3 * 3
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_stop_event_ends_the_run_after_the_task_it_was_set_in(tmp_path, workers):
+    import threading
+
+    if workers:
+        pytest.importorskip("distributed")
+    stop, seen = threading.Event(), []
+
+    def set_after_the_first(summary):  # what a SIGTERM handler does, at a moment we control
+        seen.append(summary.n_run)
+        stop.set()
+
+    out = tmp_path / "rows.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(TASKS, noisy_task, out, workers=workers, progress=False, stop=stop, checkpoint=set_after_the_first,
+                  checkpoint_s=0.0)  # fmt: skip
+    assert seen == [1, 1]  # the checkpoint that set it, then the interrupted sitting's
+    assert len({r["task"] for r in read_rows(out)}) == 1
+    summary = run_tasks(TASKS, noisy_task, out, resume=True, progress=False)  # a later sitting finishes the run
+    assert summary.complete and summary.n_run == len(TASKS) - 1
+
+
 def test_bad_arguments():
     with pytest.raises(RunnerError, match=".csv or .jsonl"):
         run_tasks(TASKS, noisy_task, "rows.txt", progress=False)

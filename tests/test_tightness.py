@@ -314,6 +314,33 @@ def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
     assert "| sparse | 0.05 | input | 1 |" in capsys.readouterr().out
 
 
+def test_cli_sigterm_stops_the_run_even_when_a_callback_swallows_the_interrupt(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from netmoments.experiments import tightness
+    from netmoments.experiments.__main__ import main as cli_main
+
+    real_run = tightness.run_tightness
+
+    def run_with_a_swallowed_sigterm(out, **kwargs):
+        try:  # SIGTERM arrives while the main thread is in a callback that swallows exceptions, as Dask's GC one does
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+        return real_run(out, **kwargs)
+
+    monkeypatch.setattr(tightness, "run_tightness", run_with_a_swallowed_sigterm)
+    out = tmp_path / "t.jsonl"
+    argv = ["tightness", "--images", "2", "--sigma", "0.05", "--cov", "sparse", "--point", "input", "--mc-samples",
+            "100", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists() or not read_rows(out)  # stopped before the first task
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["tasks_done"] == 0 and len(meta["sittings"]) == 1 and "stop" not in meta["sittings"][0]["runner"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_cli_gzipped_output_keeps_its_metadata_beside_it(tmp_path):
     import gzip
 

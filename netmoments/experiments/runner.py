@@ -46,6 +46,7 @@ import io
 import json
 import math
 import os
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -466,6 +467,7 @@ def run_tasks(
     desc: str = "tasks",
     checkpoint: Callable[[RunSummary], None] | None = None,
     checkpoint_s: float = 60.0,
+    stop: threading.Event | None = None,
 ) -> RunSummary:
     """Run ``fn`` on every task not yet in ``out`` and append each task's rows to ``out`` as it finishes.
 
@@ -488,6 +490,10 @@ def run_tasks(
         progress: a tqdm bar over the tasks.
         checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds, at the
             end and when the run is interrupted (e.g. to rewrite a metadata file).
+        stop: an event, e.g. set by a signal handler, checked before each in-process task and after each task is
+            recorded; once it is set the run ends as on Ctrl-C (``KeyboardInterrupt``, the sitting recorded).
+            A handler that raises ``KeyboardInterrupt`` itself can have it swallowed by whatever library callback
+            the main thread happens to be in; the event cannot be lost.
 
     Returns:
         :class:`RunSummary`. Raises :class:`RunnerError` when a task fails (rows of finished tasks are kept,
@@ -556,12 +562,18 @@ def run_tasks(
             summary.wall_s = time.perf_counter() - start_wall
             checkpoint(summary)
             last_checkpoint = time.perf_counter()
+        stop_if_asked()
+
+    def stop_if_asked() -> None:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt("stop requested")
 
     try:
         if not pending:
             pass
         elif scheduler is None and workers == 0:
             for i, key in pending:
+                stop_if_asked()
                 try:
                     rows, seconds = _call_task(fn, key, context, threads)
                 except RunnerError:

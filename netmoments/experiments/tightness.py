@@ -662,7 +662,7 @@ def run_tightness(
     sitting = {
         "command": command, "git_commit": _git_commit(), "versions": _versions(), "machine": _machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average_at_start": _load_average(),
-        "runner": {k: v for k, v in runner_options.items() if k != "progress"},
+        "runner": {k: v for k, v in runner_options.items() if k not in ("progress", "stop")},
     }  # fmt: skip
     meta["sittings"].append(sitting)
 
@@ -950,20 +950,26 @@ def main(args: argparse.Namespace) -> int:
     if stem.suffix != ".jsonl":
         print(f"error: --out must end in .jsonl or .jsonl.gz, got {out}", file=sys.stderr)
         return 2
-    # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded.
+    # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded. The
+    # exception stops set-up at once; the event stops the run after its next task even if the exception lands in a
+    # library callback that swallows it (Dask's garbage-collection callback did, and the run went on).
     import signal
+    import threading
+
+    stop = threading.Event()
 
     def _stop(signum, frame):
+        stop.set()
         raise KeyboardInterrupt
 
     previous_term = signal.signal(signal.SIGTERM, _stop)
     try:
-        return _run_cli(args, out, meta_path)
+        return _run_cli(args, out, meta_path, stop)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
 
 
-def _run_cli(args, out: Path, meta_path: Path) -> int:
+def _run_cli(args, out: Path, meta_path: Path, stop=None) -> int:
     try:
         from ..data import load_mnist
 
@@ -989,7 +995,7 @@ def _run_cli(args, out: Path, meta_path: Path) -> int:
         argv = getattr(args, "argv", None) or sys.argv[1:]
         meta = run_tightness(out, n_images=args.images, sigmas=args.sigma, covs=args.cov, config=config,
                              context=ctx, command="python -m netmoments.experiments " + " ".join(argv),
-                             metadata_path=meta_path, **options)  # fmt: skip
+                             metadata_path=meta_path, stop=stop, **options)  # fmt: skip
     except (RunnerError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
