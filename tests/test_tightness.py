@@ -29,6 +29,10 @@ from netmoments.experiments.tightness import (
     sign_phrase,
     labelled_kmeans,
     noise_factor,
+    PER_IMAGE_COLUMNS,
+    per_image_table,
+    report_markdown,
+    write_per_image_csv,
     recheck_formula,
     run_tightness,
     scaled_cluster_counts,
@@ -273,6 +277,45 @@ def test_tables_from_rows(dense_rows, context):
         image_metrics(rows, 0.3, "dense", "input")
 
 
+def test_per_image_table_recomputes_from_the_raw_columns_and_round_trips_through_csv(dense_rows, context, tmp_path):
+    import csv
+
+    rows = list(dense_rows) + tightness_task((0, 0.05, "dense"), context)
+    records = per_image_table(rows)
+    assert [(r["image"], r["point"]) for r in records] == [(i, p) for i in (0, 1) for p in ("input", "dither", "tie_aware")]
+    n = SMALL.mc_samples
+    for rec in records:
+        raw = next(r for r in rows if (r["image"], r["point"]) == (rec["image"], rec["point"]))
+        a = {name: np.array([np.nan if v is None else v for v in raw[name]]) if raw[name] else np.full(10, np.nan)
+             for name in ROW_LISTS}  # fmt: skip
+        # straight from the definitions, not through image_metrics
+        sym = lambda u, v: np.mean(2 * np.abs(u - v) / (np.abs(u) + np.abs(v)))
+        assert rec["var_err_exact"] == pytest.approx(sym(a["var_exact"], a["mc_var"]), rel=1e-12)
+        if rec["point"] == "input":
+            assert rec["var_err_hybrid"] == pytest.approx(sym(a["var_hybrid"], a["mc_var"]), rel=1e-12)
+        else:
+            assert np.isnan(rec["var_err_hybrid"]) and np.isnan(rec["var_err_series"])
+        dmu = a["f_dmean"] - a["l_dmean"]
+        assert rec["zmu"] == pytest.approx(np.median(np.abs(dmu) / np.sqrt(a["mc_var"])), rel=1e-12)
+        z_formula = np.concatenate([a["f_dmean"] / np.sqrt(a["lin_var"] / n),
+                                    (a["var_exact"] - a["lin_var"]) / a["lin_var_se"]])  # fmt: skip
+        assert rec["z_formula_max"] == pytest.approx(np.abs(z_formula).max(), rel=1e-12)
+        assert rec["lin_var_high"] == int(np.sum(a["l_dvar"] < 0))
+        assert (rec["label"], rec["ties"], rec["k"], rec["mc_samples"]) == (raw["label"], raw["ties"], None, n)
+    path = tmp_path / "per_digit.csv"
+    assert write_per_image_csv(rows, path) == len(records)
+    with path.open() as handle:
+        back = list(csv.DictReader(handle))
+    assert tuple(back[0]) == PER_IMAGE_COLUMNS and len(back) == len(records)
+    for rec, line in zip(records, back):
+        assert line["k"] == "" and line["cov"] == rec["cov"] and int(line["image"]) == rec["image"]
+        for name in ("var_err_exact", "zmu", "z_formula_max", "var_lin_part"):
+            assert float(line[name]) == pytest.approx(rec[name], rel=1e-5)
+        assert line["var_err_hybrid"] == ("" if rec["point"] != "input" else line["var_err_hybrid"])
+    text = report_markdown(rows)
+    assert "## Table 2" in text and "## Table 3" not in text and summary_table(rows) in text
+
+
 def test_cli_argument_errors_and_unreachable_scheduler(tmp_path):
     parser = build_parser()
     for argv in (["tightness", "--point", "median"], ["tightness", "--sigma", "-1"], ["tightness", "--images", "0"],
@@ -307,11 +350,19 @@ def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
     assert len(meta["sittings"]) == 2 and "tightness --images 1" in meta["sittings"][0]["command"]
     rows = read_rows(out)
     assert [r["task"] for r in rows] == [task_id((0, 0.05, "sparse"))]
-    assert cli_main(["tightness", "--report", "--out", str(out)]) == 0
+    tables, per_digit = tmp_path / "tables.md", tmp_path / "per_digit.csv"
+    capsys.readouterr()
+    assert cli_main(["tightness", "--report", "--out", str(out), "--tables", str(tables), "--csv", str(per_digit)]) == 0
     import signal
 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the CLI's SIGTERM handler is removed again
-    assert "| sparse | 0.05 | input | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| sparse | 0.05 | input | 1 |" in printed and "tightness --images 1" in printed
+    assert tables.read_text().strip() == printed.strip()
+    lines = per_digit.read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("0,") and ",sparse,input," in lines[1]
+    assert cli_main(argv + ["--resume", "--csv", str(per_digit)]) == 2  # an export needs --report
+    assert "--report" in capsys.readouterr().err
 
 
 def test_cli_sigterm_stops_the_run_even_when_a_callback_swallows_the_interrupt(tmp_path, monkeypatch, capsys):

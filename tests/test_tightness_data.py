@@ -13,10 +13,19 @@ import pytest
 import torch
 
 from netmoments.experiments.runner import read_rows, task_id
-from netmoments.experiments.tightness import ROW_LISTS, TightnessConfig, bonferroni_z, build_context, tightness_task
+from netmoments.experiments.tightness import (
+    ROW_LISTS,
+    TightnessConfig,
+    bonferroni_z,
+    build_context,
+    report_markdown,
+    tightness_task,
+    write_per_image_csv,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 ROWS, META = DATA / "tightness_scale.jsonl.gz", DATA / "tightness_scale.json"
+TABLES, PER_DIGIT = DATA / "tightness_scale_tables.md", DATA / "tightness_scale_per_digit.csv"
 pytestmark = pytest.mark.skipif(not ROWS.exists(), reason="no committed tightness run")
 
 
@@ -73,3 +82,22 @@ def test_a_committed_task_recomputes_within_its_standard_errors(committed, key):
             assert np.all(diff <= z * se(old) + 1e-9), f"{name} at {old['point']} k={old['k']}: stale data"
         for name in ROW_LISTS:
             assert (old[name] is None) == (new[name] is None)
+
+
+def test_the_committed_tables_and_per_digit_csv_are_those_of_the_committed_rows(committed, tmp_path):
+    import csv
+
+    if not (TABLES.exists() and PER_DIGIT.exists()):
+        pytest.skip("the tables and the per-digit CSV are exported when the run is complete")
+    rows, meta = committed
+    assert TABLES.read_text() == report_markdown(rows, meta), "stale tables: re-export them with --report --tables"
+    fresh = tmp_path / "per_digit.csv"
+    write_per_image_csv(rows, fresh)
+    with PER_DIGIT.open() as a, fresh.open() as b:
+        old, new = list(csv.reader(a)), list(csv.reader(b))
+    assert len(old) == len(new) and old[0] == new[0], "stale per-digit CSV: re-export it with --report --csv"
+    for line_old, line_new in zip(old[1:], new[1:]):
+        for name, u, v in zip(old[0], line_old, line_new):
+            assert (u == "") == (v == ""), f"{name}: {u!r} vs {v!r}"
+            if u and u != v:
+                assert float(u) == pytest.approx(float(v), rel=1e-5), f"{name}: {u} vs {v}"

@@ -54,6 +54,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -99,6 +100,10 @@ __all__ = [
     "summary_table",
     "cluster_table",
     "provenance",
+    "PER_IMAGE_COLUMNS",
+    "per_image_table",
+    "write_per_image_csv",
+    "report_markdown",
     "register",
     "main",
 ]
@@ -885,6 +890,89 @@ def provenance(metadata: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PER_IMAGE_COLUMNS = (
+    "image", "label", "sigma", "cov", "point", "k", "clusters", "ties", "mc_samples",
+    "var_err_exact", "var_err_series", "var_err_hybrid", "mean_err", "zmu", "var_lin_part", "var_formula_part",
+    "mc_var_rel_se", "z_formula_max", "z_lin_mean", "z_lin_var", "lin_var_high",
+)  # fmt: skip
+
+
+def _setting_order(setting):
+    sigma, cov, point, k = setting
+    return (COV_KINDS.index(cov) if cov in COV_KINDS else len(COV_KINDS), sigma,
+            POINT_KINDS.index(point) if point in POINT_KINDS else len(POINT_KINDS), -1 if k is None else k)  # fmt: skip
+
+
+def per_image_table(rows) -> list[dict]:
+    """The per-digit numbers every table and interval is computed from: one record per (image, setting).
+
+    A setting is ``(sigma, cov, point, k)``; records are ordered by image, then covariance family, sigma, point and
+    ``k``. Each record holds the row's keys (:data:`PER_IMAGE_COLUMNS`: ``image`` ... ``mc_samples``) and, over the
+    10 logits of that digit, the numbers the chapter aggregates (``nan`` where a closed form was not computed):
+
+    - ``var_err_<method>``: mean symmetric relative error of the variance (``exact``, ``series``, ``hybrid``);
+    - ``mean_err``: median symmetric relative error of the mean; ``zmu``: median ``|Delta mu| / sd``;
+    - ``var_lin_part`` / ``var_formula_part``: mean ``|part| / MC var`` of the variance's two error parts;
+    - ``mc_var_rel_se``: mean relative standard error of the Monte Carlo variance;
+    - ``z_formula_max``: largest formula ``|Delta| / SE`` (means and variances, 20 comparisons);
+    - ``z_lin_mean`` / ``z_lin_var``: median linearization ``|Delta| / SE`` of the mean and the variance;
+    - ``lin_var_high``: how many logits have ``Var[g_p] > Var[f]`` on the same draws (0 to 10).
+    """
+    by_key = {(r["image"], r["sigma"], r["cov"], r["point"], r["k"]): r for r in rows}
+    records = []
+    for setting in sorted({key[1:] for key in by_key}, key=_setting_order):
+        m = image_metrics(rows, *setting)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan logits (a method not computed) give nan
+            numbers = {
+                **{f"var_err_{method}": np.nanmean(m[f"err_var_{method}"], 1) for method in METHODS},
+                "mean_err": np.nanmedian(m["err_mean"], 1), "zmu": np.nanmedian(m["zmu"], 1),
+                "var_lin_part": np.nanmean(m["rel_lin_var"], 1), "var_formula_part": np.nanmean(m["rel_formula_var"], 1),
+                "mc_var_rel_se": np.nanmean(m["mc_var_rel_se"], 1),
+                "z_formula_max": np.nanmax(np.abs(np.concatenate([m["z_formula_mean"], m["z_formula_var"]], 1)), 1),
+                "z_lin_mean": np.nanmedian(np.abs(m["z_lin_mean"]), 1), "z_lin_var": np.nanmedian(np.abs(m["z_lin_var"]), 1),
+                "lin_var_high": (m["z_lin_var"] < 0).sum(1),
+            }  # fmt: skip
+        for i, image in enumerate(m["image"].tolist()):
+            row = by_key[(image, *setting)]
+            record = {name: row[name] for name in PER_IMAGE_COLUMNS[:9]}
+            record.update({name: values[i].item() for name, values in numbers.items()})
+            records.append(record)
+    records.sort(key=lambda r: (r["image"], *_setting_order((r["sigma"], r["cov"], r["point"], r["k"]))))
+    return records
+
+
+def write_per_image_csv(rows, path) -> int:
+    """Write :func:`per_image_table` of ``rows`` to the CSV ``path`` (6 significant digits, an empty cell for
+    ``nan`` or a missing ``k``), atomically; returns the number of records written."""
+    import csv
+    import io
+
+    records = per_image_table(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PER_IMAGE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({name: ("" if value is None or (isinstance(value, float) and math.isnan(value))
+                                else f"{value:.6g}" if isinstance(value, float) else value)
+                         for name, value in record.items()})  # fmt: skip
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+    return len(records)
+
+
+def report_markdown(rows, metadata: dict | None = None) -> str:
+    """The run's tables as markdown: :func:`provenance` (when ``metadata`` is given), Table 2 by covariance family
+    (:func:`summary_table`) and Table 3 (:func:`cluster_table`, when the rows have cluster points)."""
+    parts = [provenance(metadata)] if metadata is not None else []
+    parts.append("## Table 2: the closed forms against the real network, by covariance family\n\n" + summary_table(rows) + "\n")
+    if any(r["k"] is not None for r in rows):
+        parts.append("## Table 3: one linearization per cluster (dense noise)\n\n" + cluster_table(rows) + "\n")
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -926,6 +1014,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output, .jsonl or gzipped .jsonl.gz (one line per task x point)")
     parser.add_argument("--metadata", default=None, help="metadata JSON path (default: beside --out, .json)")
     parser.add_argument("--report", action="store_true", help="only print the tables of an existing --out")
+    parser.add_argument("--tables", default=None, metavar="MD", help="with --report: also write the tables there")
+    parser.add_argument("--csv", default=None, metavar="CSV",
+                        help="with --report: write the per-digit metrics there (one row per digit and setting)")  # fmt: skip
     add_runner_arguments(parser)
     parser.set_defaults(func=main)
     return parser
@@ -941,12 +1032,18 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: --report needs an existing --out; {out} does not exist", file=sys.stderr)
             return 2
         rows = read_rows(out)
-        if meta_path.exists():
-            print(provenance(json.loads(meta_path.read_text())))
-        print(summary_table(rows))
-        if any(r["k"] is not None for r in rows):
-            print("\n" + cluster_table(rows))
+        text = report_markdown(rows, json.loads(meta_path.read_text()) if meta_path.exists() else None)
+        print(text)
+        if args.tables:
+            Path(args.tables).write_text(text)
+            print(f"tables written to {args.tables}", file=sys.stderr)
+        if args.csv:
+            n = write_per_image_csv(rows, args.csv)
+            print(f"{n} per-digit records written to {args.csv}", file=sys.stderr)
         return 0
+    if args.tables or args.csv:
+        print("error: --tables and --csv go with --report (they export an existing --out)", file=sys.stderr)
+        return 2
     if stem.suffix != ".jsonl":
         print(f"error: --out must end in .jsonl or .jsonl.gz, got {out}", file=sys.stderr)
         return 2
