@@ -67,7 +67,7 @@ from ..gaussian import random_spd
 from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
-    RunnerError, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
+    RunnerError, _atomic_write, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
 )
 
 __all__ = [
@@ -956,10 +956,7 @@ def write_per_image_csv(rows, path) -> int:
         writer.writerow({name: ("" if value is None or (isinstance(value, float) and math.isnan(value))
                                 else f"{value:.6g}" if isinstance(value, float) else value)
                          for name, value in record.items()})  # fmt: skip
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    _atomic_write(Path(path), buffer.getvalue().encode())
     return len(records)
 
 
@@ -1035,7 +1032,7 @@ def main(args: argparse.Namespace) -> int:
         text = report_markdown(rows, json.loads(meta_path.read_text()) if meta_path.exists() else None)
         print(text)
         if args.tables:
-            Path(args.tables).write_text(text)
+            _atomic_write(Path(args.tables), text.encode())
             print(f"tables written to {args.tables}", file=sys.stderr)
         if args.csv:
             n = write_per_image_csv(rows, args.csv)
