@@ -30,10 +30,11 @@ from netmoments.models import load_lenet  # noqa: E402
 
 def _digits(model, count, device):
     images, labels = load_mnist("test")
+    images, labels = images.to(device), labels.to(device)
     with torch.no_grad():
         ok = model(images).argmax(-1) == labels
     idx = ok.nonzero().flatten()[:count]
-    return images[idx].to(device), labels[idx].to(device)
+    return images[idx], labels[idx]
 
 
 def bench_p10(model, images, labels, repeats=3):
