@@ -872,6 +872,8 @@ def two_stage_linearize(
     fc1's positions. On an idle 2-core machine this makes LeNet's linearization about 1.5x (one point) to 1.8x
     (a batch) faster than one thread; when other processes keep the cores busy it is slower (about 1.4x for
     one point), as any multi-threaded PyTorch code is: there, call ``torch.set_num_threads(1)`` first.
+    On a GPU a batch runs in one pass: on an H200, 256 LeNet digits take 90 ms (0.35 ms each), while one digit
+    is bound by kernel launches (9.9 ms; ``method="autograd"`` takes 7.0 ms there). Batch points on a GPU.
 
     Args:
         model: ``nn.Sequential`` of Conv2d / MaxPool2d / AvgPool2d / Flatten / Linear / ReLU / Identity.
