@@ -362,6 +362,13 @@ def test_cli_tiny_run_resume_and_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| sparse | 0.05 | input | 1 |" in printed and "tightness --images 1" in printed
     assert tables.read_text().strip() == printed.strip()
+    from netmoments.provenance import read_provenance
+
+    for export in (tables, per_digit):  # each export says what made it and from which rows
+        record = read_provenance(export)
+        assert record is not None, export
+        assert "--report" in record["command"] and record["source"]["rows"] == out.as_posix()
+        assert record["source"]["n_rows"] == len(rows)
     lines = per_digit.read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("0,") and ",sparse,input," in lines[1]
     assert cli_main(argv + ["--resume", "--csv", str(per_digit)]) == 2  # an export needs --report

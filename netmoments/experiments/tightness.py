@@ -1019,6 +1019,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _write_export_provenance(args, export, rows_path: Path, meta_path: Path, n_rows: int) -> None:
+    """A sidecar beside an export (:func:`netmoments.provenance.write_sidecar`): the export command's own record
+    (command, commit, versions, machine, date) and the rows it was computed from, whose own provenance is the run's
+    metadata JSON."""
+    from ..provenance import run_metadata, write_sidecar
+
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    record = run_metadata("python -m netmoments.experiments " + " ".join(argv),
+                          source={"rows": rows_path.as_posix(), "n_rows": n_rows, "metadata": meta_path.as_posix()})
+    write_sidecar(export, record)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the ``tightness`` subcommand from parsed arguments; returns the exit status."""
     out = Path(args.out)
@@ -1033,9 +1045,11 @@ def main(args: argparse.Namespace) -> int:
         print(text)
         if args.tables:
             _atomic_write(Path(args.tables), text.encode())
+            _write_export_provenance(args, args.tables, out, meta_path, len(rows))
             print(f"tables written to {args.tables}", file=sys.stderr)
         if args.csv:
             n = write_per_image_csv(rows, args.csv)
+            _write_export_provenance(args, args.csv, out, meta_path, len(rows))
             print(f"{n} per-digit records written to {args.csv}", file=sys.stderr)
         return 0
     if args.tables or args.csv:
