@@ -176,7 +176,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--chunk", type=int, default=8, help="digits per task (one batch) with --suite")
     parser.add_argument("--tune", default=None, metavar="JSON",
                         help="tune the baselines' step size and our L1 price on --images training digits")
-    from .runner import add_runner_arguments
+    from .runner import add_runner_arguments, command_line
 
     add_runner_arguments(parser)
 
@@ -184,8 +184,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         if args.tune:
             from .attack_suite import tune
 
-            command = "python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or [])
-            print(json.dumps(tune(args.tune, images=args.images, command=command), indent=1, default=str))
+            print(json.dumps(tune(args.tune, images=args.images, command=command_line(args)), indent=1, default=str))
             return 0
         if args.suite:
             from .attack_suite import run_suite
@@ -193,12 +192,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
             out = args.out if args.out.endswith(".csv") else args.out + ".csv"
             run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk,
-                      command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or []),
-                      **runner_kwargs(args))
+                      command=command_line(args), **runner_kwargs(args))
             return 0
         if args.book_data:
             precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
-                                 command="python -m netmoments.experiments " + " ".join(getattr(args, "argv", []) or []))
+                                 command=command_line(args))
         else:
             run_attack(args)
         return 0

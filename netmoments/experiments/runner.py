@@ -46,6 +46,7 @@ import io
 import json
 import math
 import os
+import sys
 import threading
 import time
 import zlib
@@ -64,6 +65,7 @@ __all__ = [
     "run_tasks",
     "add_runner_arguments",
     "runner_kwargs",
+    "command_line",
     "MALLOC_ENVIRON",
     "keep_freed_memory",
 ]
@@ -692,6 +694,13 @@ def _scheduler_address(text: str) -> str:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected an address like tcp://HOST:PORT, got {text!r}")
     return text
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command a subcommand ran, as its records keep it: ``python -m netmoments.experiments`` and the argv
+    that ``netmoments.experiments.__main__.main`` stores in ``args.argv`` (``sys.argv[1:]`` without it)."""
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return "python -m netmoments.experiments " + " ".join(argv)
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:

@@ -67,7 +67,8 @@ from ..gaussian import random_spd
 from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
-    RunnerError, _atomic_write, _positive_int, add_runner_arguments, read_rows, run_tasks, runner_kwargs, seed_from_key,
+    RunnerError, _atomic_write, _positive_int, add_runner_arguments, command_line, read_rows, run_tasks, runner_kwargs,
+    seed_from_key,
 )
 
 __all__ = [
@@ -1025,8 +1026,7 @@ def _write_export_provenance(args, export, rows_path: Path, meta_path: Path, n_r
     metadata JSON."""
     from ..provenance import run_metadata, write_sidecar
 
-    argv = getattr(args, "argv", None) or sys.argv[1:]
-    record = run_metadata("python -m netmoments.experiments " + " ".join(argv),
+    record = run_metadata(command_line(args),
                           source={"rows": rows_path.as_posix(), "n_rows": n_rows, "metadata": meta_path.as_posix()})
     write_sidecar(export, record)
 
@@ -1100,9 +1100,8 @@ def _run_cli(args, out: Path, meta_path: Path, stop=None) -> int:
                 pass
         ctx = build_context(config, images=images, labels=labels, pool=pool, pool_labels=pool_labels,
                             n_images=args.images)  # fmt: skip
-        argv = getattr(args, "argv", None) or sys.argv[1:]
         meta = run_tightness(out, n_images=args.images, sigmas=args.sigma, covs=args.cov, config=config,
-                             context=ctx, command="python -m netmoments.experiments " + " ".join(argv),
+                             context=ctx, command=command_line(args),
                              metadata_path=meta_path, stop=stop, **options)  # fmt: skip
     except (RunnerError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
