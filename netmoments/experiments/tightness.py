@@ -710,9 +710,7 @@ def _jsonable(value):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    _atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------- analysis
