@@ -383,23 +383,21 @@ def test_accumulate_sums_every_item_once_on_any_number_of_threads():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_structured_path_on_cuda_equals_autograd_and_the_cpu(lenet64, digits, gen):
     # On CUDA the structured path runs a whole batch in one pass (no Python threads): check it there.
+    import copy
+
     from netmoments.linearize import TwoStageLinearization
 
-    net, x = lenet64.to("cuda"), digits.to("cuda")
-    try:
-        fast = two_stage_linearize(net, x, method="structured")
-        slow = two_stage_linearize(net, x, method="autograd")
-        cpu = two_stage_linearize(lenet64.to("cpu"), digits, method="structured")
-        net.to("cuda")
-        for name in ("A", "c1", "B", "c2"):
-            a = getattr(fast, name)
-            assert a.device.type == "cuda", name
-            assert torch.allclose(a, getattr(slow, name), rtol=0, atol=1e-12), name
-            assert torch.allclose(a.cpu(), getattr(cpu, name), rtol=0, atol=1e-12), name
-        lin = TwoStageLinearization(net, x)
-        u = torch.randn(3, 10, fast.A.shape[-2], generator=gen, dtype=torch.float64).to("cuda")
-        assert torch.allclose(lin.rmatvec(u), u @ fast.A, rtol=0, atol=1e-12)
-        assert torch.allclose(lin.columns(torch.tensor([0, 400, 783], device="cuda")),
-                              fast.A[:, :, [0, 400, 783]], rtol=0, atol=1e-12)
-    finally:
-        lenet64.to("cpu")
+    net, x = copy.deepcopy(lenet64).to("cuda"), digits.to("cuda")  # the module-scoped fixture stays on the CPU
+    fast = two_stage_linearize(net, x, method="structured")
+    slow = two_stage_linearize(net, x, method="autograd")
+    cpu = two_stage_linearize(lenet64, digits, method="structured")
+    for name in ("A", "c1", "B", "c2"):
+        a = getattr(fast, name)
+        assert a.device.type == "cuda", name
+        assert torch.allclose(a, getattr(slow, name), rtol=0, atol=1e-12), name
+        assert torch.allclose(a.cpu(), getattr(cpu, name), rtol=0, atol=1e-12), name
+    lin = TwoStageLinearization(net, x)
+    u = torch.randn(3, 10, fast.A.shape[-2], generator=gen, dtype=torch.float64).to("cuda")
+    assert torch.allclose(lin.rmatvec(u), u @ fast.A, rtol=0, atol=1e-12)
+    assert torch.allclose(lin.columns(torch.tensor([0, 400, 783], device="cuda")),
+                          fast.A[:, :, [0, 400, 783]], rtol=0, atol=1e-12)
