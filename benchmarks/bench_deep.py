@@ -113,7 +113,8 @@ def _interleaved_best(fns: dict, device, rounds: int, clock=time.perf_counter) -
 
 def bench_p12(model, device, quick) -> list[dict]:
     images, _ = load_mnist("test")
-    batch = 256 if torch.device(device).type == "cuda" else 16
+    gpu = torch.device(device).type == "cuda"
+    batch = 256 if gpu else 16
     images = images[:batch].to(device)
     fc1 = next(layer for layer in model if isinstance(layer, torch.nn.Linear)).weight.detach()
     gen = torch.Generator(device=device).manual_seed(0)
@@ -131,7 +132,6 @@ def bench_p12(model, device, quick) -> list[dict]:
         "batch": lambda: two_stage_linearize(model, images),
         "attack": attack_path,
     }
-    gpu = torch.device(device).type == "cuda"
     if gpu:
         # on a GPU one 2.5 GMAC product leaves most of the device idle: the batch's fair floor is the batched GEMM
         pooled_batch = torch.randn(batch, fc1.shape[1], 784, generator=gen, device=device)
