@@ -8,13 +8,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.netmoments-installed
 JOBS   ?= 2
 PYTEST_ARGS := -n $(JOBS) --dist loadfile -p no:cacheprovider -rs
+TEST_PATHS  := tests book netmoments/course/source
+NBVAL_ARGS  := --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env
 # The last successful `make book` touches this; the browser test rebuilds the book when a source is newer.
 BOOK_STAMP  := _build/html/.netmoments-book
 BOOK_INPUTS := _config.yml _toc.yml requirements.txt $(wildcard book/*.ipynb book/*.md book/*.bib book/data/* book/course/* \
                book/_static/* netmoments/*.py netmoments/*/*.py) scripts/check_book.py scripts/vendor_js.sh
 CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 
-.PHONY: setup book test test-fast bench vendor lab clean assignments grade
+.PHONY: setup book test test-numerics test-fast bench vendor lab clean assignments grade
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,12 +44,20 @@ $(BOOK_STAMP): $(STAMP) $(BOOK_INPUTS)
 
 ifneq ($(CHROMIUM),)
 test: setup $(BOOK_STAMP)
-	NETMOMENTS_BROWSER_TEST=required $(PY) -m pytest $(PYTEST_ARGS) tests book netmoments/course/source --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env
+	NETMOMENTS_BROWSER_TEST=required $(PY) -m pytest $(PYTEST_ARGS) $(TEST_PATHS) $(NBVAL_ARGS)
+	$(MAKE) --no-print-directory test-numerics
 else
 test: setup
 	@echo "SKIP browser test (tests/test_browser.py): no Chromium on this machine (apt-get install -y chromium)"
-	$(PY) -m pytest $(PYTEST_ARGS) tests book netmoments/course/source --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current-env
+	$(PY) -m pytest $(PYTEST_ARGS) $(TEST_PATHS) $(NBVAL_ARGS)
+	$(MAKE) --no-print-directory test-numerics
 endif
+
+# The numerically sensitive tests and notebooks (marker `numerics`) once more on other kernel paths: torch's
+# portable (non-AVX) kernels and MKL's conditional-numerical-reproducibility path. Results that only hold on one
+# CPU's rounding fail here on any machine.
+test-numerics: setup
+	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE $(PY) -m pytest $(PYTEST_ARGS) -m numerics $(TEST_PATHS) $(NBVAL_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
