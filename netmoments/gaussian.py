@@ -45,19 +45,70 @@ def random_spd(
     return 0.5 * (sigma + sigma.mT)
 
 
-def covariance_sqrt(cov: torch.Tensor) -> torch.Tensor:
-    """A factor ``L`` with ``L @ L.mT == cov`` for a batch ``(..., n, n)`` of PSD matrices.
+def _rank_cutoff(dtype: torch.dtype, n: int) -> float:
+    """Relative size ``n * eps`` below which an eigenvalue is indistinguishable from rounding noise.
 
-    Uses Cholesky where it succeeds and a clamped eigen-decomposition (``V sqrt(max(w, 0))``) where the
-    matrix is singular, so rank-deficient covariances are sampled exactly on their support.
+    A symmetric eigensolver returns the eigenvalues of ``cov + E`` with ``|E| ~ n eps |cov|``, so an exact zero
+    comes back as anything in about ``+-n eps lambda_max``, positive or negative depending on the CPU's kernels
+    (numpy's ``matrix_rank`` uses the same rule). Clamping at 0 instead kept such noise as a ``sqrt(eps)``-sized
+    factor column, and draws left the support by ~1e-7 on some CPUs.
     """
+    return n * torch.finfo(dtype).eps
+
+
+def _cholesky_well_conditioned(chol: torch.Tensor, cov: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """``(...)`` bool: the smallest eigenvalue of ``chol @ chol.mT`` is clearly above the rank cutoff.
+
+    Cholesky also succeeds on many numerically singular matrices (rounding leaves tiny positive pivots), and its
+    factor then spreads draws ``sqrt(eps)`` off the support. A few steps of inverse iteration with the factor
+    (``O(n^2)`` each) estimate the smallest eigenvalue; a rank deficiency shows at once, because its eigenvalue
+    is ``1 / eps`` times smaller than the others. The estimate is an upper bound, hence the margin of 100.
+    """
+    n = cov.shape[-1]
+    # A fixed, generic start vector: the caller's random stream is left untouched, and no structured matrix
+    # (e.g. one whose null space is orthogonal to the ones vector) hides its small eigenvalue from it.
+    k = torch.arange(n, dtype=cov.dtype, device=cov.device)
+    x = torch.cos(2.399963229728653 * k + 0.5).expand(*cov.shape[:-1]).unsqueeze(-1)
+    x = x / torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+    growth = torch.ones(cov.shape[:-2], dtype=cov.dtype, device=cov.device)
+    for _ in range(iterations):
+        y = torch.cholesky_solve(x, chol)
+        growth = torch.linalg.vector_norm(y, dim=(-2, -1))  # ||cov^-1 x|| <= 1 / lambda_min
+        x = y / growth[..., None, None]
+    scale = torch.linalg.matrix_norm(cov)  # Frobenius: >= lambda_max
+    # NaN/inf (a breakdown on a singular factor) compares False: such matrices go to the eigen-decomposition.
+    return growth.reciprocal() > 100.0 * _rank_cutoff(cov.dtype, n) * scale
+
+
+def covariance_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """A factor ``L`` with ``L @ L.mT == cov`` for a batch ``(..., n, n)`` of symmetric PSD matrices.
+
+    Uses the Cholesky factor where the matrix is clearly positive definite, and otherwise an eigen-decomposition
+    ``V sqrt(w)`` in which every eigenvalue ``w <= n * eps * max(w)`` (rounding noise, see
+    :func:`_rank_cutoff`) is set to exactly 0: a rank-deficient covariance is then sampled exactly on its support
+    (to rounding of the eigenvectors), whatever the CPU's LAPACK returns for its zero eigenvalues.
+
+    Args:
+        cov: ``(..., n, n)`` float32/float64 symmetric positive semi-definite (not checked here).
+
+    Returns:
+        ``(..., n, n)`` of ``cov``'s dtype and device.
+    """
+    n = cov.shape[-1]
+    if n == 0:
+        return cov.clone()
     chol, info = torch.linalg.cholesky_ex(cov)
-    if not (info != 0).any():
+    ok = info == 0
+    if bool(ok.any()):
+        ok = ok & _cholesky_well_conditioned(torch.where(ok[..., None, None], chol, torch.eye(n, dtype=cov.dtype,
+                                                                                            device=cov.device)), cov)
+    if bool(ok.all()):
         return chol
     w, v = torch.linalg.eigh(cov)
-    eig_factor = v * w.clamp_min(0).sqrt().unsqueeze(-2)
-    ok = (info == 0)[..., None, None]
-    return torch.where(ok, chol, eig_factor)
+    keep = w > _rank_cutoff(cov.dtype, n) * w[..., -1:]
+    root = torch.where(keep, w, torch.ones_like(w)).sqrt() * keep
+    eig_factor = v * root.unsqueeze(-2)
+    return torch.where(ok[..., None, None], chol, eig_factor)
 
 
 def sample_gaussian(

@@ -32,6 +32,7 @@ def test_random_spd_reproducible_and_errors():
         nm.random_spd(0, 1.0)
 
 
+@pytest.mark.numerics
 def test_sample_gaussian_moments_and_rank_deficient_support(gen):
     mean = torch.tensor([1.0, -2.0, 0.5], **f64)
     u = torch.tensor([[1.0], [2.0], [-1.0]], **f64)
@@ -90,3 +91,78 @@ def test_monte_carlo_bad_inputs():
         nm.monte_carlo_moments(lambda x: x.sum(0), mean, cov, 10)
     with pytest.raises(ValueError, match="cov is not positive semi-definite"):
         nm.monte_carlo_moments(lambda x: x, mean, -cov, 10)
+
+
+def _off_support(x: torch.Tensor, basis: torch.Tensor) -> float:
+    """Largest distance of the rows of ``x`` from the span of the orthonormal columns of ``basis``."""
+    return (x - (x @ basis) @ basis.T).abs().max().item()
+
+
+# Both matrices are exact in binary and their small eigenvalue (about 1e-16 of the largest) is positive on every
+# CPU, so an eigensolver or a Cholesky factorisation keeps it unless it is cut at a relative threshold: the old
+# clamp at 0 left a 3e-8 factor column and draws 1e-7 off the support, here on any machine.
+def _spurious_eigen_cov():
+    """blockdiag(u u^T, 6e-16): rank one plus a rounding-level term; Cholesky fails, so eigh is used."""
+    u = torch.tensor([1.0, 2.0, -1.0], **f64)
+    cov = torch.zeros(4, 4, **f64)
+    cov[:3, :3] = torch.outer(u, u)
+    cov[3, 3] = 6e-16
+    support = torch.zeros(4, 1, **f64)
+    support[:3, 0] = u / u.norm()
+    return cov, support
+
+
+def _spurious_cholesky_cov():
+    """[[4, 2], [2, 1 + 2^-50]]: Cholesky succeeds with a last pivot 2^-50 ~ 9e-16 (eigenvalue ~7e-16, relative 1.4e-16)."""
+    cov = torch.tensor([[4.0, 2.0], [2.0, 1.0 + 2.0**-50]], **f64)
+    support = torch.tensor([[2.0], [1.0]], **f64) / math.sqrt(5.0)
+    return cov, support
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("make", [_spurious_eigen_cov, _spurious_cholesky_cov], ids=["eigh", "cholesky"])
+def test_covariance_sqrt_drops_rounding_level_eigenvalues(make, gen):
+    cov, support = make()
+    assert torch.linalg.eigvalsh(cov)[-2] > 0  # the premise: a positive, rounding-level eigenvalue
+    factor = nm.gaussian.covariance_sqrt(cov)
+    torch.testing.assert_close(factor @ factor.mT, cov, rtol=0, atol=1e-14)
+    assert _off_support(factor.mT, support) < 1e-14
+    mean = torch.linspace(-1.0, 1.0, cov.shape[0], **f64)
+    x = nm.sample_gaussian(mean, cov, 20_000, generator=gen)
+    assert _off_support(x - mean, support) < 1e-12
+
+
+@pytest.mark.numerics
+def test_covariance_sqrt_batch_mixes_cholesky_and_eigen_paths():
+    singular, support = _spurious_cholesky_cov()
+    definite = torch.tensor([[2.0, 0.3], [0.3, 1.0]], **f64)
+    factor = nm.gaussian.covariance_sqrt(torch.stack([definite, singular, definite]))
+    # a well-conditioned matrix keeps its Cholesky factor bit for bit (so seeded draws are unchanged) ...
+    assert torch.equal(factor[0], torch.linalg.cholesky(definite))
+    assert torch.equal(factor[2], factor[0])
+    # ... and the numerically singular one in the same batch gets the rank-one eigen factor
+    assert _off_support(factor[1].mT, support) < 1e-14
+    torch.testing.assert_close(factor[1] @ factor[1].mT, singular, rtol=0, atol=1e-14)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_covariance_sqrt_random_rank_deficient(dtype):
+    # random low-rank covariances, rounded to dtype: a rounded singular matrix is sometimes "positive definite" to
+    # Cholesky (tiny positive pivots); either way the factor must stay on the support to rounding level
+    gen = torch.Generator().manual_seed(3)
+    eps = torch.finfo(dtype).eps
+    for n in (2, 3, 5, 12):
+        for _ in range(40):
+            q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, **f64))
+            rank = int(torch.randint(1, n, (1,), generator=gen))
+            w = torch.zeros(n, **f64)
+            w[:rank] = 1e-3 + torch.rand(rank, generator=gen, **f64)
+            cov = ((q * w) @ q.T).to(dtype)
+            factor = nm.gaussian.covariance_sqrt(0.5 * (cov + cov.T)).double()
+            assert (q[:, rank:].T @ factor).abs().max() < 100 * eps
+            torch.testing.assert_close(factor @ factor.T, cov.double(), rtol=0, atol=100 * eps)
+
+
+def test_covariance_sqrt_empty_matrix():
+    assert nm.gaussian.covariance_sqrt(torch.zeros(2, 0, 0, **f64)).shape == (2, 0, 0)
