@@ -536,43 +536,76 @@ def bivariate_normal_cdf(h, k, rho):
 # ----------------------------------------------------------------------------------------------------------
 # NM20 series
 # ----------------------------------------------------------------------------------------------------------
-def _series_inner(a, b, c, terms):
-    """NM20's truncated series I_N(a, b, c) for |a| <= 1 (finite tensors, any shape).
+def _series_bounds(dtype):
+    """(|b| bound, |c| bound, scale cap L) for :func:`_series_inner` in ``dtype``.
 
-    1 - P(u+1, c^2) = e^{-c^2} sum_{j<=u} c^{2j} / j! and 1 - sign(c) P(u+3/2, c^2) = erfc(c) + e^{-c^2}
-    sum_{j<=u} c^{2j+1} / Gamma(j+3/2) (recurrences from P(1, x) = 1 - e^{-x}, P(1/2, x) = erf(sqrt x)):
-    polynomials times exponentials, so autograd differentiates everything, including in c.
+    exp(-b^2/2) (the start of the scaled Hermite recurrence) must stay a normal number, and the Poisson sums below
+    start at exp(X - c^2) with X = min(c^2, L) and grow to at most exp(X): both must stay normal too. Beyond the
+    bounds (|b| ~ 37.6, |c| ~ 37.5 in float64; 13.2 in float32) e^{-b^2} and e^{-c^2} are already 0 in ``dtype``
+    and erf, erfc are exactly +-1, 0 or 2, so clamping there changes no value (by less than 1e-300 in float64).
     """
-    b = b.clamp(-_SATURATION, _SATURATION)
-    c = c.clamp(-_SATURATION, _SATURATION)
-    exp_b = torch.exp(-b * b)
-    c_sq = c * c
-    exp_c = torch.exp(-c_sq)
-    erfc_c = torch.erfc(c)
-    half_a = 0.5 * a
-    half_a_sq = half_a * half_a
-    two_b = 2.0 * b
+    info = torch.finfo(dtype)
+    log_tiny = math.log(info.tiny)
+    cap = 0.98 * math.log(info.max)
+    return 0.999 * math.sqrt(-2.0 * log_tiny), 0.999 * math.sqrt(cap - log_tiny), cap
 
-    hermite_even, hermite_odd = torch.ones_like(b), two_b  # H_0, H_1
-    integer_term = torch.ones_like(c)                       # c^{2u} / u!
-    half_term = c / math.gamma(1.5)                          # c^{2u+1} / Gamma(u + 3/2)
-    integer_sum, half_sum = integer_term, half_term
-    power = half_a                                           # (a/2)^{2u+1}
-    total = torch.zeros_like(exp_b)
+
+def _series_inner(a, b, c, terms):
+    """NM20's truncated series I_N(a, b, c) for |a| <= 1 (finite tensors, any shape), for any number of terms.
+
+    I_N = sqrt(pi)/2 erf(b) erfc(c) + e^{-b^2} sum_{u<N} [(a/2)^{2u+1} H_{2u}(b) Q_u / Gamma(u+3/2)
+                                                       - (a/2)^{2u+2} H_{2u+1}(b) R_u / Gamma(u+2)],
+    Q_u = 1 - P(u+1, c^2) = e^{-c^2} sum_{j<=u} c^{2j} / j!,  R_u = 1 - sign(c) P(u+3/2, c^2)
+        = erfc(c) + e^{-c^2} sum_{j<=u} c^{2j+1} / Gamma(j+3/2)
+
+    (from P(1, x) = 1 - e^{-x} and P(1/2, x) = erf(sqrt x)). H_n(b), Gamma(u + 3/2) and the partial sums each
+    overflow after ~135 terms (inf * 0 = NaN, and math.gamma raised OverflowError from 171 on), although every
+    term is bounded. So every factor is carried scaled to O(1) by a recurrence:
+
+    * Hermite functions h_n = H_n(b) e^{-b^2/2} / sqrt(2^n n!), h_{n+1} = b sqrt(2/(n+1)) h_n - sqrt(n/(n+1)) h_{n-1},
+      which satisfy |h_n| <= 1.09 (Cramer's inequality);
+    * coefficients A_u = (a/2)^{2u+1} sqrt(2^{2u} (2u)!) / Gamma(u+3/2) ~ |a|^{2u+1} u^{-3/4} and
+      B_u = (a/2)^{2u+2} sqrt(2^{2u+1} (2u+1)!) / Gamma(u+2), by their term ratios;
+    * the Poisson sums started at e^{X - c^2} with X = min(c^2, L) and multiplied by e^{-X} at the end.
+
+    Polynomials times exponentials only, so autograd differentiates everything, including in c (at c = 0 too).
+    """
+    b_bound, c_bound, cap = _series_bounds(a.dtype)
+    b = b.clamp(-b_bound, b_bound)
+    c = c.clamp(-c_bound, c_bound)
+    x = c * c
+    scale_log = x.clamp(max=cap)                    # X
+    start = torch.exp(scale_log - x)                # e^{X - x}, in [e^{log tiny}, 1]
+    unscale = torch.exp(-scale_log)                 # e^{-X}
+    erfc_c = torch.erfc(c)
+    a_sq = a * a
+    half_b = b * _SQRT2                             # b sqrt(2/(n+1)) = half_b / sqrt(n+1)
+
+    hermite_even = torch.exp(-0.5 * b * b)          # h_0
+    hermite_odd = half_b * hermite_even             # h_1
+    coef_even = a / _SQRT_PI                        # A_0 = (a/2) / Gamma(3/2)
+    coef_odd = a_sq * (_SQRT2 / 4.0)                # B_0 = (a/2)^2 sqrt(2) / Gamma(2)
+    poisson_term = start                            # e^{X-x} x^u / u!
+    poisson_sum = start
+    half_term = c * start / math.gamma(1.5)         # e^{X-x} c^{2u+1} / Gamma(u + 3/2)
+    half_sum = half_term
+    total = torch.zeros_like(hermite_even * a)
     for u in range(terms):
         if u > 0:
-            # H_{n+1} = 2b H_n - 2n H_{n-1}, twice: (H_{2u-2}, H_{2u-1}) -> (H_{2u}, H_{2u+1}).
-            hermite_even = two_b * hermite_odd - (4 * u - 2) * hermite_even
-            hermite_odd = two_b * hermite_even - (4 * u) * hermite_odd
-            integer_term = integer_term * c_sq / u
-            half_term = half_term * c_sq / (u + 0.5)
-            integer_sum = integer_sum + integer_term
+            n = 2 * u - 1                           # (h_{2u-2}, h_{2u-1}) -> (h_{2u}, h_{2u+1})
+            hermite_even = (half_b / math.sqrt(n + 1)) * hermite_odd - math.sqrt(n / (n + 1)) * hermite_even
+            n += 1
+            hermite_odd = (half_b / math.sqrt(n + 1)) * hermite_even - math.sqrt(n / (n + 1)) * hermite_odd
+            coef_even = coef_even * a_sq * (0.5 * math.sqrt(2 * u * (2 * u - 1)) / (u + 0.5))
+            coef_odd = coef_odd * a_sq * (0.5 * math.sqrt(2 * u * (2 * u + 1)) / (u + 1.0))
+            poisson_term = poisson_term * x / u
+            poisson_sum = poisson_sum + poisson_term
+            half_term = half_term * x / (u + 0.5)
             half_sum = half_sum + half_term
-            power = power * half_a_sq
         total = (total
-                 + power * hermite_even * (exp_c * integer_sum) / math.gamma(u + 1.5)
-                 - power * half_a * hermite_odd * (erfc_c + exp_c * half_sum) / math.gamma(u + 2.0))
-    return 0.5 * _SQRT_PI * torch.erf(b) * erfc_c + exp_b * total
+                 + coef_even * hermite_even * (poisson_sum * unscale)
+                 - coef_odd * hermite_odd * (erfc_c + half_sum * unscale))
+    return 0.5 * _SQRT_PI * torch.erf(b) * erfc_c + torch.exp(-0.5 * b * b) * total
 
 
 def _series_integral_finite(a, b, c, terms):

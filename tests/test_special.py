@@ -552,3 +552,59 @@ def test_series_gradients_with_degenerate_inputs_are_finite():
     h, k, r = _leaf([0.3, INF, 0.2]), _leaf([0.1, 0.4, -INF]), _leaf([1.0, 0.3, -0.5])
     bivariate_normal_cdf_series(h, k, r).sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (h, k, r))
+
+
+def _mpmath_series(a, b, c, n_terms, mpmath):
+    """NM20's I_N for |a| < 1 (no reflection), term by term in 50-digit arithmetic (no overflow at any N)."""
+    a, b, c = (mpmath.mpf(x) for x in (a, b, c))
+    acc = mpmath.mpf(0)
+    for u in range(n_terms):
+        acc += ((a / 2) ** (2 * u + 1) * mpmath.hermite(2 * u, b)
+                * mpmath.gammainc(u + 1, c * c, regularized=True) / mpmath.gamma(u + 1.5))
+        acc -= ((a / 2) ** (2 * u + 2) * mpmath.hermite(2 * u + 1, b)
+                * (1 - mpmath.sign(c) * mpmath.gammainc(u + 1.5, 0, c * c, regularized=True)) / mpmath.gamma(u + 2))
+    return float(mpmath.sqrt(mpmath.pi) / 2 * mpmath.erf(b) * mpmath.erfc(c) + mpmath.exp(-b * b) * acc)
+
+
+# Before the scaled recurrences, H_n(b), Gamma(u + 3/2) and the Poisson partial sums overflowed: NaN from about
+# 135 terms, OverflowError from 171 (float32: NaN from a few dozen terms).
+@pytest.mark.numerics
+@pytest.mark.parametrize("n_terms", [150, 171, 300])
+def test_series_integral_many_terms_matches_mpmath(n_terms):
+    mpmath = pytest.importorskip("mpmath")
+    points = [(0.9, 0.7, -0.4), (0.999, -1.5, 0.8), (0.5, 3.0, 2.0), (-0.99, 0.2, -2.5), (0.999, 0.0, 0.0), (0.97, 6.0, -5.0)]
+    with mpmath.workdps(50):
+        ref = np.array([_mpmath_series(*abc, n_terms, mpmath) for abc in points])
+    a, b, c = (t([p[i] for p in points]) for i in range(3))
+    got = series_integral(a, b, c, terms=n_terms)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-14)
+    got32 = series_integral(a.float(), b.float(), c.float(), terms=n_terms)
+    assert got32.dtype == torch.float32
+    np.testing.assert_allclose(got32.double().numpy(), ref, rtol=0, atol=1e-6)
+
+
+def test_series_phi2_any_number_of_terms_is_finite_and_converges():
+    grid = t(np.linspace(-4, 4, 9))
+    h, k = torch.meshgrid(grid, grid, indexing="ij")
+    rho = t([-0.7, 0.3, 0.7071, 0.95]).reshape(-1, 1, 1)
+    exact = bivariate_normal_cdf(h, k, rho)
+    errors = []
+    for n_terms in (5, 200, 2000):
+        for dtype in (torch.float32, torch.float64):
+            value = bivariate_normal_cdf_series(h.to(dtype), k.to(dtype), rho.to(dtype), terms=n_terms)
+            assert torch.isfinite(value).all()
+        errors.append((bivariate_normal_cdf_series(h, k, rho, terms=n_terms) - exact).abs().max().item())
+    # slowest at |a| = 1 (|rho| = 1/sqrt2): there the error still falls roughly like 1/N
+    assert errors[0] > 10 * errors[1] > 100 * errors[2]
+    assert errors[2] < 5e-5
+    # extreme arguments, where the unscaled exponentials and Hermite polynomials over- or underflow
+    hx, kx, rx = t([40.0, -39.0, 60.0, 0.0]), t([-38.0, 45.0, 0.1, -50.0]), t([0.6, -0.69, 0.2, 0.75])
+    np.testing.assert_allclose(bivariate_normal_cdf_series(hx, kx, rx, terms=1000).numpy(),
+                               bivariate_normal_cdf(hx, kx, rx).numpy(), rtol=0, atol=1e-15)
+
+
+def test_series_many_terms_gradients():
+    h, k, r = _leaf([0.3, -1.2, 2.0, 0.0]), _leaf([0.5, -0.7, 1.9, 0.0]), _leaf([0.3, -0.72, 0.69, 0.5])
+    assert torch.autograd.gradcheck(lambda h, k, r: bivariate_normal_cdf_series(h, k, r, terms=180), (h, k, r))
+    bivariate_normal_cdf_series(h, k, r, terms=3000).sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (h, k, r))
