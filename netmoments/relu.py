@@ -338,8 +338,27 @@ def relu_covariance(
         _, exact_var = _relu_moments_std(mean, std)
         return result - torch.diag_embed(torch.diagonal(result, dim1=-2, dim2=-1)) + torch.diag_embed(exact_var)
 
+    if method == "series" and mean.dtype == torch.float32:
+        # E[q_i q_j] - E[q_i] E[q_j] cancels like mu_i mu_j eps: float32 lost the whole covariance at |mu|/sigma ~ 1e3.
+        # The series keeps NM20's form (the exact method's reflection below would change which Phi2 it
+        # approximates), so it runs in float64, good to |mu|/sigma ~ 1e6 for a float32 result.
+        return relu_covariance(mean.double(), cov.double(), method, terms, chunk_elements=chunk_elements,
+                               validate=False).to(mean.dtype)
     first, exact_var = _relu_moments_std(mean, std)
     var_safe = std_safe * std_safe
+    if method == "exact":
+        # Cov[q_i, q_j] without the cancellation of E[q_i q_j] - E[q_i] E[q_j] (both ~ mu_i mu_j for large means,
+        # which lost every digit of a float32 covariance from |mu|/sigma ~ 500). A unit with mu >= 0 is written
+        # q = y + relu(-y) (flip = 1) and Stein's lemma gives Cov[y_i, relu(-y_j)] = -C_ij Phi(-h_j), so
+        #   Cov[q_i, q_j] = C_ij (f_i Phi(h_j) + f_j Phi(h_i) - f_i f_j) + Cov[r_i, r_j],
+        # r = relu(-y) for flipped units and q otherwise: every remaining term is a moment of a unit whose mean is
+        # <= 0, of size sigma_i sigma_j at most, so the error stays eps sigma_i sigma_j for any means.
+        flip = mean >= 0
+        flipped = flip.to(mean.dtype)
+        sign = 1.0 - 2.0 * flipped
+        reflected_mean = torch.where(flip, -mean, mean)
+        reflected_first, _ = _relu_moments_std(reflected_mean, std)
+        cdf_h = normal_cdf(_clip_h(mean / std_safe))
     zero_var = bool((std == 0).any())
     n_batch = max(1, math.prod(batch))
     rows_per_block = max(1, chunk_elements // max(1, n_batch * m))
@@ -356,16 +375,24 @@ def relu_covariance(
         on_diagonal = torch.arange(start, stop, device=mean.device)[:, None] == torch.arange(start, m, device=mean.device)
         cij = torch.where(on_diagonal, torch.zeros_like(cij), cij)
         if method == "exact":
-            second = _PairSecondMoment.apply(mi, mj, var_safe[..., rows, None], var_safe[..., None, cols], cij)
+            fi, fj = flipped[..., rows, None], flipped[..., None, cols]
+            reflected = _PairSecondMoment.apply(
+                reflected_mean[..., rows, None], reflected_mean[..., None, cols],
+                var_safe[..., rows, None], var_safe[..., None, cols],
+                (sign[..., rows, None] * sign[..., None, cols]) * cij,
+            )
+            linear = fi * cdf_h[..., None, cols] + fj * cdf_h[..., rows, None] - fi * fj
+            block = cij * linear + (reflected - reflected_first[..., rows, None] * reflected_first[..., None, cols])
             if zero_var:
                 # A unit with zero variance is the constant max(mu, 0), independent of the other unit.
                 keep = (std[..., rows, None] > 0) & (std[..., None, cols] > 0)
-                second = torch.where(keep, second, first[..., rows, None] * first[..., None, cols])
+                block = torch.where(keep, block, torch.zeros_like(block))
         else:
             si, sj = std[..., rows, None], std[..., None, cols]
             rho = cij / (std_safe[..., rows, None] * std_safe[..., None, cols])
             second = _cross_moment(mi, mj, si, sj, rho, method, terms)
-        upper[..., rows, cols] = second - first[..., rows, None] * first[..., None, cols]
+            block = second - first[..., rows, None] * first[..., None, cols]
+        upper[..., rows, cols] = block
     upper = upper.triu(diagonal=1)
     upper.diagonal(dim1=-2, dim2=-1).copy_(0.5 * exact_var)
     return upper + upper.mT

@@ -311,3 +311,67 @@ def test_relu_covariance_gradient_exact_when_a_partner_is_far_in_the_tail(far):
         return nm.relu_covariance(mu, f @ f.T)
 
     assert torch.autograd.gradcheck(fn, (mean, factor))
+
+
+# ---------------------------------------------------------------- large |mean| / sd (cancellation)
+def _pair_cov_mpmath(mu_i, mu_j, s_i, s_j, rho, mpmath):
+    """Cov[relu(y_i), relu(y_j)] in 40-digit arithmetic: E[q_i E[q_j | y_i]] by 1-D quadrature, minus the means."""
+    mu_i, mu_j, s_i, s_j, rho = (mpmath.mpf(x) for x in (mu_i, mu_j, s_i, s_j, rho))
+    cond_sd = s_j * mpmath.sqrt(1 - rho**2)
+
+    def relu_mean(m, s):
+        return m * mpmath.ncdf(m / s) + s * mpmath.npdf(m / s)
+
+    def integrand(y):
+        return y * mpmath.npdf(y, mu_i, s_i) * relu_mean(mu_j + rho * s_j * (y - mu_i) / s_i, cond_sd)
+
+    points = sorted({mpmath.mpf(0), *(max(mpmath.mpf(0), mu_i + k * s_i) for k in (-12, -4, 0, 4, 12))})
+    second = mpmath.quad(integrand, points + [mpmath.inf])
+    return second - relu_mean(mu_i, s_i) * relu_mean(mu_j, s_j)
+
+
+# (h_i, h_j, rho): standardized means up to 1e4 on both sides of 0; sd_i = 2, sd_j = 0.5
+_LARGE_MEAN_PAIRS = [
+    (1e4, 1e4, 0.3), (1e4, -3.0, -0.6), (-1e4, 5.0, 0.8), (500.0, -500.0, 0.3), (500.0, 800.0, -0.45),
+    (3e3, 2.5, 0.9), (-2e3, -1.5, 0.5), (60.0, 0.0, -0.7), (3.0, -2.0, 0.6), (1e3, 1e3, -0.999),
+]
+
+
+def _large_mean_batch(dtype):
+    h = torch.tensor([[p[0], p[1]] for p in _LARGE_MEAN_PAIRS], **f64)
+    rho = torch.tensor([p[2] for p in _LARGE_MEAN_PAIRS], **f64)
+    sd = t([2.0, 0.5])
+    cov = torch.zeros(len(rho), 2, 2, **f64)
+    cov[:, 0, 0], cov[:, 1, 1] = sd[0] ** 2, sd[1] ** 2
+    cov[:, 0, 1] = cov[:, 1, 0] = rho * sd[0] * sd[1]
+    return (h * sd).to(dtype), cov.to(dtype)
+
+
+@pytest.mark.numerics
+def test_relu_covariance_large_means_match_high_precision_reference():
+    mpmath = pytest.importorskip("mpmath")
+    mean, cov = _large_mean_batch(torch.float64)
+    got = nm.relu_covariance(mean, cov)[:, 0, 1]
+    with mpmath.workdps(40):
+        ref = [float(_pair_cov_mpmath(*mean[b].tolist(), 2.0, 0.5, p[2], mpmath)) for b, p in enumerate(_LARGE_MEAN_PAIRS)]
+    # absolute error relative to sd_i sd_j = 1: E[q_i q_j] - E[q_i] E[q_j] lost ~eps (mu_i mu_j) = 1e-8 here before
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-14)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("method", ["exact", "series"])
+def test_relu_covariance_float32_keeps_off_diagonals_at_large_means(method):
+    # float32 used to return 0 (or 7-100 % off) for |mean| / sd >~ 500; compare with float64 on the same inputs
+    mean32, cov32 = _large_mean_batch(torch.float32)
+    got = nm.relu_covariance(mean32, cov32, method=method)
+    assert got.dtype == torch.float32
+    ref = nm.relu_covariance(mean32.double(), cov32.double(), method=method)
+    # errors relative to sd_i sd_j (= 1 off the diagonal, 4 and 0.25 on it)
+    np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=2e-6, atol=2e-6)
+
+
+def test_relu_covariance_large_means_gradients():
+    mean = t([3e3, -40.0, 0.0, 700.0]).requires_grad_()
+    factor = torch.linalg.cholesky(t([[1.0, 0.3, -0.2, 0.1], [0.3, 1.0, 0.4, 0.0],
+                                      [-0.2, 0.4, 1.0, 0.5], [0.1, 0.0, 0.5, 1.0]])).requires_grad_()
+    assert torch.autograd.gradcheck(lambda mu, f: nm.relu_covariance(mu, f @ f.T), (mean, factor))
