@@ -4,7 +4,7 @@ Push x ~ N(mean, cov) through g(x) = B relu(A x + c1) + c2 and get E[g] and Cov[
 (Bibi, Alfadly & Ghanem, CVPR 2018; Alfadly et al., arXiv 2006.11776).
 
 The core (special functions, ReLU moments, affine moments, Monte Carlo) needs only torch and numpy.
-The submodules ``data``, ``models``, ``linearize``, ``experiments``, ``attacks``, ``viz`` and ``widgets``
+The submodules ``data``, ``models``, ``linearize``, ``propagate``, ``experiments``, ``attacks``, ``viz`` and ``widgets``
 are imported on first access because they pull in heavier, optional libraries.
 """
 import importlib
@@ -24,7 +24,7 @@ from .gaussian import random_spd, sample_gaussian
 
 __version__ = "0.1.0"
 
-_LAZY = {"data", "models", "linearize", "experiments", "attacks", "viz", "widgets"}
+_LAZY = {"data", "models", "linearize", "propagate", "experiments", "attacks", "viz", "widgets"}
 
 
 def __getattr__(name):
