@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "SUPPORTED_DTYPES",
+    "check_dtype",
     "check_tensor",
     "check_compatible",
     "check_covariance",
@@ -15,12 +17,26 @@ __all__ = [
 ]
 
 
+# float16 / bfloat16 are rejected: their 3-4 significant digits cannot hold the cancellations and tails these
+# moments need, and several torch kernels used here (cholesky, eigh) do not exist for them.
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def check_dtype(name: str, dtype: torch.dtype) -> None:
+    """Raise ``TypeError`` unless ``dtype`` is float32 or float64 (``name`` is the argument that has it)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {dtype}; only float32 and float64 are supported "
+                        "(convert with .float() or .double())")
+
+
 def check_tensor(name: str, value, *, floating: bool = True, min_dim: int = 0) -> torch.Tensor:
-    """Return ``value`` if it is a tensor of a floating dtype with at least ``min_dim`` dims."""
+    """Return ``value`` if it is a tensor (float32 or float64 when ``floating``) with at least ``min_dim`` dims."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if floating and not value.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {value.dtype}")
+    if floating:
+        check_dtype(name, value.dtype)
     if value.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}")
     return value
@@ -75,6 +91,9 @@ def check_covariance(name: str, cov: torch.Tensor, dim: int | None = None) -> to
     if dim is not None and n != dim:
         raise ValueError(f"{name} must be ({dim}, {dim}) in its last two dimensions to match mean, got ({n}, {n})")
     check_finite(name, cov)
+    if n == 0:
+        # zero units (e.g. a layer with no hidden units left): the empty covariance is legal and trivially PSD
+        return 0.5 * (cov + cov.mT)
     tol = _tolerance(cov.dtype)
     scale = cov.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(cov.dtype).tiny)
     asym = (cov.detach() - cov.detach().mT).abs() / scale

@@ -158,6 +158,8 @@ class AffineReLUAffine(nn.Module):
         if output not in ("cov", "var"):
             raise ValueError(f"output must be 'cov' or 'var', got {output!r}")
         _check_method(method, terms)
+        check_tensor("mean", mean, min_dim=1)
+        check_tensor("cov", cov, min_dim=2)
         check_compatible(mean=mean, cov=cov, A=self.A)
         y_mean, y_cov = self.hidden_moments(mean, cov)
         std = _safe_sqrt(torch.diagonal(y_cov, dim1=-2, dim2=-1))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_compatible, check_covariance, check_finite, check_tensor
+from ._validation import check_compatible, check_covariance, check_dtype, check_finite, check_tensor
 
 __all__ = ["random_spd", "covariance_sqrt", "sample_gaussian"]
 
@@ -34,6 +34,7 @@ def random_spd(
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if not (float(trace) > 0 and float(trace) < float("inf")):
         raise ValueError(f"trace must be a positive finite number, got {trace!r}")
+    check_dtype("dtype", dtype)
     if generator is not None and device is None:
         device = generator.device
     gauss = torch.randn(dim, dim, generator=generator, dtype=dtype, device=device)

@@ -19,12 +19,14 @@ import contextlib
 import contextvars
 import copy
 import math
+import warnings
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
+from ._validation import check_dtype
 from .affine import AffineReLUAffine
 
 __all__ = [
@@ -169,19 +171,32 @@ def _flat_fn(part: nn.Module, shape: Sequence[int]):
     return fn
 
 
-def _prepare(model, point, input_shape, dtype):
+_CONSTANT_POINT = (
+    "{name} requires grad, but the linearization treats the point as a constant: A, c1, B and c2 are piecewise "
+    "constant in it (their derivative is 0 wherever it exists), so no gradient flows back to {name}. Pass "
+    "{name}.detach() to silence this warning."
+)
+
+
+def _prepare(model, point, input_shape, dtype, name: str = "point"):
     model = _check_sequential(model)
     if not isinstance(point, torch.Tensor):
-        raise TypeError(f"point must be a torch.Tensor, got {type(point).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(point).__name__}")
     if not point.is_floating_point():
-        raise TypeError(f"point must have a floating dtype, got {point.dtype}")
+        raise TypeError(f"{name} must have a floating dtype, got {point.dtype}")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    # the computation dtype: an explicit dtype may widen a half-precision point (exactly), never compute in one
+    check_dtype("dtype" if dtype is not None else name, dtype if dtype is not None else point.dtype)
+    if point.requires_grad and torch.is_grad_enabled():
+        warnings.warn(_CONSTANT_POINT.format(name=name), UserWarning, stacklevel=3)
     if not torch.isfinite(point).all():
-        raise ValueError("point contains NaN or inf")
+        raise ValueError(f"{name} contains NaN or inf")
     shape, batched = _infer_input_shape(model, point, input_shape)
+    if batched and point.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(point.shape)}); pass at least one point")
     dtype = point.dtype if dtype is None else dtype
-    flat = point.to(dtype).reshape(-1 if batched else 1, math.prod(shape))
+    flat = point.detach().to(dtype).reshape(-1 if batched else 1, math.prod(shape))
     return _model_like(model, dtype, point.device), flat, shape, batched
 
 
@@ -552,6 +567,9 @@ class TwoStageLinearization:
         chunk_size: points per dense-Jacobian pass (bounds memory); ``None``: one point at a time for the
             structured method on a CPU (cache-friendly), the whole batch on a GPU, 16 for the autograd method.
 
+    ``points`` is a constant (detached; a ``UserWarning`` if it requires grad), must hold at least one point and be
+    float32/float64 (or be widened by ``dtype``).
+
     Attributes:
         points ``(Bt, n)``; pre ``(Bt, m)`` (the kept ReLU's input at the points); c1 ``(Bt, m)``;
         B ``(Bt, p, m)`` (an expanded view when it cannot depend on the point); c2 ``(Bt, p)``.
@@ -562,7 +580,7 @@ class TwoStageLinearization:
         _check_method(method)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        model, flat, shape, _ = _prepare(model, points, input_shape, dtype)
+        model, flat, shape, _ = _prepare(model, points, input_shape, dtype, name="points")
         self.before, self.after = split_at_relu(model, relu_index)
         self.input_shape = shape
         self.method, self.chunk_size, self.mode = method, chunk_size, mode
@@ -829,6 +847,10 @@ def affine_linearize(
 
     Returns:
         ``W (p, n)``, ``b (p,)`` for one point; ``W (B, p, n)``, ``b (B, p)`` for a batch; on ``point``'s device.
+
+    The point is a constant of the result (``W`` and ``b`` are piecewise constant in it, see
+    :func:`two_stage_linearize`): a ``point`` that requires grad gets a ``UserWarning``; an empty batch, a
+    float16/bfloat16 point or ``dtype`` raise.
     """
     _check_method(method)
     model, flat, shape, batched = _prepare(model, point, input_shape, dtype)
@@ -890,11 +912,21 @@ def two_stage_linearize(
         leading batch dimension ``B`` on each for a batch of points. A factor that cannot depend on the point
         (everything on its side of the kept ReLU is affine, e.g. ``B`` at a classifier's last ReLU) is then an
         expanded view (``stride(0) == 0``) of one matrix rather than ``B`` copies.
+
+    Raises:
+        TypeError: ``point`` (or ``dtype``) is not float32/float64, e.g. float16; ``model`` has other layers.
+        ValueError: ``point`` is an empty batch ``(0, ...)``, holds NaN/inf, or has the wrong shape.
+
+    Note:
+        The point is a constant of the result: ``A``, ``c1``, ``B`` and ``c2`` are piecewise constant in it (inside
+        a linear region ``c1 = f(p) - J p`` does not move), so their derivative is 0 wherever it exists and no
+        autograd graph is built back to ``point``. A ``point`` that requires grad gets a ``UserWarning`` saying so.
     """
     _check_method(method)
     if mode not in ("auto", "fwd", "rev"):
         raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
     _, _, _, batched = _prepare(model, point, input_shape, dtype)
+    point = point.detach()  # a constant (see the Note); _prepare has warned if it required grad
     with _one_cpu_thread(point.device, enabled=method != "autograd"):
         lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
                                     chunk_size=chunk_size, mode=mode)

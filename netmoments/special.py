@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from ._validation import check_dtype
+
 __all__ = [
     "normal_pdf",
     "normal_cdf",
@@ -81,6 +83,7 @@ def _check_tensors(**named):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+        check_dtype(name, x.dtype)
         if first is None:
             first_name, first = name, x
             continue
@@ -157,6 +160,7 @@ def _check_floating(x, name):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    check_dtype(name, x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
