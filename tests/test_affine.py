@@ -21,6 +21,7 @@ def _bonferroni_z(n_checks, alpha=1e-3):
     return math.sqrt(2) * torch.special.erfinv(torch.tensor(1 - alpha / n_checks, **f64)).item()
 
 
+@pytest.mark.numerics
 def test_affine_moments_exact(gen):
     mean = torch.randn(4, generator=gen, **f64)
     cov = nm.random_spd(4, 4.0, generator=gen)
@@ -72,6 +73,7 @@ def test_moments_output_var_is_diagonal_of_cov(gen):
         torch.testing.assert_close(v, torch.diagonal(c), rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.numerics
 def test_rank_deficient_input_covariance_and_parallel_rows(gen):
     A = torch.randn(6, 3, generator=gen, **f64)
     A[4] = -A[3]  # rho = -1
@@ -90,6 +92,7 @@ def test_rank_deficient_input_covariance_and_parallel_rows(gen):
     assert z_mean.max() < z and z_var.max() < z
 
 
+@pytest.mark.numerics
 def test_batched_weights_and_inputs_equal_per_item(gen):
     nets = [_network(gen) for _ in range(3)]
     batched = nm.AffineReLUAffine(*(torch.stack([getattr(n, k) for n in nets]) for k in ("A", "c1", "B", "c2")))

@@ -86,6 +86,7 @@ def test_tsl_stays_exact_when_only_the_kept_relu_switches(gen):
         assert (W @ y + b - truth).abs().max() > 1e-9
 
 
+@pytest.mark.numerics
 def test_jacobian_matches_autograd_reference(gen):
     net = small_convnet()
     x = torch.rand(1, 8, 8, generator=gen, dtype=torch.float64)
@@ -99,6 +100,7 @@ def test_jacobian_matches_autograd_reference(gen):
     assert torch.allclose(tsl.B, ref_B, rtol=0, atol=1e-13)
 
 
+@pytest.mark.numerics
 def test_batched_equals_per_item_and_modes_agree(gen):
     net = small_convnet()
     xs = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64)
@@ -252,6 +254,7 @@ def test_structured_equals_autograd_on_lenet(lenet64, digits, relu_index):
 
 
 @pytest.mark.parametrize("relu_index", [0, 1, 2])
+@pytest.mark.numerics
 def test_structured_equals_autograd_on_random_cnns(relu_index, gen):
     _assert_linearizations_agree(small_convnet(seed=3), torch.rand(4, 1, 8, 8, generator=gen, dtype=torch.float64),
                                  relu_index)
@@ -286,6 +289,7 @@ def test_unsupported_layers_fall_back_to_autograd(gen):
         two_stage_linearize(net, x, method="fast")
 
 
+@pytest.mark.numerics
 def test_matrix_free_products_match_the_dense_matrix(gen):
     from netmoments.linearize import TwoStageLinearization
 

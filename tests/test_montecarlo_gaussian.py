@@ -59,6 +59,7 @@ def test_monte_carlo_standard_errors_are_calibrated(gen):
     np.testing.assert_allclose(mc.var_se.numpy(), (var * math.sqrt(2 / 5000)).numpy(), rtol=0.1)
 
 
+@pytest.mark.numerics
 def test_monte_carlo_streaming_equals_single_batch():
     mean = torch.tensor([0.3, -0.1], **f64)
     cov = torch.tensor([[1.0, 0.4], [0.4, 0.5]], **f64)

@@ -18,6 +18,7 @@ def t(x):
 
 # ---------------------------------------------------------------- one unit (spec section 2)
 @pytest.mark.parametrize("mu,sigma", [(0.0, 1.0), (0.7, 1.3), (-2.0, 0.5), (5.0, 0.3), (-4.0, 2.0), (12.0, 1.0)])
+@pytest.mark.numerics
 def test_relu_moments_match_quadrature(mu, sigma):
     e, v = nm.relu_moments(t(mu), t(sigma**2))
     e_ref, v_ref = relu_moments_quad(mu, sigma)
@@ -25,6 +26,7 @@ def test_relu_moments_match_quadrature(mu, sigma):
     assert abs(v.item() - v_ref) <= 1e-12 * max(1, abs(v_ref))
 
 
+@pytest.mark.numerics
 def test_relu_moments_zero_mean_closed_form():
     sigma = t([0.5, 1.0, 3.0])
     e, v = nm.relu_moments(torch.zeros(3, **f64), sigma**2)
@@ -68,6 +70,7 @@ SPEC_CROSS = [((0.7, -0.3, 1.3, 0.8, 0.6), 0.359227391170802), ((2.0, 1.5, 1.0, 
 
 
 @pytest.mark.parametrize("args,expected", SPEC_CROSS)
+@pytest.mark.numerics
 def test_cross_moment_spec_reference_values(args, expected):
     mi, mj, si, sj, rho = args
     value = nm.relu_cross_moment(t(mi), t(mj), t(si**2), t(sj**2), t(rho))
@@ -183,6 +186,7 @@ def _layer(gen, m=6, n=4):
     return mean, 0.5 * (cov + cov.T)
 
 
+@pytest.mark.numerics
 def test_relu_covariance_exact_matches_reference_with_degenerate_units(gen):
     mean, cov = _layer(gen)
     got = nm.relu_covariance(mean, cov)
@@ -215,6 +219,7 @@ def test_relu_covariance_chunking_does_not_change_the_result(gen):
     torch.testing.assert_close(whole, chunked, rtol=0, atol=0)
 
 
+@pytest.mark.numerics
 def test_relu_covariance_batched_equals_per_item(gen):
     items = [_layer(gen) for _ in range(3)]
     means = torch.stack([m for m, _ in items])
@@ -285,6 +290,7 @@ def test_bad_inputs_raise_clear_errors():
     rank=st.integers(1, 7),
     shift=st.floats(-3, 3),
 )
+@pytest.mark.numerics
 def test_relu_covariance_is_a_valid_covariance(seed, m, rank, shift):
     # Any covariance of a random vector is symmetric PSD; a 1-Lipschitz map shrinks each variance;
     # correlations stay in [-1, 1]. Rank-deficient inputs included.
@@ -370,6 +376,7 @@ def test_relu_covariance_float32_keeps_off_diagonals_at_large_means(method):
     np.testing.assert_allclose(got.double().numpy(), ref.numpy(), rtol=2e-6, atol=2e-6)
 
 
+@pytest.mark.numerics
 def test_relu_covariance_large_means_gradients():
     mean = t([3e3, -40.0, 0.0, 700.0]).requires_grad_()
     factor = torch.linalg.cholesky(t([[1.0, 0.3, -0.2, 0.1], [0.3, 1.0, 0.4, 0.0],

@@ -76,6 +76,7 @@ def integral_quad(a, b, c):
 
 
 # ------------------------------------------------------------------------------------------ univariate
+@pytest.mark.numerics
 def test_normal_pdf_and_cdf_match_scipy():
     x = np.array([-INF, -40.0, -8.0, -1.3, 0.0, 0.2, 3.0, 9.0, INF])
     np.testing.assert_allclose(normal_pdf(t(x)).numpy(), stats.norm.pdf(x), rtol=1e-14, atol=0)
@@ -103,6 +104,7 @@ def test_gauss_legendre_nodes_match_numpy():
 
 
 # ------------------------------------------------------------------------------------------ Phi2 values
+@pytest.mark.numerics
 def test_phi2_random_pairs_match_owens_t():
     rng = np.random.default_rng(0)
     n = 20_000
@@ -117,6 +119,7 @@ RHO_GRID = [0.0, 0.049, 0.3, 0.5, 0.7071, 0.75, 0.8999, 0.925, 0.95, 0.975, 0.99
 
 
 @pytest.mark.parametrize("rho", RHO_GRID + [-r for r in RHO_GRID if r])
+@pytest.mark.numerics
 def test_phi2_grid_matches_owens_t(rho):
     grid = np.concatenate([np.linspace(-10, 10, 41), [-0.37, 0.0, 1e-8, 2.4]])
     h, k = (x.ravel() for x in np.meshgrid(grid, grid))
@@ -133,6 +136,7 @@ def test_band_cells_are_exact():
     assert sp._BANDS[-1][0] == 1.0
 
 
+@pytest.mark.numerics
 def test_phi2_band_edges_are_accurate_from_both_sides():
     edges = sorted({edge for edge, _, _ in sp._BANDS if edge < 1})
     rho = np.array([np.nextafter(e, s) for e in edges for s in (0.0, 2.0)] + edges)
@@ -151,6 +155,7 @@ def test_phi2_matches_plackett_quadrature(h, k, rho):
 
 @pytest.mark.parametrize("h,k,rho", [(0.5, 0.5, 0.99999), (-1.0, -1.0000001, 0.9999999), (2.0, -2.0, -0.99999),
                                      (-6.0, -5.5, 0.95), (1.0, 8.0, -0.93), (0.0, 1e-3, 0.999999), (1.3, 1.2, 0.9)])
+@pytest.mark.numerics
 def test_phi2_extreme_correlation_matches_mpmath(h, k, rho):
     mpmath = pytest.importorskip("mpmath")
     with mpmath.workdps(40):
@@ -163,6 +168,7 @@ def test_phi2_extreme_correlation_matches_mpmath(h, k, rho):
         assert abs(bivariate_normal_cdf(t(h), t(k), t(rho)).item() - float(ref)) <= EXACT_TOL
 
 
+@pytest.mark.numerics
 def test_phi2_of_a_pair_does_not_depend_on_the_rest_of_the_batch(monkeypatch):
     # Bitwise: callers may chunk or reorder their pairs (relu_covariance does) without changing any value.
     # Small blocks exercise the blocked path (and the thread pool when torch has several threads).
@@ -196,6 +202,7 @@ def test_phi2_at_origin_is_quarter_plus_arcsin():
     np.testing.assert_allclose(got, 0.25 + np.arcsin(rho) / (2 * np.pi), rtol=0, atol=EXACT_TOL)
 
 
+@pytest.mark.numerics
 def test_phi2_degenerate_and_infinite_limits_are_exact():
     values = [-INF, -40.0, -3.0, -0.5, 0.0, 0.5, 3.0, 40.0, INF]
     cases = [(h, k, r) for h in values for k in values for r in (-1.0, -0.4, 0.0, 0.6, 1.0)
@@ -283,6 +290,7 @@ def test_phi2_gradcheck_with_broadcasting(rho):
     assert torch.autograd.gradgradcheck(bivariate_normal_cdf, (h, k, r))
 
 
+@pytest.mark.numerics
 def test_phi2_gradients_match_closed_forms():
     h, k, r = _leaf([0.4, -1.0]), _leaf([1.2, 0.3]), _leaf([0.6, -0.95])
     bivariate_normal_cdf(h, k, r).sum().backward()
@@ -445,6 +453,7 @@ def test_zero_mean_kernel_from_phi2_matches_spec(rho, expected):
 
 @pytest.mark.parametrize("mi,mj,si,sj,rho,expected", [(0.7, -0.3, 1.3, 0.8, 0.6, 0.359227391170802),
                                                       (2.0, 1.5, 1.0, 0.3, 0.9, 3.276593518299237)])
+@pytest.mark.numerics
 def test_general_mean_cross_moment_from_phi2_matches_spec(mi, mj, si, sj, rho, expected):
     hi, hj, s = t(mi / si), t(mj / sj), math.sqrt(1 - rho**2)
     r = t(rho)
@@ -470,6 +479,7 @@ def test_series_integral_matches_spec_values(abc, exact, i1, i5):
 
 
 # ------------------------------------------------------------------------------------------ NM20 series
+@pytest.mark.numerics
 def test_series_integral_matches_literal_scipy_series():
     rng = np.random.default_rng(4)
     a = np.concatenate([rng.uniform(-0.99, 0.99, 40), rng.uniform(1.0, 6.0, 20) * rng.choice([-1, 1], 20)])
