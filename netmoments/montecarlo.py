@@ -2,6 +2,10 @@
 
 The closed forms are checked against this module, so it reports not just estimates but their standard
 errors, computed from the same samples: a test then asks ``|analytic - MC| <= z * SE``.
+
+A closed form can also make sampling better: with a *control variate* ``g`` whose moments are known exactly
+(a linearized network, say) and that is evaluated on the same draws, ``E f = E g + mean(f - g)`` and
+``Var f = Var g + (var(f) - var(g))`` are still unbiased, with the spread of ``f - g`` in place of that of ``f``.
 """
 from __future__ import annotations
 
@@ -47,6 +51,73 @@ class MonteCarloResult:
             return (z_mean,)
         z_var = (var.to(self.var) - self.var).abs() / self.var_se.clamp_min(tiny)
         return z_mean, z_var
+
+
+class _StreamingControl:
+    """Power sums of ``x = f - shift_f`` and ``y = g - shift_g`` for the control-variate estimators (float64)."""
+
+    def __init__(self, shift_f: torch.Tensor, shift_g: torch.Tensor, covariance: bool):
+        self.shift_f, self.shift_g = shift_f.to(torch.float64), shift_g.to(torch.float64)
+        self.n = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.covariance = covariance
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def update(self, f_values: torch.Tensor, g_values: torch.Tensor) -> None:
+        x = f_values.to(torch.float64) - self.shift_f
+        y = g_values.to(torch.float64) - self.shift_g
+        x2, y2 = x * x, y * y
+        self.n += x.shape[0]
+        for name, value in (
+            ("d", x - y), ("dd", (x - y) ** 2), ("x", x), ("y", y), ("xx", x2), ("yy", y2), ("xy", x * y),
+            ("xxx", x2 * x), ("yyy", y2 * y), ("xxxx", x2 * x2), ("yyyy", y2 * y2), ("xxy", x2 * y),
+            ("xyy", x * y2), ("xxyy", x2 * y2),
+        ):  # fmt: skip
+            self._add(name, value.sum(0))
+        if self.covariance:
+            # the (i, j) influence term of cov(f) - cov(g), about the shifts (the mean correction is O(1/N))
+            outer = x.unsqueeze(-1) * x.unsqueeze(-2) - y.unsqueeze(-1) * y.unsqueeze(-2)
+            self._add("c", outer.sum(0))
+            self._add("cc", (outer * outer).sum(0))
+
+    def result(self, exact_mean: torch.Tensor, exact_second: torch.Tensor, dtype: torch.dtype) -> MonteCarloResult:
+        n = self.n
+        m = {name: value / n for name, value in self.sums.items()}
+        a, b = m["x"], m["y"]
+        d_mean = m["d"]
+        d_var = (m["dd"] - d_mean * d_mean).clamp_min(0) * n / (n - 1)
+        mean = exact_mean.to(torch.float64) + (self.shift_f - self.shift_g) + d_mean
+        mean_se = (d_var / n).sqrt()
+        var_x, var_y = m["xx"] - a * a, m["yy"] - b * b
+        # fourth central moments of x and y, and the mixed E[(x - a)^2 (y - b)^2], from the raw sums
+        m4x = m["xxxx"] - 4 * a * m["xxx"] + 6 * a * a * m["xx"] - 3 * a**4
+        m4y = m["yyyy"] - 4 * b * m["yyy"] + 6 * b * b * m["yy"] - 3 * b**4
+        mixed = (
+            m["xxyy"] - 2 * b * m["xxy"] + b * b * m["xx"] - 2 * a * m["xyy"] + 4 * a * b * m["xy"]
+            - 2 * a * b * b * a + a * a * m["yy"] - 2 * a * a * b * b + a * a * b * b
+        )  # fmt: skip
+        influence_var = m4x - 2 * mixed + m4y - (var_x - var_y) ** 2
+        exact_var = exact_second if not self.covariance else torch.diagonal(exact_second, dim1=-2, dim2=-1)
+        var = exact_var.to(torch.float64) + (var_x - var_y) * n / (n - 1)
+        var_se = (influence_var.clamp_min(0) / n).sqrt()
+        cov = cov_se = None
+        if self.covariance:
+            outer_x = m["x"].unsqueeze(-1) * m["x"].unsqueeze(-2)
+            outer_y = m["y"].unsqueeze(-1) * m["y"].unsqueeze(-2)
+            cov = exact_second.to(torch.float64) + (m["c"] - outer_x + outer_y) * n / (n - 1)
+            cov_se = ((m["cc"] - m["c"] ** 2).clamp_min(0) / n).sqrt()
+            cov, cov_se = cov.to(dtype), cov_se.to(dtype)
+        return MonteCarloResult(
+            mean=mean.to(dtype),
+            var=var.to(dtype),
+            mean_se=mean_se.to(dtype),
+            var_se=var_se.to(dtype),
+            cov=cov,
+            cov_se=cov_se,
+            n_samples=n,
+        )
 
 
 class _StreamingMoments:
@@ -113,6 +184,7 @@ def monte_carlo_moments(
     generator: torch.Generator | None = None,
     covariance: bool = False,
     progress: bool = False,
+    control=None,
 ) -> MonteCarloResult:
     """Estimate the mean and variance (and optionally covariance) of ``f(x)``, ``x ~ N(mean, cov)``.
 
@@ -128,6 +200,10 @@ def monte_carlo_moments(
         generator: optional ``torch.Generator`` on the inputs' device, for reproducibility.
         covariance: also estimate the ``(..., p, p)`` output covariance and its standard errors.
         progress: show a tqdm progress bar (needs ``tqdm``).
+        control: optional control variate ``g``: callable on the draws like ``f`` (same output shape) and with
+            exact ``g.moments(mean, cov, output="var" or "cov")`` (an :class:`~netmoments.AffineReLUAffine`, e.g.
+            a linearization of ``f``). The estimates become ``E g + mean(f - g)`` and ``Var g + var(f) - var(g)``
+            (and likewise for the covariance): unbiased, with standard errors from the spread of ``f - g``.
 
     Returns:
         :class:`MonteCarloResult` in ``mean``'s dtype, on its device.
@@ -142,6 +218,15 @@ def monte_carlo_moments(
         raise ValueError(f"n_samples must be an int >= 2, got {n_samples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    exact = None
+    if control is not None:
+        if not callable(control) or not callable(getattr(control, "moments", None)):
+            raise TypeError(
+                f"control must be callable on the draws and have exact moments(mean, cov, output=...), "
+                f"got {type(control).__name__}"
+            )
+        with torch.no_grad():
+            exact = control.moments(mean, cov, output="cov" if covariance else "var")
     with torch.no_grad():
         factor = covariance_sqrt(cov)
         batch = torch.broadcast_shapes(mean.shape[:-1], factor.shape[:-2])
@@ -155,7 +240,8 @@ def monte_carlo_moments(
         while done < n_samples:
             size = min(batch_size, n_samples - done)
             z = torch.randn((size, *batch, mean.shape[-1]), generator=generator, dtype=mean.dtype, device=mean.device)
-            out = f(mean + whiten_to_gaussian(z, factor))
+            x = mean + whiten_to_gaussian(z, factor)
+            out = f(x)
             if not isinstance(out, torch.Tensor) or out.shape[0] != size:
                 raise ValueError(
                     f"f must return a tensor whose first dimension is the number of draws ({size}), "
@@ -163,6 +249,19 @@ def monte_carlo_moments(
                 )
             if out.dim() == 1 + len(batch):
                 out = out.unsqueeze(-1)
+            if exact is not None:
+                out_g = control(x)
+                if not isinstance(out_g, torch.Tensor) or out_g.dim() == 1 + len(batch):
+                    out_g = torch.as_tensor(out_g).unsqueeze(-1)
+                if out_g.shape != out.shape:
+                    raise ValueError(f"control returned shape {tuple(out_g.shape)} on the draws but f returned {tuple(out.shape)}")
+                if stats is None:
+                    stats = _StreamingControl(out.to(torch.float64).mean(0), out_g.to(torch.float64).mean(0), covariance)
+                stats.update(out.detach(), out_g.detach())
+                done += size
+                if bar is not None:
+                    bar.update(size)
+                continue
             if stats is None:
                 # Shift by the first batch's mean: later sums are of small numbers, so the
                 # raw-moment formulas lose no precision.
@@ -173,4 +272,6 @@ def monte_carlo_moments(
                 bar.update(size)
         if bar is not None:
             bar.close()
+    if exact is not None:
+        return stats.result(exact[0], exact[1], mean.dtype)
     return stats.result(mean.dtype)
