@@ -382,3 +382,18 @@ def test_relu_covariance_large_means_gradients():
     factor = torch.linalg.cholesky(t([[1.0, 0.3, -0.2, 0.1], [0.3, 1.0, 0.4, 0.0],
                                       [-0.2, 0.4, 1.0, 0.5], [0.1, 0.0, 0.5, 1.0]])).requires_grad_()
     assert torch.autograd.gradcheck(lambda mu, f: nm.relu_covariance(mu, f @ f.T), (mean, factor))
+
+
+def test_relu_covariance_series_any_number_of_terms(gen):
+    # NaN from ~135 terms and OverflowError from 171 before the series was scaled; now it converges to "exact"
+    mean, cov = _layer(gen)
+    exact = nm.relu_covariance(mean, cov)
+    errors = []
+    for terms in (5, 150, 171, 1000):
+        series = nm.relu_covariance(mean, cov, method="series", terms=terms)
+        assert torch.isfinite(series).all()
+        errors.append((series - exact).abs().max().item())
+        cross = nm.relu_cross_moment(mean[0], mean[1], cov[0, 0], cov[1, 1], cov[0, 1] / (cov[0, 0] * cov[1, 1]).sqrt(),
+                                     method="series", terms=terms)
+        assert torch.isfinite(cross)
+    assert errors[0] > errors[1] >= errors[3] and errors[3] < 1e-4
