@@ -309,8 +309,12 @@ def relu_covariance(
     The ``m (m - 1) / 2`` pair computations are done in row blocks of about ``chunk_elements`` pairs, so the
     extra memory beyond the ``(..., m, m)`` result stays bounded for large ``m``.
 
+    The exact off-diagonals are computed without forming ``E[q_i q_j] - E[q_i] E[q_j]`` (which cancels like
+    ``eps mu_i mu_j``): their error is ``~eps sigma_i sigma_j`` for any means, in float32 too. The series method
+    keeps NM20's form and runs in float64 for float32 inputs. ``terms`` may be any positive int.
+
     Args:
-        mean: ``(..., m)`` pre-activation means.
+        mean: ``(..., m)`` pre-activation means, float32 or float64; ``m = 0`` gives an empty ``(..., 0, 0)``.
         cov: ``(..., m, m)`` pre-activation covariance (PSD, may be rank-deficient), same dtype/device.
 
     Returns:
