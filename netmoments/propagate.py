@@ -243,7 +243,7 @@ class _State:
 
     mean: torch.Tensor  # (B, N)
     shape: tuple
-    rows: torch.Tensor | None = None  # (B, r, N)
+    rows: torch.Tensor | None = None  # (B, r, N), or (1, r, N) while one input covariance is shared by the batch
     resid: torch.Tensor | None = None  # (B, N)
     dense: torch.Tensor | None = None  # (B, N, N)
     right: torch.Tensor | None = None  # (B, r, N) or None
@@ -280,9 +280,10 @@ class _State:
         """Make the independent part explicit as rows, so affine layers map it exactly (with its correlations)."""
         if bool((self.resid > 0).any()):
             extra = torch.diag_embed(_safe_sqrt(self.resid))
-            self.rows = torch.cat([self.rows, extra], dim=1)
+            batch = extra.shape[:1]
+            self.rows = torch.cat([self.rows.expand(*batch, *self.rows.shape[1:]), extra], dim=1)
             if self.right is not None:
-                self.right = torch.cat([self.right, extra], dim=1)
+                self.right = torch.cat([self.right.expand(*batch, *self.right.shape[1:]), extra], dim=1)
         self.resid = torch.zeros_like(self.resid)
 
     def densify(self, where: str) -> None:
@@ -310,15 +311,18 @@ def _input_state(mean: torch.Tensor, cov, rank: int | None) -> _State:
             return _State(flat_mean, shape, zeros.new_zeros(batch, 0, dim), zeros + var)
         if bool(var == 0):
             # (I, 0 I) rather than the factor sqrt(0) I, whose derivative at 0 is infinite
-            return _State(flat_mean, shape, eye.expand(batch, dim, dim), zeros, right=(var * eye).expand(batch, dim, dim))
-        return _State(flat_mean, shape, (var.sqrt() * eye).expand(batch, dim, dim), zeros)
-    cov = cov.expand(batch, dim, dim)
+            return _State(flat_mean, shape, eye[None], zeros, right=(var * eye)[None])
+        return _State(flat_mean, shape, (var.sqrt() * eye)[None], zeros)
+    if cov.dim() == 2:
+        cov = cov[None]  # one covariance for the whole batch: its rows are mapped once
+    if rank is not None:
+        cov = cov.expand(batch, dim, dim)
     if rank is None:
         chol, info = torch.linalg.cholesky_ex(cov)
         if not bool((info != 0).any()):
             return _State(flat_mean, shape, chol.mT, zeros)
         # rank-deficient: rows in input coordinates, right = cov rows (see _State)
-        return _State(flat_mean, shape, eye.expand(batch, dim, dim), zeros, right=cov)
+        return _State(flat_mean, shape, eye[None], zeros, right=cov)
     eigval, eigvec = torch.linalg.eigh(cov)
     # Eigenvalues below n eps times the largest are rounding noise of a rank-deficient matrix, not directions.
     floor = dim * torch.finfo(mean.dtype).eps * eigval[..., -1:].clamp_min(0)
@@ -346,11 +350,13 @@ def _affine_step(layer, state: _State) -> None:
         dense = dense.reshape(batch, m, m)
         state.dense = 0.5 * (dense + dense.mT)
         return
-    r, n = state.rows.shape[1], state.rows.shape[2]
+    rows_batch, r, n = state.rows.shape
     if r:
-        state.map_rows(lambda rows: _affine(layer, rows.reshape(batch * r, n), shape, bias=False)[0].reshape(batch, r, -1))
+        state.map_rows(
+            lambda rows: _affine(layer, rows.reshape(rows.shape[0] * r, n), shape, bias=False)[0].reshape(rows.shape[0], r, -1)
+        )
     else:
-        state.rows, state.right = state.rows.new_zeros(batch, 0, state.mean.shape[-1]), None
+        state.rows, state.right = state.rows.new_zeros(rows_batch, 0, state.mean.shape[-1]), None
     state.resid = _squared(layer, state.resid, shape).clamp_min(0.0)
 
 
@@ -401,13 +407,15 @@ def _maxpool_step(layer, state: _State, closure: str, block: int = 512) -> None:
         new = new - torch.diag_embed(torch.diagonal(new, dim1=-2, dim2=-1)) + torch.diag_embed(var)
         state.mean, state.shape, state.dense = mean, out_shape, new
         return
-    rows = state.rows[:, :, index]  # (B, r, N_out, k)
+    rows = state.rows[:, :, index]  # (B or 1, r, N_out, k)
     right = rows if state.right is None else state.right[:, :, index]
-    win_cov = torch.einsum("brok,brol->bokl", rows, right)
+    win_cov = rows.permute(0, 2, 3, 1) @ right.permute(0, 2, 1, 3)  # (B or 1, N_out, k, k)
     win_cov = 0.5 * (win_cov + win_cov.mT) + torch.diag_embed(state.resid[:, index])
     mean, var, coef = clark_max(win_mean, win_cov, mask)
-    coef = coef * mask
-    state.map_rows(lambda rows: (rows[:, :, index] * coef.unsqueeze(1)).sum(-1))
+    coef = (coef * mask).unsqueeze(1)
+    state.rows = (rows * coef).sum(-1)
+    if state.right is not None:
+        state.right = (right * coef).sum(-1)
     state.resid = (var - state.explained()).clamp_min(0.0)
     state.mean, state.shape = mean, out_shape
     if closure == "diag":
