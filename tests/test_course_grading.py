@@ -1,9 +1,10 @@
-"""End to end: nbgrader grades the course notebooks, and the command line never fails with a traceback.
+"""End to end: the grader grades the course notebooks, and the command line never fails with a traceback.
 
 The reference solutions (whole notebooks) must get full marks and one wrong answer per assignment from the
-catalogue (``test_course_catalogue.py``) must lose the marks of its question with the right feedback, all in
-one nbgrader autograde run per assignment (two at a time). Broken submissions (a kernel that dies, a cell that
-hangs, a deleted function, an untouched student version, a file that is not a notebook) still get a report.
+catalogue (``test_course_catalogue.py``) must lose the marks of its question with the right feedback, each
+notebook graded by its own judge and sandboxed worker (two notebooks at a time). Broken submissions (a process
+that dies, a cell that hangs, a deleted function, an untouched student version, a file that is not a notebook)
+still get a report. Submissions that attack the grader are in ``test_course_gaming.py``.
 """
 from __future__ import annotations
 

@@ -20,11 +20,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a text report")
     p.add_argument("--timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT,
                    help="seconds one cell may run (default %(default)s)")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="run the student's code in a bubblewrap sandbox: auto (when it works here, the default), "
+                        "bwrap (required), none")
     p = sub.add_parser("grade-all", help="grade DIR/<student>/<assignment>.ipynb for every student")
     p.add_argument("submissions", type=Path)
     p.add_argument("--csv", type=Path, required=True, help="where to write the scores")
     p.add_argument("--timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT)
-    p.add_argument("--jobs", type=int, default=1, help="assignments graded in parallel")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks graded in parallel")
+    p.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                   help="run the student's code in a bubblewrap sandbox (see grade --help)")
     args = parser.parse_args(argv)
 
     if args.command == "release":
@@ -32,7 +37,7 @@ def main(argv=None) -> int:
             print(path)
         return 0
     if args.command == "grade":
-        report = grading.grade_notebook(args.notebook, cell_timeout=args.timeout)
+        report = grading.grade_notebook(args.notebook, cell_timeout=args.timeout, sandbox=args.sandbox)
         print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
         return 0
     submissions = grading.find_submissions(args.submissions)
@@ -40,7 +45,12 @@ def main(argv=None) -> int:
         print(f"no submissions found under {args.submissions} (expected DIR/<student>/<assignment>.ipynb)",
               file=sys.stderr)
         return 1
-    reports = grading.grade_submissions(submissions, cell_timeout=args.timeout, jobs=args.jobs)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    reports = grading.grade_submissions(submissions, cell_timeout=args.timeout, jobs=args.jobs, sandbox=args.sandbox)
+    if any(r.sandbox == "none" for per in reports.values() for r in per.values()):
+        print("warning: graded without the sandbox (bubblewrap is missing or does not start here): the notebooks' "
+              "code could read and write this machine's files", file=sys.stderr)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     grading.write_csv(reports, args.csv)
     for student in sorted(reports):

@@ -77,7 +77,7 @@ class Check:
         try:
             with warnings.catch_warnings():  # a warning on stderr would zero the cell under nbgrader
                 warnings.simplefilter("ignore")
-                return fn(*args, **kwargs)
+                value = fn(*args, **kwargs)
         except NotImplementedError:
             if name not in self._not_done:  # say it once, not once per case
                 self._not_done.add(name)
@@ -86,6 +86,13 @@ class Check:
                 self.failures.append(f"[{case}] skipped: {name} is not implemented yet")
         except Exception as exc:  # the student's code may raise anything; report it, keep grading
             self.fail(case or name, f"{name} raised {type(exc).__name__}: {exc}")
+        else:
+            # The test cells skip their comparisons when call() returns None, so a function that returns nothing
+            # (a body of just pass) must be a failure here, or it would pass every check it skipped.
+            if value is None:
+                self.fail(case or name, f"{name} returned None instead of its result",
+                          hint="end the function with a return statement")
+            return value
         return None
 
     # -- assertions -------------------------------------------------------------------------------------
@@ -157,6 +164,9 @@ class Check:
 
     def done(self) -> None:
         """Raise one ``AssertionError`` listing every failed case; print a one-line pass otherwise."""
+        if not self.failures and not self.passed:
+            # Nothing was checked (every case skipped): that is not a pass.
+            self.failures.append("[no case] no check ran: the tests could not get a result from your code")
         if self.failures:
             n = len(self.failures)
             raise AssertionError(

@@ -1,13 +1,16 @@
-"""Release and grade the course assignments with nbgrader.
+"""Release the course assignments with nbgrader, and grade submissions so that they cannot game the grade.
 
 The source notebooks (solutions + visible and hidden tests, nbgrader cell metadata) live in
-``netmoments/course/source/<assignment>/<assignment>.ipynb``. Every operation builds a throw-away nbgrader
-*course directory* (``source/``, ``gradebook.db``, ``release/``, ``submitted/``, ``autograded/``) and drives the
-``nbgrader`` command line in a subprocess, so a submission that crashes, hangs or kills its kernel can only
-cost itself points: the caller always gets a report.
+``netmoments/course/source/<assignment>/<assignment>.ipynb``. :func:`release` builds a throw-away nbgrader
+course directory and drives ``nbgrader generate_assignment`` in a subprocess to write the student versions.
 
-nbgrader is imported only by its own subprocess and by :func:`_read_gradebook`; importing this module needs
-nothing beyond the standard library.
+Grading does not use ``nbgrader autograde``: that runs a submission and the hidden tests in one kernel, where
+the student's code can rewrite the tests or the course directory. :func:`grade_submissions` gives every notebook
+its own judge process (:mod:`netmoments.course.judge`) that runs the source's hidden tests against the student's
+functions, which run in another, sandboxed process. A submission that crashes, hangs, kills its process or
+tampers can only cost itself points: the caller always gets a report.
+
+Importing this module needs nothing beyond the standard library.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,7 @@ class Report:
     max_score: float
     questions: list[QuestionResult] = field(default_factory=list)
     error: str = ""  # set when the whole notebook could not be graded (not a notebook, grader killed, ...)
+    sandbox: str = ""  # how the student's code ran: "bwrap" (sandboxed), "none" (a plain process), "" (not run)
 
     def to_json(self) -> dict:
         """``{"score", "max_score", "questions": [{"name", "score", "max_score", "feedback"}]}`` (+ context)."""
@@ -54,12 +59,17 @@ class Report:
                "questions": [asdict(q) for q in self.questions]}
         if self.error:
             out["error"] = self.error
+        if self.sandbox:
+            out["sandbox"] = self.sandbox
         return out
 
     def to_text(self) -> str:
         lines = [f"{self.assignment}: {_num(self.score)} / {_num(self.max_score)} points"]
         if self.error:
             lines.append(f"  NOTE: {self.error}")
+        if self.sandbox == "none":
+            lines.append("  NOTE: graded without the sandbox (bubblewrap): the notebook's code could read and write "
+                         "the grader's files")
         for q in self.questions:
             mark = "ok  " if q.score == q.max_score else "FAIL"
             lines.append(f"  [{mark}] {q.name}: {_num(q.score)} / {_num(q.max_score)}")
@@ -150,89 +160,38 @@ def release(outdir: Path, assignments=ASSIGNMENTS) -> list[Path]:
 
 
 # -- grading ----------------------------------------------------------------------------------------------
-def _feedback(cell: dict, cell_timeout: float) -> str:
-    """The feedback of one executed graded cell: its error message, or nothing."""
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            ename, evalue = out.get("ename", ""), out.get("evalue", "")
-            if ename in ("KeyboardInterrupt", "CellTimeoutError"):
-                parts.append(f"Time limit: this cell (or code it calls) ran longer than {cell_timeout:g} s and was "
-                             "stopped. Look for an endless loop or an unnecessarily large computation.")
-            elif ename == "AssertionError":
-                parts.append(evalue)
-            elif ename == "NameError":
-                parts.append(f"{ename}: {evalue}. Did you delete or rename something the tests use, or skip a cell?")
-            else:
-                parts.append(f"{ename}: {evalue}")
-        elif out.get("output_type") == "stream" and out.get("name") == "stderr":
-            parts.append("This cell wrote to stderr (nbgrader gives no points then): " + out.get("text", "")[:500])
-    return "\n".join(parts)
-
-
-def _report_from_autograded(assignment: str, notebook: Path | None, cell_timeout: float, error: str = "") -> Report:
-    """Scores from the executed notebook's graded cells, with the source's points (a missing cell scores 0)."""
-    from nbgrader.utils import determine_grade  # the tool's own rule: error or stderr -> 0, else full marks
-    import nbformat
-
-    expected = grade_cells(assignment)
-    executed = {}
-    if notebook is not None and notebook.exists():
-        nb = nbformat.read(notebook, as_version=4)
-        for cell in nb.cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if meta.get("grade"):
-                executed[meta["grade_id"]] = cell
-    notes = [error] if error else []
-    if notebook is not None and notebook.exists():
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code" or cell.metadata.get("nbgrader", {}).get("grade"):
-                continue
-            for out in cell.get("outputs", []):
-                if out.get("output_type") != "error":
-                    continue
-                if out.get("ename") in ("KeyboardInterrupt", "CellTimeoutError"):
-                    notes.append(f"code cell {index} ran longer than {cell_timeout:g} s and was stopped")
-                else:
-                    notes.append(f"code cell {index} raised {out.get('ename')}: {out.get('evalue', '')}"[:300])
-    error = "; ".join(notes)
-    questions = []
-    for grade_id, points in expected:
-        cell = executed.get(grade_id)
-        if cell is None:
-            questions.append(QuestionResult(grade_id, 0.0, points, notes[0] if notes else
-                                            "this graded cell was not found in the submission"))
-            continue
-        cell.metadata.nbgrader["points"] = points  # trust the source, not the submission
-        score, _ = determine_grade(cell)
-        questions.append(QuestionResult(grade_id, float(score or 0.0), points, _feedback(cell, cell_timeout)))
-    return Report(assignment, sum(q.score for q in questions), sum(q.max_score for q in questions), questions, error)
-
-
-def _autograde_one(name: str, students: dict[str, Path], root: Path, cell_timeout: float,
-                   total_timeout: float | None) -> dict[str, Report]:
-    """Autograde every student's notebook of one assignment in the course directory ``root``."""
-    make_course_dir(root, [name])
-    for student, notebook in students.items():
-        dest = root / "submitted" / student / name
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(notebook, dest / f"{name}.ipynb")
-    limit = total_timeout or (60 + 20 * cell_timeout * len(students))
-    error = ""
+def _judge_one(name: str, notebook: Path, cell_timeout: float, total_timeout: float | None, sandbox: str,
+               scratch: Path) -> Report:
+    """Grade one notebook in its own judge process (:mod:`netmoments.course.judge`); always returns a report."""
+    limit = total_timeout or (60 + 20 * cell_timeout)
+    out = scratch / "report.json"
+    cmd = [sys.executable, "-m", "netmoments.course.judge", name, str(notebook), str(out),
+           f"--cell-timeout={cell_timeout:g}", f"--sandbox={sandbox}"]
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    # The judge imports netmoments from where this module was imported, whatever the caller's working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
+                                                     env.get("PYTHONPATH", "")] if p)
+    # Its own session, so that a time-out can stop the judge and every process below it at once.
+    proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
-        done = _nbgrader(root, "autograde", name, "--force", "--Autograde.create_student=True",
-                         f"--Execute.timeout={int(cell_timeout)}", timeout=limit)
-        if done.returncode != 0:
-            error = "the grader reported a problem (did the kernel die?): " + (done.stderr or done.stdout)[-1500:]
+        log, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        error = f"grading was stopped after {limit:g} s (the notebook hangs or is far too slow)"
-    reports = {}
-    for student in students:
-        graded = root / "autograded" / student / name / f"{name}.ipynb"
-        found = graded.exists()
-        reports[student] = _report_from_autograded(name, graded if found else None, cell_timeout,
-                                                   "" if found else (error or "the notebook could not be executed"))
-    return reports
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return _failed(name, f"grading was stopped after {limit:g} s (the notebook hangs or is far too slow)")
+    if proc.returncode != 0 or not out.exists():
+        tail = log.decode(errors="replace")[-1500:]
+        return _failed(name, f"the grader failed (exit code {proc.returncode}), not your notebook: {tail}")
+    data = json.loads(out.read_text())
+    return Report(data["assignment"], data["score"], data["max_score"],
+                  [QuestionResult(**q) for q in data["questions"]], data.get("error", ""), data.get("sandbox", ""))
+
+
+def _failed(name: str, error: str) -> Report:
+    questions = [QuestionResult(g, 0.0, p, error) for g, p in grade_cells(name)]
+    return Report(name, 0.0, sum(q.max_score for q in questions), questions, error)
 
 
 def grade_submissions(
@@ -240,32 +199,46 @@ def grade_submissions(
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
     total_timeout: float | None = None,
     jobs: int = 1,
+    sandbox: str = "auto",
 ) -> dict[str, dict[str, Report]]:
-    """Autograde ``{student: {assignment: notebook_path}}``; returns ``{student: {assignment: Report}}``.
+    """Grade ``{student: {assignment: notebook_path}}``; returns ``{student: {assignment: Report}}``.
 
-    One nbgrader course directory and one ``nbgrader autograde`` run per assignment (every notebook in a fresh
-    kernel, with the hidden tests restored from the gradebook); ``jobs`` assignments are graded at a time.
-    ``total_timeout`` bounds each autograde run (default: 60 s plus 20 cell timeouts per notebook).
+    Every notebook is graded by its own judge process (:mod:`netmoments.course.judge`): the student's code runs in
+    a separate, sandboxed process and the hidden tests, taken from the source notebook, only see what the
+    student's functions return. ``jobs`` notebooks are graded at a time. ``cell_timeout`` bounds each student cell
+    and the student code each graded cell calls; ``total_timeout`` bounds each notebook (default: 60 s plus 20
+    cell timeouts). ``sandbox`` is ``"auto"`` (bubblewrap when it works here), ``"bwrap"`` or ``"none"``; a
+    report graded without the sandbox says so.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    assignments = sorted({a for per in submissions.values() for a in per})
+    from .judge import resolve_sandbox
+
+    if not cell_timeout > 0:
+        raise ValueError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs!r}")
+    sandbox = resolve_sandbox(sandbox)  # once, not once per notebook
+    tasks = [(student, name, Path(path)) for student, per in submissions.items() for name, path in per.items()]
+    for _, name, _ in tasks:
+        if name not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {name!r}")
     reports: dict[str, dict[str, Report]] = {s: {} for s in submissions}
     with tempfile.TemporaryDirectory(prefix="netmoments-grade-") as tmp, \
-            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {
-            name: pool.submit(_autograde_one, name, {s: per[name] for s, per in submissions.items() if name in per},
-                              Path(tmp) / name, cell_timeout, total_timeout)
-            for name in assignments
-        }
-        for name, future in futures.items():
-            for student, report in future.result().items():
-                reports[student][name] = report
+            ThreadPoolExecutor(max_workers=int(jobs)) as pool:
+        futures = {}
+        for i, (student, name, path) in enumerate(tasks):
+            scratch = Path(tmp) / str(i)
+            scratch.mkdir()
+            futures[student, name] = pool.submit(_judge_one, name, path.resolve(), cell_timeout, total_timeout,
+                                                 sandbox, scratch)
+        for (student, name), future in futures.items():
+            reports[student][name] = future.result()
     return reports
 
 
 def grade_notebook(notebook: Path, cell_timeout: float = DEFAULT_CELL_TIMEOUT,
-                   total_timeout: float | None = None) -> Report:
+                   total_timeout: float | None = None, sandbox: str = "auto") -> Report:
     """Grade one submitted notebook (any file name that starts with the assignment's name)."""
     notebook = Path(notebook)
     try:
@@ -273,7 +246,8 @@ def grade_notebook(notebook: Path, cell_timeout: float = DEFAULT_CELL_TIMEOUT,
         json.loads(notebook.read_text())
     except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         return Report(str(notebook), 0.0, 0.0, [], f"could not grade {notebook}: {exc}")
-    return grade_submissions({"student": {assignment: notebook}}, cell_timeout, total_timeout)["student"][assignment]
+    return grade_submissions({"student": {assignment: notebook}}, cell_timeout, total_timeout,
+                             sandbox=sandbox)["student"][assignment]
 
 
 def find_submissions(directory: Path) -> dict[str, dict[str, Path]]:
