@@ -148,11 +148,14 @@ class Worker:
         else:
             prefix, cwd = [], str(scratch)
             env["HOME"] = str(scratch)
+        # bwrap's --die-with-parent does this for the sandbox; a plain worker must die with the judge as well,
+        # or a judge killed at its notebook's time limit would leave the student's code running.
+        preexec = _die_with_parent if sandbox != "bwrap" and sys.platform.startswith("linux") else None
         self._stderr = open(scratch / "worker.stderr", "w+b")
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "netmoments.course._worker", str(req_r), str(ans_w), str(MEMORY_LIMIT)],
             pass_fds=(req_r, ans_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-            cwd=cwd, env=env, start_new_session=True)
+            cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
         os.close(req_r)
         os.close(ans_w)
 
@@ -227,6 +230,14 @@ class Worker:
         self._stderr.flush()
         self._stderr.seek(0)
         return self._stderr.read()[-1500:].decode(errors="replace")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: have the kernel SIGKILL this process when the judge dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @functools.lru_cache(maxsize=None)
