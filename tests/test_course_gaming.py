@@ -296,6 +296,9 @@ def _frame(header: dict, *blobs: bytes) -> bytes:
              "sizes": [8]}, b"\0" * 8), "bad blob index"),
     (_frame({"value": {"k": "pickle", "v": "cos\nsystem\n"}, "sizes": []}), "unknown node kind"),
     (_frame({"value": {"k": "float", "v": 3}, "sizes": []}), "bad float"),
+    (struct.pack(">I", 200_000) + b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nesting past the recursion limit
+    (_frame({"value": json.loads("[" * 40 + "]" * 40), "sizes": []}), "bad node"),
+    (_frame({"value": {"k": "list", "items": [{"k": "list", "items": []}]}, "sizes": []})[:-3], "truncated"),
 ])
 def test_answers_that_break_the_format_are_rejected(data, message):
     with pytest.raises(wire.WireError, match=message):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-MAX_FRAME = 1 << 30  # 1 GiB: far above any answer in the course (the largest is a few MB of Monte Carlo draws)
+MAX_FRAME = 1 << 28  # 256 MiB: far above any message in the course (the largest is 3 MB of Monte Carlo draws)
 MAX_DEPTH = 32  # nesting of lists/tuples/dicts in one answer
 
 # dtype name -> (torch dtype, numpy dtype); bfloat16 has no numpy dtype, so it travels as raw uint16 bits.
@@ -141,8 +141,8 @@ def decode(data: bytes) -> Any:
         raise WireError(f"truncated answer: a header of {hlen} bytes announced, {len(data) - 4} present")
     try:
         header = json.loads(data[4:4 + hlen].decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError(f"the answer's header is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise WireError(f"the answer's header is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict) or not isinstance(header.get("sizes"), list) or "value" not in header:
         raise WireError("the answer's header must be an object with 'value' and 'sizes'")
     sizes = header["sizes"]
