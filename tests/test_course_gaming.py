@@ -345,3 +345,16 @@ def test_grade_submissions_rejects_an_unknown_assignment():
 
     with pytest.raises(ValueError, match="assignment must be one of"):
         grading.grade_submissions({"s": {"a9_nothing": grading.source_notebook(A1)}}, sandbox="none")
+
+
+def test_a_worker_that_cannot_start_is_the_graders_failure_not_the_students(monkeypatch, tmp_path):
+    from netmoments.course import judge
+
+    monkeypatch.setattr(judge, "MEMORY_LIMIT", 16 << 20)  # 16 MiB: too little to import torch
+    worker = judge.Worker("none", tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match="(?s)the worker did not start.*MemoryError"):
+            worker.wait_ready(timeout=120)
+    finally:
+        worker.close()
+    assert worker.proc.poll() is not None

@@ -32,26 +32,27 @@ def _describe(exc: BaseException) -> dict:
 def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
     import resource
 
-    from . import wire
-
     if memory_limit > 0:
-        # Before any student code: a memory bomb then fails in this process instead of waking the OOM killer,
-        # and without CAP_SYS_RESOURCE (dropped in the sandbox) the student cannot raise the hard limit again.
+        # Before anything else: a memory bomb then fails in this process instead of waking the OOM killer, and
+        # without CAP_SYS_RESOURCE (dropped in the sandbox) the student cannot raise the hard limit again.
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-
-    # The student's prints must not reach the grader's pipe; they go nowhere.
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    signal.signal(signal.SIGALRM, _on_alarm)
 
     from IPython.core.interactiveshell import InteractiveShell
+
+    from . import wire
 
     shell = InteractiveShell.instance()
     # A plain shell has no event loop to hand to a GUI; %matplotlib inline only needs this step to do nothing.
     shell.enable_gui = lambda gui=None: None
     shell.user_ns["__name__"] = "__main__"
+
+    # Start-up errors went to stderr (the judge shows them); the student's prints must not reach the grader's
+    # pipes: from here on they go nowhere.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    signal.signal(signal.SIGALRM, _on_alarm)
 
     def answer(message: dict) -> None:
         try:
@@ -62,6 +63,7 @@ def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
                                              "numbers, or tuples/lists of them"})
         wire.write_frame(out_fd, payload)
 
+    answer({"ok": True, "ready": True})  # the libraries are loaded; the student's time starts with the first cell
     while True:
         try:
             request = pickle.loads(wire.read_frame(in_fd))

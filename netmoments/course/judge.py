@@ -40,6 +40,7 @@ from pathlib import Path
 from . import grading
 
 MEMORY_LIMIT = 8 << 30  # bytes of address space for the student's process (the five reference solutions run under it)
+STARTUP_TIMEOUT = 300.0  # seconds the worker may take to import its libraries (a loaded machine is slow)
 GRACE = 5.0  # seconds the judge waits past a time limit for the worker's own alarm before it kills the worker
 SANDBOXES = ("auto", "bwrap", "none")
 # What the worker may see of /etc: enough for the dynamic loader and Python, nothing of the machine's secrets.
@@ -133,7 +134,6 @@ class Worker:
 
         self.wire = wire
         self.dead = ""  # why the worker is gone, once it is
-        self.answered = 0  # answers received so far
         self.deadline: float | None = None  # the running graded cell's time limit (monotonic clock)
         req_r, self._req_w = os.pipe()
         self._ans_r, ans_w = os.pipe()
@@ -176,8 +176,22 @@ class Worker:
         if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
             self.kill("it sent an answer that is not a status")
             raise WorkerGone(self.dead)
-        self.answered += 1
         return answer
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait for the worker's first frame, sent once it has imported its libraries and before any student code.
+
+        Start-up is not the student's time: it is not charged to the first cell's limit. A worker that does not
+        start is the grader's problem, so this raises ``RuntimeError`` (the judge then fails, blaming itself).
+        """
+        try:
+            answer = self.wire.decode(self.wire.read_frame(self._ans_r, time.monotonic() + timeout))
+        except (TimeoutError, EOFError, OSError, self.wire.WireError) as exc:
+            self.kill(f"it did not start ({type(exc).__name__})")
+            raise RuntimeError(f"the worker did not start: {exc}; its stderr: {self.stderr_tail()}") from None
+        if answer != {"ok": True, "ready": True}:
+            self.kill("it did not start")
+            raise RuntimeError(f"the worker did not start: it sent {answer!r}")
 
     def kill(self, why: str | None) -> None:
         if self.proc.poll() is None:
@@ -188,8 +202,6 @@ class Worker:
         rc = self.proc.wait()
         if not self.dead:
             self.dead = why or f"the notebook's process (its kernel) died (exit code {rc})"
-            if not self.answered and why is None:  # it never started: say why, it is not the student's doing
-                self.dead += "; it never started: " + self.stderr_tail()
 
     def run(self, source: str, timeout: float) -> dict:
         return self._request({"op": "run", "source": source, "timeout": timeout}, timeout)
@@ -340,6 +352,7 @@ def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT
             # The trusted set-up first: it loads the same libraries, models and data as the worker is loading.
             namespace: dict = {"__name__": "__main__"}
             _run_setup(source, namespace)
+            worker.wait_ready()
             for index, cell in enumerate(submission.cells):
                 if cell.get("cell_type") != "code" or _meta(cell).get("grade"):
                     continue  # the student's copies of the graded cells are never run: the source's are
