@@ -269,8 +269,15 @@ def test_subclasses_arrive_as_plain_tensors():
     assert type(out) is torch.Tensor and out.tolist() == [1.0, 1.0]
 
 
+def test_views_arrive_as_the_values_they_show():
+    z = torch.tensor([1 + 2j, 3 - 1j])
+    out = wire.decode(wire.encode((z.conj(), -z.conj(), torch.arange(6.0).reshape(2, 3).t(), torch.arange(4.0).flip(0))))
+    assert out[0].tolist() == [1 - 2j, 3 + 1j] and out[1].tolist() == [-1 + 2j, -3 - 1j]
+    assert out[2].tolist() == [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]] and out[3].tolist() == [3.0, 2.0, 1.0, 0.0]
+
+
 @pytest.mark.parametrize("value", [lambda x: x, object(), torch.nn.Linear(1, 1), {1: 2},
-                                   np.array(["a"], dtype=object)])
+                                   np.array(["a"], dtype=object), torch.eye(2).to_sparse()])
 def test_objects_the_format_cannot_carry_are_refused_when_sent(value):
     with pytest.raises(wire.Unsupported):
         wire.encode(value)

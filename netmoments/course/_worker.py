@@ -57,9 +57,10 @@ def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
     def answer(message: dict) -> None:
         try:
             payload = wire.encode(message)
-        except wire.Unsupported as exc:
+        except Exception as exc:  # Unsupported, or a tensor that cannot become bytes (sparse, meta, ...)
+            what = str(exc) if isinstance(exc, wire.Unsupported) else f"a value that cannot be sent ({exc})"[:300]
             payload = wire.encode({"ok": False, "timeout": False, "ename": "UnsupportedAnswer",
-                                   "evalue": f"returned {exc}, which the grader cannot read back: return tensors, "
+                                   "evalue": f"returned {what}, which the grader cannot read back: return tensors, "
                                              "numbers, or tuples/lists of them"})
         wire.write_frame(out_fd, payload)
 

@@ -107,7 +107,9 @@ def encode(value: Any) -> bytes:
         if isinstance(v, np.bool_):
             return {"k": "atom", "v": bool(v)}
         if isinstance(v, torch.Tensor):
-            t = v.detach().to("cpu").contiguous()
+            if v.layout != torch.strided:
+                raise Unsupported(f"a tensor with layout {v.layout} (send .to_dense())")
+            t = v.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
             if t.dtype not in _TORCH_NAME:
                 raise Unsupported(f"a tensor of dtype {t.dtype}")
             raw = t.view(torch.uint16) if t.dtype == torch.bfloat16 else t
