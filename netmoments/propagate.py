@@ -102,8 +102,15 @@ def _weight(tensor, dtype):
     return None if tensor is None else tensor.to(dtype)
 
 
-def _affine(layer: nn.Module, x: torch.Tensor, shape: tuple, bias: bool) -> tuple[torch.Tensor, tuple]:
-    """Apply an affine layer (with or without its bias) to vectors ``(M, N)`` laid out as ``(M, *shape)``."""
+def _affine(layer: nn.Module, x: torch.Tensor, shape: tuple, bias: bool, chunk: int = 256) -> tuple[torch.Tensor, tuple]:
+    """Apply an affine layer (with or without its bias) to vectors ``(M, N)`` laid out as ``(M, *shape)``.
+
+    A convolution runs ``chunk`` vectors at a time: its unfolded input is ``kernel area x channels`` times the
+    size of the input itself, which for thousands of covariance rows would be tens of GB at once.
+    """
+    if isinstance(layer, nn.Conv2d) and x.shape[0] > chunk:
+        parts = [_affine(layer, x[s : s + chunk], shape, bias, chunk) for s in range(0, x.shape[0], chunk)]
+        return torch.cat([part for part, _ in parts]), parts[0][1]
     x = x.reshape(x.shape[0], *shape)
     if isinstance(layer, nn.Conv2d):
         w = _weight(layer.weight, x.dtype)

@@ -10,14 +10,14 @@ import importlib
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser"]
 
-SUBCOMMAND_MODULES = ("tightness", "attack")
+SUBCOMMAND_MODULES = ("tightness", "attack", "layerwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per importable subcommand module."""
     parser = argparse.ArgumentParser(
         prog="python -m netmoments.experiments",
-        description="Run the netmoments experiments (tightness of the closed forms, Gaussian attacks).",
+        description="Run the netmoments experiments (tightness of the closed forms, layer-by-layer closures, Gaussian attacks).",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True

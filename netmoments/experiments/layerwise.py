@@ -1,0 +1,286 @@
+"""Layer-by-layer closures against the tightness run's Monte Carlo truth, and against sampling at equal cost.
+
+Each task ``(image, sigma, cov, method)`` rebuilds the exact input covariance of the tightness run's task
+``(image, sigma, cov)`` (the covariance is seeded from that key), computes LeNet's output mean and variance with
+one method, and records its CPU time together with the time of one LeNet forward pass per draw measured in the
+same process, so the cost is also known in draws. The truth (10^4 draws per task) is the committed tightness
+rows (``point == "input"``): no new sampling is needed to score a closure.
+
+Methods: ``"diag"``, ``"lowrank"``, ``"full"`` (:func:`netmoments.propagate.moments` in float64),
+``"lowrank32"`` (the same closure in float32) and ``"unscented"`` (the sigma-point transform, 1,569 passes).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .. import propagate
+from .runner import seed_from_key
+from .tightness import BLUR_STD, TightnessConfig, _sparse_pixels, build_context, noise_factor
+
+__all__ = [
+    "METHODS",
+    "LayerwiseConfig",
+    "task_list",
+    "layerwise_task",
+    "forward_seconds_per_draw",
+    "image_metrics",
+    "equal_cost_mc_errors",
+]
+
+METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented")
+
+
+@dataclass(frozen=True)
+class LayerwiseConfig:
+    """Settings of a layer-wise run; ``seed``, ``sparse_pixels`` and ``blur_std`` must be the tightness run's."""
+
+    seed: int = 0
+    sparse_pixels: int = 60
+    blur_std: float = BLUR_STD
+    draws_timed: int = 500
+
+    def fingerprint(self) -> dict:
+        return asdict(self)
+
+
+def task_list(images, sigmas, covs, methods) -> list[tuple]:
+    """Keys ``(image, sigma, cov, method)``, image-major."""
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return [(int(i), float(s), c, m) for i in images for c in covs for s in sigmas for m in methods]
+
+
+def forward_seconds_per_draw(mc_model, x: torch.Tensor, n_draws: int = 500, repeats: int = 2) -> float:
+    """CPU seconds of one float32 forward pass per draw of ``mc_model`` (channels-last, as the truth was drawn)."""
+    inputs = (x.float() + 0.01 * torch.randn(n_draws, *x.shape[1:])).contiguous(memory_format=torch.channels_last)
+    best = math.inf
+    with torch.no_grad():
+        mc_model(inputs)  # warm-up: first-call allocations are not what a long run pays
+        for _ in range(repeats):
+            start = time.process_time()
+            mc_model(inputs)
+            best = min(best, time.process_time() - start)
+    return best / n_draws
+
+
+def _moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor):
+    if method == "unscented":
+        return propagate.unscented(model64, x, cov, output="var")
+    if method == "lowrank32":
+        return propagate.moments(model32, x.float(), cov.float(), closure="lowrank", output="var")
+    return propagate.moments(model64, x, cov, closure=method, output="var")
+
+
+def task_input(ctx, image: int, sigma: float, cov_kind: str):
+    """The digit ``(1, 1, 28, 28)``, its label and the input covariance ``(784, 784)`` (float64) of the tightness run's
+    task ``(image, sigma, cov_kind)``, regenerated from its key exactly as that run drew it."""
+    cfg: LayerwiseConfig = ctx.layerwise
+    x = ctx.images[image].to(torch.float64).reshape(1, 1, 28, 28)
+    label = int(ctx.labels[image])
+    pixels = _sparse_pixels(ctx.model, x.reshape(-1).float(), label, cfg.sparse_pixels) if cov_kind == "sparse" else None
+    generator = torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov_kind, "cov"))
+    factor = noise_factor(cov_kind, sigma, 784, generator, pixels, cfg.blur_std)
+    return x, label, factor @ factor.mT
+
+
+def layerwise_task(key, ctx) -> list[dict]:
+    """One method on one tightness task: the output mean and variance, their CPU time, and the draw cost."""
+    image, sigma, cov_kind, method = key
+    cfg: LayerwiseConfig = ctx.layerwise
+    x, label, cov = task_input(ctx, image, sigma, cov_kind)
+    with torch.no_grad():
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        mean, var = _moments(method, ctx.model64, ctx.model, x, cov)
+        cpu = time.process_time() - start_cpu
+        wall = time.perf_counter() - start_wall
+    per_draw = forward_seconds_per_draw(ctx.mc_model, x, cfg.draws_timed)
+    return [
+        {
+            "image": int(image), "label": label, "sigma": float(sigma), "cov": cov_kind, "method": method,
+            "mean": [float(f"{v:.9g}") for v in mean.reshape(-1).tolist()],
+            "var": [float(f"{v:.9g}") for v in var.reshape(-1).tolist()],
+            "cpu_s": round(cpu, 4), "wall_s": round(wall, 4), "draw_cpu_s": float(f"{per_draw:.4g}"),
+            "draws_equal_cost": int(cpu / per_draw),
+        }
+    ]  # fmt: skip
+
+
+def build_layerwise_context(config: LayerwiseConfig, n_images: int | None = None):
+    """The shipped LeNet (float32 ``model``, float64 ``model64``, channels-last ``mc_model``) and the test digits,
+    as the tightness run used them."""
+    ctx = build_context(TightnessConfig(points=("input",), seed=config.seed), n_images=n_images)
+    ctx.layerwise = config
+    ctx.model64 = copy.deepcopy(ctx.model).double()
+    return ctx
+
+
+# --------------------------------------------------------------------------------------------- analysis
+
+
+def _truth(tightness_rows) -> dict:
+    """``(image, sigma, cov) -> (mc_mean, mc_var, mc_var_se, n)`` from the tightness rows at the digit itself."""
+    out = {}
+    for r in tightness_rows:
+        if r.get("point") == "input":
+            out[(r["image"], r["sigma"], r["cov"])] = (
+                np.asarray(r["mc_mean"], float), np.asarray(r["mc_var"], float), np.asarray(r["mc_var_se"], float),
+                int(r["mc_samples"]),
+            )  # fmt: skip
+    return out
+
+
+def image_metrics(rows, tightness_rows, sigma: float, cov: str, method: str) -> dict:
+    """Per digit: ``var_err`` (mean over logits of the symmetric relative error of the variance), ``zmu`` (median
+    over logits of ``|mean - truth| / sd``), ``cpu_s`` and ``draws`` (the draws the same CPU time buys), plus the
+    truth's own noise in the same units (``truth_var_err``: E|relative error| of a perfect method; ``truth_zmu``)."""
+    truth = _truth(tightness_rows)
+    out = {k: [] for k in ("image", "var_err", "zmu", "bias_low", "cpu_s", "draws", "truth_var_rel_se", "truth_n")}
+    for r in rows:
+        if r["sigma"] != sigma or r["cov"] != cov or r["method"] != method:
+            continue
+        key = (r["image"], r["sigma"], r["cov"])
+        if key not in truth:
+            continue
+        mc_mean, mc_var, mc_var_se, n = truth[key]
+        mean, var = np.asarray(r["mean"], float), np.asarray(r["var"], float)
+        denom = np.abs(var) + np.abs(mc_var)
+        sre = np.where(denom > 0, 2 * np.abs(var - mc_var) / np.where(denom > 0, denom, 1), 0.0)
+        out["image"].append(r["image"])
+        out["var_err"].append(float(np.mean(sre)))
+        out["zmu"].append(float(np.median(np.abs(mean - mc_mean) / np.sqrt(mc_var))))
+        out["bias_low"].append(float(np.mean(var < mc_var)))
+        out["cpu_s"].append(r["cpu_s"])
+        out["draws"].append(r["draws_equal_cost"])
+        out["truth_var_rel_se"].append(float(np.mean(mc_var_se / mc_var)))
+        out["truth_n"].append(n)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def equal_cost_mc_errors(draws, truth_var_rel_se, truth_n) -> tuple[np.ndarray, np.ndarray]:
+    """Expected errors of plain Monte Carlo with ``draws`` samples, scored against a ``truth_n``-draw truth.
+
+    The mean: the median over logits of ``|Z| sqrt(1/N + 1/N_truth)``, i.e. ``0.674 sqrt(1/N + 1/N_truth)`` in
+    standard deviations. The variance: its relative standard error scales as ``1/sqrt(N)``; the truth's own
+    (``truth_var_rel_se``, which carries each logit's kurtosis) gives it at ``N_truth``, so the expected symmetric
+    relative error is ``E|Z| = sqrt(2/pi)`` times ``rel_se_truth sqrt(N_truth/N + 1)``.
+    """
+    draws = np.maximum(np.asarray(draws, float), 2.0)
+    truth_n = np.asarray(truth_n, float)
+    zmu = 0.6745 * np.sqrt(1.0 / draws + 1.0 / truth_n)
+    var_err = math.sqrt(2 / math.pi) * np.asarray(truth_var_rel_se) * np.sqrt(truth_n / draws + 1.0)
+    return var_err, zmu
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def _index_range(text: str) -> list[int]:
+    """``"0:100"`` -> 0..99 (test digits), ``"7"`` -> [7]."""
+    import argparse
+
+    try:
+        if ":" in text:
+            start, stop = (int(p) for p in text.split(":"))
+            values = list(range(start, stop))
+        else:
+            values = [int(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE or START:STOP, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative image indices, got {text!r}")
+    return values
+
+
+def _choices(allowed):
+    import argparse
+
+    def parse(text: str) -> list[str]:
+        items = [t for t in text.split(",") if t]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)} (comma-separated), got {text!r}")
+        return items
+
+    return parse
+
+
+def _sigmas(text: str) -> list[float]:
+    import argparse
+
+    try:
+        values = [float(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise argparse.ArgumentTypeError(f"sigmas must be positive and finite, got {text!r}")
+    return values
+
+
+def register(subparsers):
+    from .runner import add_runner_arguments
+    from .tightness import COV_KINDS
+
+    parser = subparsers.add_parser(
+        "layerwise",
+        help="layer-by-layer closures (diag, lowrank, full, unscented) against the tightness run's truth",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--out", required=True, help="results (.jsonl or .jsonl.gz); metadata beside it (.json)")
+    parser.add_argument("--images", type=_index_range, default=list(range(100)), help="test digits, START:STOP")
+    parser.add_argument("--sigmas", type=_sigmas, default=[0.01, 0.05, 0.2])
+    parser.add_argument("--covs", type=_choices(COV_KINDS), default=["dense"])
+    parser.add_argument("--methods", type=_choices(METHODS), default=["diag", "lowrank", "lowrank32"])
+    add_runner_arguments(parser)
+    parser.set_defaults(func=main)
+    return parser
+
+
+def main(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from ..provenance import run_metadata
+    from .runner import RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs
+
+    out = Path(args.out)
+    stem = out.with_suffix("") if out.suffix == ".gz" else out
+    meta_path = stem.with_suffix(".json")
+    config = LayerwiseConfig()
+    settings = {"config": config.fingerprint(), "images": args.images, "sigmas": args.sigmas, "covs": args.covs,
+                "methods": args.methods}  # fmt: skip
+    try:
+        with output_lock(out, meta_path):
+            old = resume_metadata(out, meta_path, args.resume)
+            meta = {"settings": settings, "sittings": []}
+            if old is not None:
+                differ = sorted(k for k in settings if old["settings"].get(k) != settings[k])
+                if differ:
+                    raise RunnerError(f"{out} was written with other settings ({', '.join(differ)} differ; see "
+                                      f"{meta_path}); use the same options, or another --out")  # fmt: skip
+                meta = old
+            sitting = run_metadata(command_line(args))
+            meta["sittings"].append(sitting)
+            meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+            ctx = build_layerwise_context(config, n_images=max(args.images) + 1)
+            tasks = task_list(args.images, args.sigmas, args.covs, args.methods)
+
+            def checkpoint(summary):
+                sitting.update(summary.as_dict())
+                tmp = meta_path.with_name(meta_path.name + ".tmp")
+                tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+                tmp.replace(meta_path)
+
+            run_tasks(tasks, layerwise_task, out, context=ctx, desc="layerwise", checkpoint=checkpoint,
+                      checkpoint_s=60.0, **runner_kwargs(args))  # fmt: skip
+    except (RunnerError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

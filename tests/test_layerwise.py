@@ -1,0 +1,74 @@
+"""The layer-wise experiment: it scores closures on the tightness run's own covariances, and its records add up."""
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import netmoments as nm
+from netmoments.experiments import layerwise
+
+DATA = Path(__file__).resolve().parents[1] / "book" / "data"
+
+
+def _tightness_row(image, sigma, cov):
+    with gzip.open(DATA / "tightness_scale.jsonl.gz", "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["point"] == "input" and row["image"] == image and row["sigma"] == sigma and row["cov"] == cov:
+                return row
+    raise LookupError((image, sigma, cov))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=3)
+
+
+@pytest.mark.parametrize("cov", ["dense", "sparse", "blur"])
+def test_tasks_rebuild_the_tightness_runs_covariance(ctx, cov):
+    """The committed run's closed form at the digit, recomputed on the rebuilt covariance, is what it stored."""
+    image, sigma = 1, 0.05
+    row = _tightness_row(image, sigma, cov)
+    x, _, covariance = layerwise.task_input(ctx, image, sigma, cov)
+    net = nm.linearize.two_stage_linearize(ctx.model, x.float()).to(torch.float64)
+    with torch.no_grad():
+        mean, var = net.moments(x.reshape(1, -1), covariance, output="var")
+    np.testing.assert_allclose(var[0].numpy(), row["var_exact"], rtol=2e-5)
+    np.testing.assert_allclose(mean[0].numpy(), row["mean"], rtol=2e-5, atol=1e-5)
+
+
+def test_a_task_row_is_complete_and_its_numbers_are_the_closure(ctx):
+    (row,) = layerwise.layerwise_task((0, 0.05, "dense", "diag"), ctx)
+    assert row["method"] == "diag" and len(row["mean"]) == 10 and len(row["var"]) == 10
+    x, _, covariance = layerwise.task_input(ctx, 0, 0.05, "dense")
+    with torch.no_grad():
+        mean, var = nm.propagate.moments(ctx.model64, x, covariance, closure="diag", output="var")
+    np.testing.assert_allclose(row["var"], var[0].numpy(), rtol=1e-8)
+    assert row["cpu_s"] > 0 and row["draw_cpu_s"] > 0
+    assert row["draws_equal_cost"] == int(row["cpu_s"] / row["draw_cpu_s"])
+
+
+def test_metrics_against_a_known_truth_and_the_equal_cost_formula():
+    truth = [{"point": "input", "image": 0, "sigma": 0.05, "cov": "dense", "mc_samples": 10_000,
+              "mc_mean": [0.0, 1.0], "mc_var": [1.0, 4.0], "mc_var_se": [0.014, 0.056]}]  # fmt: skip
+    rows = [{"image": 0, "sigma": 0.05, "cov": "dense", "method": "lowrank", "mean": [0.1, 1.0], "var": [1.0, 3.0],
+             "cpu_s": 1.0, "draws_equal_cost": 1000}]  # fmt: skip
+    m = layerwise.image_metrics(rows, truth, 0.05, "dense", "lowrank")
+    assert m["zmu"][0] == pytest.approx(np.median([0.1, 0.0]))
+    assert m["var_err"][0] == pytest.approx(np.mean([0.0, 2 * 1.0 / 7.0]))
+    assert m["bias_low"][0] == 0.5
+    var_err, zmu = layerwise.equal_cost_mc_errors([1000], [0.014], [10_000])
+    assert zmu[0] == pytest.approx(0.6745 * math.sqrt(1e-3 + 1e-4))
+    assert var_err[0] == pytest.approx(math.sqrt(2 / math.pi) * 0.014 * math.sqrt(11))
+    # more draws, smaller expected errors, floored by the truth's own noise
+    more = layerwise.equal_cost_mc_errors([10**6], [0.014], [10_000])
+    assert more[1][0] < zmu[0] and more[1][0] > 0.6745 * 0.01
+
+
+def test_task_list_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="method"):
+        layerwise.task_list([0], [0.05], ["dense"], ["exact"])
