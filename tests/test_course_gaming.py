@@ -365,3 +365,14 @@ def test_a_worker_that_cannot_start_is_the_graders_failure_not_the_students(monk
     finally:
         worker.close()
     assert worker.proc.poll() is not None
+
+
+def test_the_command_line_refuses_to_grade_without_the_sandbox_it_was_asked_for(monkeypatch, capsys, tmp_path):
+    from netmoments.course import __main__ as cli
+    from netmoments.course import grading, judge
+
+    monkeypatch.setattr(judge, "bwrap_works", lambda: False)
+    assert cli.main(["grade", str(grading.source_notebook(A1)), "--sandbox", "bwrap"]) == 2
+    assert cli.main(["grade-all", str(tmp_path), "--csv", str(tmp_path / "g.csv"), "--sandbox", "bwrap"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: sandbox='bwrap' but bubblewrap does not start here") == 2, err

@@ -36,6 +36,14 @@ def main(argv=None) -> int:
         for path in grading.release(args.outdir, tuple(args.only or grading.ASSIGNMENTS)):
             print(path)
         return 0
+    if args.command in ("grade", "grade-all") and args.sandbox == "bwrap":
+        from .judge import resolve_sandbox
+
+        try:
+            resolve_sandbox("bwrap")
+        except RuntimeError as exc:  # asked for the sandbox and it does not start: say so, grade nothing
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "grade":
         report = grading.grade_notebook(args.notebook, cell_timeout=args.timeout, sandbox=args.sandbox)
         print(json.dumps(report.to_json(), indent=1) if args.json else report.to_text())
