@@ -279,7 +279,9 @@ class StudentFunction:
 
 # -- notebooks -----------------------------------------------------------------------------------------------------
 def _meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+    metadata = cell.get("metadata")
+    meta = metadata.get("nbgrader") if isinstance(metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def _without_magics(source: str) -> str:
@@ -353,8 +355,9 @@ def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT
             namespace: dict = {"__name__": "__main__"}
             _run_setup(source, namespace)
             worker.wait_ready()
-            for index, cell in enumerate(submission.cells):
-                if cell.get("cell_type") != "code" or _meta(cell).get("grade"):
+            cells = submission.get("cells")
+            for index, cell in enumerate(cells if isinstance(cells, list) else []):
+                if not isinstance(cell, dict) or cell.get("cell_type") != "code" or _meta(cell).get("grade"):
                     continue  # the student's copies of the graded cells are never run: the source's are
                 try:
                     answer = worker.run(str(cell.get("source", "")), cell_timeout)
@@ -370,8 +373,11 @@ def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT
                     else:
                         notes.append(f"code cell {index} raised {answer.get('ename')}: {answer.get('evalue', '')}"[:300])
             if not worker.dead:
-                for name in worker.names(_student_names(source)):
-                    namespace[name] = StudentFunction(worker, name)
+                try:
+                    for name in worker.names(_student_names(source)):
+                        namespace[name] = StudentFunction(worker, name)
+                except (CellTimeout, WorkerGone):  # e.g. a thread the student left behind hogs the process
+                    notes.append(f"after the last code cell: {worker.dead}")
             questions = _run_tests(source, namespace, worker, cell_timeout, notes)
         finally:
             worker.close()
