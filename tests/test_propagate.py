@@ -363,3 +363,23 @@ def test_rank_deficient_covariances_have_finite_exact_gradients(closure, gen):
         down = propagate.moments(net, mean, cov + 0 * direction, closure=closure)
     numeric = ((up[0].sum() + up[1].sum()) - (down[0].sum() + down[1].sum())) / h
     assert abs((cov.grad * direction).sum().item() - numeric.item()) < 1e-4 * max(1.0, abs(numeric.item()))
+
+
+@pytest.mark.parametrize(
+    "conv", [nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))]
+)
+def test_full_fuses_a_convolution_and_its_max_pool_without_changing_the_result(conv, gen):
+    layers = [nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), conv,
+              nn.MaxPool2d(2, stride=1, padding=1), nn.ReLU(), nn.Flatten()]  # fmt: skip
+    fused = nn.Sequential(*layers).double().eval()
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, **f64))
+    # an Identity between the second convolution and its pool takes the unfused path
+    plain = nn.Sequential(*fused[:4], nn.Identity(), *fused[4:]).eval()
+    mean = torch.randn(2, 1, 6, 6, generator=gen, **f64)
+    cov = nm.random_spd(36, trace=3.0, generator=gen)
+    with torch.no_grad():
+        a = propagate.moments(fused, mean, cov, closure="full")
+        b = propagate.moments(plain, mean, cov, closure="full")
+    torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
