@@ -690,6 +690,11 @@ class TwoStageLinearization:
         """
         if not isinstance(points, torch.Tensor):
             raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+        if points.numel() != self.points.numel() or points.shape[0] != self.points.shape[0]:
+            raise ValueError(
+                f"points must be a batch of the same size and shape as the linearization's, "
+                f"{tuple(self.points.shape)}, got {tuple(points.shape)}"
+            )
         flat = points.to(self.points.dtype).reshape(self.points.shape)
         if not torch.isfinite(flat).all():
             raise ValueError("points contains NaN or inf")

@@ -143,3 +143,18 @@ def test_point_that_requires_grad_is_a_documented_constant():
     assert torch.equal(nudged.A, plain.A) and torch.equal(nudged.B, plain.B)
     torch.testing.assert_close(nudged.c1, plain.c1, rtol=0, atol=1e-14)
     torch.testing.assert_close(nudged.c2, plain.c2, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad_shape", [(0, 1, 28, 28), (3, 1, 28, 28), (2, 784), (2, 1, 14, 14)])
+def test_update_with_a_batch_of_another_size_or_shape_names_points(bad_shape):
+    """An update to an empty, larger, flattened or smaller batch: a clear error, not a reshape error from torch."""
+    import netmoments as nm
+
+    lenet = nm.models.load_lenet()
+    digits, _ = nm.data.load_mnist("test")
+    lin = nm.linearize.TwoStageLinearization(lenet, digits[:2])
+    if bad_shape == (2, 784):
+        lin.update(digits[:2].reshape(2, 784))  # the same points flattened: legal, same size and batch
+        return
+    with pytest.raises(ValueError, match="points must be a batch of the same size and shape"):
+        lin.update(torch.zeros(bad_shape))
