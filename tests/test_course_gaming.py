@@ -195,8 +195,10 @@ def test_an_attack_scores_nothing_on_the_questions_it_attacks(attacked, attack):
     assert report.sandbox == "bwrap"
     relu = [q for q in report.questions if q.name.startswith("test_relu_") and q.name != "test_relu_z_score"]
     assert len(relu) == 4 and all(q.score == 0 < q.max_score for q in relu), report.to_text()
-    # relu_mean_z_score is the reference's, but it calls the attacked relu_mean_var: no points there either.
-    assert report.score == 0, report.to_text()
+    # relu_mean_z_score is the reference's and is graded with the reference relu_mean_var in place of the
+    # attacked one (one mistake costs one question): its points, and only those.
+    z = {q.name: q for q in report.questions}["test_relu_z_score"]
+    assert z.score == z.max_score > 0 and report.score == z.score, report.to_text()
 
 
 def test_a_function_that_returns_nothing_is_told_so(attacked):

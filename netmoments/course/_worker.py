@@ -29,6 +29,43 @@ def _describe(exc: BaseException) -> dict:
             "evalue": str(exc)[:2000]}
 
 
+_MISSING = object()
+
+
+def _watch(names, calls: list, user_ns: dict) -> list:
+    """Replace each ``netmoments`` function in ``names`` (e.g. ``"relu_moments"``) by a wrapper that records the
+    call in ``calls`` and then does the real work: wherever the package exposes it, and wherever the student's
+    namespace holds it under any name. Returns what to put back. A deterrent, not a guarantee: student code runs
+    in this process and can undo it (the instructors' page says so)."""
+    patched = []
+    for name in names:
+        import netmoments
+
+        original = getattr(netmoments, name, None)
+        if original is None:
+            continue
+
+        def recorder(*args, __original=original, __name=name, **kwargs):
+            calls.append(f"netmoments.{__name}")
+            return __original(*args, **kwargs)
+
+        places = [m.__dict__ for key, m in list(sys.modules.items())
+                  if (key == "netmoments" or key.startswith("netmoments.")) and m is not None]
+        places.append(user_ns)
+        for place in places:
+            for key, value in list(place.items()):
+                if value is original:
+                    place[key] = recorder
+                    patched.append((place, key, original, recorder))
+    return patched
+
+
+def _unwatch(patched: list) -> None:
+    for place, key, original, recorder in patched:
+        if place.get(key) is recorder:
+            place[key] = original
+
+
 def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
     import resource
 
@@ -64,6 +101,7 @@ def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
                                              "numbers, or tuples/lists of them"})
         wire.write_frame(out_fd, payload)
 
+    references: dict = {}
     answer({"ok": True, "ready": True})  # the libraries are loaded; the student's time starts with the first cell
     while True:
         try:
@@ -87,18 +125,44 @@ def main(in_fd: int, out_fd: int, memory_limit: int = 0) -> None:
             answer(_describe(error) if error is not None else {"ok": True})
         elif op == "names":
             answer({"ok": True, "value": [n for n in request["names"] if callable(shell.user_ns.get(n))]})
+        elif op == "reference":
+            # The reference versions of earlier questions' functions, sent by the judge once those questions are
+            # graded: a later question's test calls the student's function with them in place of the student's
+            # own, so one mistake costs one question. (The student's code can see them from here on: they are
+            # public in the course's repository anyway, and the questions they answer are already graded.)
+            try:
+                namespace: dict = {"__name__": "__reference__"}
+                exec(compile(request["source"], "<reference>", "exec"), namespace)
+                references.update({n: namespace[n] for n in request["names"] if n in namespace})
+                answer({"ok": True})
+            except BaseException as exc:
+                answer(_describe(exc))
         elif op == "call":
             fn = shell.user_ns.get(request["name"])
+            swapped = {n: shell.user_ns.get(n, _MISSING) for n in request.get("swap", ()) if n in references}
+            calls: list = []
+            patched = _watch(request.get("forbid", ()), calls, shell.user_ns)
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
+                shell.user_ns.update({n: references[n] for n in swapped})
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     value = fn(*request["args"], **request["kwargs"])
                 signal.setitimer(signal.ITIMER_REAL, 0)
-                answer({"ok": True, "value": value})
+                reply = {"ok": True, "value": value}
+                if calls:
+                    reply["forbidden"] = sorted(set(calls))
+                answer(reply)
             except BaseException as exc:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 answer(_describe(exc))
+            finally:
+                _unwatch(patched)
+                for n, old in swapped.items():
+                    if old is _MISSING:
+                        shell.user_ns.pop(n, None)
+                    else:
+                        shell.user_ns[n] = old
         else:
             answer({"ok": False, "timeout": False, "ename": "ProtocolError", "evalue": f"unknown op {op!r}"})
 

@@ -46,12 +46,21 @@ SANDBOXES = ("auto", "bwrap", "none")
 # What the worker may see of /etc: enough for the dynamic loader and Python, nothing of the machine's secrets.
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "passwd", "group", "nsswitch.conf")
 # Variables that change numerics or thread counts pass into the sandbox; nothing else of the grader's environment.
+# Package functions a question's own functions must not call (the question re-derives them), per assignment. The
+# worker records such a call (a deterrent, not a guarantee: the student's code can undo the recording).
+FORBIDDEN = {
+    "a1_relu_of_a_gaussian": {"relu_mean_var": ("relu_moments",), "relu_mean_z_score": ("relu_moments",)},
+}
 _ENV_KEEP = ("LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_CBWR",
              "TORCH_NUM_THREADS")
 
 
 class CellTimeout(BaseException):
     """The student's code ran past the graded cell's time limit (BaseException: ``Check.call`` must not catch it)."""
+
+
+class ForbiddenCall(Exception):
+    """The student's function called a package function the assignment forbids (reported as a failed case)."""
 
 
 class WorkerGone(BaseException):
@@ -135,6 +144,8 @@ class Worker:
         self.wire = wire
         self.dead = ""  # why the worker is gone, once it is
         self.deadline: float | None = None  # the running graded cell's time limit (monotonic clock)
+        self.swap: tuple[str, ...] = ()  # earlier questions' functions replaced by their references during calls
+        self.forbidden: dict[str, tuple[str, ...]] = {}  # function -> netmoments functions it must not call
         req_r, self._req_w = os.pipe()
         self._ans_r, ans_w = os.pipe()
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
@@ -213,11 +224,22 @@ class Worker:
             return []
         return [n for n in value if n in wanted]
 
+    def reference(self, source: str, names: list[str]) -> None:
+        """Define the reference versions of ``names`` in the worker (see :func:`_plan`)."""
+        answer = self._request({"op": "reference", "source": source, "names": names}, 60.0)
+        if not answer["ok"]:  # the student's code may have broken the worker's libraries: then it keeps its own
+            raise WorkerGone(f"the reference functions could not be set up ({answer.get('ename')}: "
+                             f"{answer.get('evalue', '')})"[:300])
+
     def call(self, name: str, args: tuple, kwargs: dict):
         timeout = 1.0 if self.deadline is None else max(0.1, self.deadline - time.monotonic())
-        answer = self._request({"op": "call", "name": name, "args": args, "kwargs": kwargs, "timeout": timeout},
-                               timeout)
+        answer = self._request({"op": "call", "name": name, "args": args, "kwargs": kwargs, "timeout": timeout,
+                                "swap": list(self.swap), "forbid": list(self.forbidden.get(name, ()))}, timeout)
         if answer["ok"]:
+            called = answer.get("forbidden")
+            if called:
+                names = ", ".join(str(c) for c in called)[:200] if isinstance(called, list) else "it"
+                raise ForbiddenCall(f"it calls {names}, which this assignment asks you to re-derive, not call")
             return answer.get("value")
         if answer.get("timeout") is True:
             raise CellTimeout(f"{name} ran longer than the cell's time limit")
@@ -308,6 +330,49 @@ def _student_names(source_nb) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _plan(source_nb) -> dict[str, tuple[list[str], str]]:
+    """For each graded cell: the functions of *earlier* questions that its tests must see as the reference
+    wrote them, and the code that defines those references.
+
+    A later question's function usually calls an earlier one (``relu_mean_z_score`` calls ``relu_mean_var``).
+    Graded with the student's own earlier function, one mistake would cost both questions; so while a graded
+    cell runs, every function defined in a solution cell above it that the cell does not test itself is the
+    reference's. The code is the set-up cells' imports and definitions (not their data loading) and those
+    solution cells, run in a namespace of its own.
+    """
+    setup: list[str] = []
+    solutions: list[tuple[list[str], str]] = []
+    plan: dict[str, tuple[list[str], str]] = {}
+    for cell in source_nb.cells:
+        meta = _meta(cell)
+        if cell.cell_type != "code":
+            continue
+        text = _without_magics(cell.source)
+        if meta.get("solution"):
+            tree = ast.parse(text)
+            solutions.append(([n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], text))
+        elif meta.get("grade"):
+            tested = set(_student_names_in(text))
+            earlier = [n for names, _ in solutions for n in names if n not in tested]
+            code = "\n".join(setup + [t for names, t in solutions if any(n in earlier for n in names)])
+            plan[meta["grade_id"]] = (earlier, code if earlier else "")
+        elif "raises-exception" not in cell.metadata.get("tags", []):
+            tree = ast.parse(text)
+            setup += [ast.unparse(n) for n in tree.body
+                      if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))]
+    return plan
+
+
+def _student_names_in(text: str) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(text)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("call", "function") and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.append(node.args[0].value)
+    return names
+
+
 def _feedback(exc: BaseException, cell_timeout: float) -> str:
     if isinstance(exc, CellTimeout):
         return (f"Time limit: this cell (or code it calls) ran longer than {cell_timeout:g} s and was stopped. "
@@ -350,6 +415,7 @@ def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="netmoments-judge-") as scratch:
         worker = Worker(used, Path(scratch))
+        worker.forbidden = dict(FORBIDDEN.get(assignment, {}))
         try:
             # The trusted set-up first: it loads the same libraries, models and data as the worker is loading.
             namespace: dict = {"__name__": "__main__"}
@@ -402,6 +468,8 @@ def _run_setup(source, namespace: dict) -> None:
 def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, notes: list[str]):
     """Run each graded cell of ``source`` in ``namespace``; one QuestionResult per graded cell, in order."""
     questions = []
+    plan = _plan(source)
+    sent: set[str] = set()
     for cell in source.cells:
         meta = _meta(cell)
         if cell.cell_type != "code" or not meta.get("grade"):
@@ -411,6 +479,16 @@ def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, not
         if worker.dead and not any(isinstance(v, StudentFunction) for v in namespace.values()):
             questions.append(grading.QuestionResult(grade_id, 0.0, points, notes[-1] if notes else worker.dead))
             continue
+        earlier, code = plan.get(grade_id, ([], ""))
+        worker.swap = ()
+        if earlier and not worker.dead:
+            try:
+                if not set(earlier) <= sent:
+                    worker.reference(code, earlier)
+                    sent.update(earlier)
+                worker.swap = tuple(earlier)
+            except (CellTimeout, WorkerGone) as exc:
+                notes.append(f"before {grade_id}: {exc}")
         worker.deadline = time.monotonic() + cell_timeout
         try:
             exec(compile(text, f"<{grade_id}>", "exec"), namespace)
@@ -422,6 +500,7 @@ def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, not
             questions.append(grading.QuestionResult(grade_id, points, points, ""))
         finally:
             worker.deadline = None
+            worker.swap = ()
     return questions
 
 
