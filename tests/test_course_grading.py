@@ -111,7 +111,9 @@ def test_grade_json_on_a_file_that_is_not_a_notebook(tmp_path):
     bogus = tmp_path / f"{A1}.ipynb"
     bogus.write_text("this is not JSON")
     done = _cli("grade", str(bogus), "--json", timeout=120)
-    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    # Nothing could be graded: a non-zero exit and an error line, and still the JSON report on stdout.
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and str(bogus) in done.stderr, done.stderr
     report = json.loads(done.stdout)
     assert set(report) >= {"score", "max_score", "questions"} and report["score"] == 0.0 and report["error"]
 

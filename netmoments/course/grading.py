@@ -144,9 +144,17 @@ def make_course_dir(root: Path, assignments=ASSIGNMENTS) -> Path:
     return root
 
 
-def release(outdir: Path, assignments=ASSIGNMENTS) -> list[Path]:
-    """Write each assignment's student notebook to ``outdir/<assignment>/<assignment>.ipynb``."""
+def release(outdir: Path, assignments=ASSIGNMENTS, force: bool = False) -> list[Path]:
+    """Write each assignment's student notebook to ``outdir/<assignment>/<assignment>.ipynb``.
+
+    ``outdir/<assignment>`` is replaced as a whole, so it may hold a student's work: unless ``force``, an existing
+    one is refused (``FileExistsError``) before anything is written.
+    """
     outdir = Path(outdir)
+    existing = [str(outdir / name) for name in assignments if (outdir / name).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s) and would be replaced (with any student "
+                              "work in it): release into a new folder, or pass --force")
     written = []
     with tempfile.TemporaryDirectory(prefix="netmoments-course-") as tmp:
         root = make_course_dir(Path(tmp), assignments)
@@ -256,28 +264,156 @@ def find_submissions(directory: Path) -> dict[str, dict[str, Path]]:
     if not directory.is_dir():
         raise ValueError(f"submissions must be a directory, got {directory}")
     found: dict[str, dict[str, Path]] = {}
+    clashes: list[str] = []
     for student_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
         for nb in sorted(student_dir.rglob("*.ipynb")):
             if ".ipynb_checkpoints" in nb.parts:
                 continue
             try:
-                found.setdefault(student_dir.name, {})[identify(nb)] = nb
-            except ValueError:
+                name = identify(nb)
+            except (ValueError, OSError):
                 continue
+            per = found.setdefault(student_dir.name, {})
+            if name in per:  # a draft next to the real submission: which one to grade is the instructor's call
+                clashes.append(f"{student_dir.name}/{name}: {per[name]} and {nb}")
+                continue
+            per[name] = nb
+    if clashes:
+        raise ValueError("more than one notebook for the same student and assignment (keep one, rename or move "
+                         "the others): " + "; ".join(clashes))
     return found
 
 
-def write_csv(reports: dict[str, dict[str, Report]], path) -> None:
+def read_roster(path) -> list[str]:
+    """Student ids, one a line (a CSV's first column; blank lines, ``#`` comments and a ``student`` header skipped)."""
+    students: list[str] = []
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or not row[0].strip() or row[0].strip().startswith("#"):
+                continue
+            sid = row[0].strip()
+            if sid.lower() in ("student", "student_id", "id") and not students:
+                continue
+            if sid not in students:
+                students.append(sid)
+    if not students:
+        raise ValueError(f"the roster {path} lists no student")
+    return students
+
+
+def missing_report(assignment: str, reason: str) -> Report:
+    """The 0-point report of a submission that is not there."""
+    return _failed(assignment, reason)
+
+
+def complete(reports: dict[str, dict[str, Report]], roster: list[str] | None,
+             assignments) -> dict[str, dict[str, Report]]:
+    """Every student of ``roster`` (plus everyone graded) gets a report for every assignment of ``assignments``:
+    a 0-point one that says why when the submission is missing."""
+    out = {s: dict(per) for s, per in reports.items()}
+    for student in list(roster or []) + [s for s in reports if s not in (roster or [])]:
+        per = out.setdefault(student, {})
+        for name in assignments:
+            if name not in per:
+                why = ("no submission: the student has no folder in the submissions directory"
+                       if student not in reports else f"no submission: no {name} notebook in the student's folder")
+                per[name] = missing_report(name, why)
+    return out
+
+
+def read_timestamp(notebook: Path):
+    """The submission time nbgrader records (``timestamp.txt`` next to the notebook or in a folder above it, up
+    to the student's folder), as an aware ``datetime``, or ``None``."""
+    for folder in list(Path(notebook).parents)[:3]:
+        stamp = folder / "timestamp.txt"
+        if stamp.is_file():
+            return parse_time(stamp.read_text().strip())
+    return None
+
+
+def parse_time(text: str):
+    """``2026-12-05 10:00:00.123 UTC`` (nbgrader's format), ISO 8601, or a date; naive times are UTC."""
+    from datetime import datetime, timezone
+
+    text = text.strip()
+    cleaned = text[:-4].strip() if text.upper().endswith(" UTC") else text
+    try:
+        value = datetime.fromisoformat(cleaned.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"cannot read the time {text!r} (expected e.g. 2026-12-05 17:00:00 UTC)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _one_line(text: str) -> str:
+    """Feedback on one line: line breaks become `` | `` (a spreadsheet or an LMS reads one row per line)."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def write_csv(reports: dict[str, dict[str, Report]], path, submitted: dict | None = None) -> None:
     """One row per (student, assignment, question), plus one ``total`` row per (student, assignment).
 
-    Feedback lines are joined with `` | `` so that every row is one line.
+    Every row is one line: line breaks in the feedback become `` | ``. ``submitted`` maps ``(student,
+    assignment)`` to ``(time, late)`` where the submission recorded a time (nbgrader's ``timestamp.txt``).
     """
+    submitted = submitted or {}
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["student", "assignment", "question", "score", "max_score", "feedback"])
+        writer.writerow(["student", "assignment", "question", "score", "max_score", "feedback", "submitted", "late"])
         for student in sorted(reports):
             for name in sorted(reports[student]):
                 report = reports[student][name]
+                when, late = submitted.get((student, name), ("", ""))
                 for q in report.questions:
-                    writer.writerow([student, name, q.name, q.score, q.max_score, " | ".join(q.feedback.splitlines())])
-                writer.writerow([student, name, "total", report.score, report.max_score, report.error])
+                    writer.writerow([student, name, q.name, q.score, q.max_score, _one_line(q.feedback), "", ""])
+                writer.writerow([student, name, "total", report.score, report.max_score, _one_line(report.error),
+                                 when, late])
+
+
+def write_wide_csv(reports: dict[str, dict[str, Report]], path, submitted: dict | None = None) -> None:
+    """The LMS layout: one row per student, one score column per assignment (and ``<assignment> late``
+    columns where a due date was given), then the total; no feedback (that is in the per-student HTML)."""
+    submitted = submitted or {}
+    names = sorted({n for per in reports.values() for n in per})
+    with_late = any(late != "" for _, late in submitted.values())
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        header = ["student"]
+        for n in names:
+            header += [n] + ([f"{n} late"] if with_late else [])
+        writer.writerow(header + ["total", "max_total"])
+        for student in sorted(reports):
+            per = reports[student]
+            row: list = [student]
+            for n in names:
+                row.append(per[n].score if n in per else "")
+                if with_late:
+                    row.append(submitted.get((student, n), ("", ""))[1])
+            writer.writerow(row + [sum(r.score for r in per.values()), sum(r.max_score for r in per.values())])
+
+
+def write_feedback_html(reports: dict[str, dict[str, Report]], folder) -> list[Path]:
+    """One ``<student>.html`` per student: per assignment, the score and each question's score and feedback (the
+    checks' messages; never the hidden tests' code)."""
+    import html
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for student in sorted(reports):
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Feedback: {html.escape(student)}</title>"
+                 "</head><body>", f"<h1>Feedback for {html.escape(student)}</h1>"]
+        for name, report in sorted(reports[student].items()):
+            parts.append(f"<h2>{html.escape(name)}: {_num(report.score)} / {_num(report.max_score)} points</h2>")
+            if report.error:
+                parts.append(f"<p><strong>Note:</strong> {html.escape(report.error)}</p>")
+            parts.append("<table border='1' cellpadding='4'><tr><th>question</th><th>score</th><th>feedback</th></tr>")
+            for q in report.questions:
+                parts.append(f"<tr><td>{html.escape(q.name)}</td><td>{_num(q.score)} / {_num(q.max_score)}</td>"
+                             f"<td><pre>{html.escape(q.feedback)}</pre></td></tr>")
+            parts.append("</table>")
+        parts.append("</body></html>")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in student).lstrip(".") or "student"
+        path = folder / f"{safe}.html"
+        path.write_text("\n".join(parts), encoding="utf8")
+        written.append(path)
+    return written
