@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["Check", "NOT_DONE"]
+__all__ = ["Check", "CheckFailed", "NOT_DONE"]
 
 # No backticks in messages: the book renders tracebacks with the ipythontb lexer, which rejects them.
 NOT_DONE = "not implemented yet: replace raise NotImplementedError() under YOUR CODE HERE with your solution"
@@ -30,17 +30,116 @@ def _as_tensor(value: Any) -> torch.Tensor | None:
         return None
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 6) -> str:
     t = _as_tensor(value)
     if t is None:
         return repr(value)
     t = t.to(torch.float64) if t.is_floating_point() or t.dtype in (torch.int32, torch.int64) else t
     if t.numel() == 1:
-        return f"{t.item():.6g}"
+        return f"{t.item():.{digits}g}"
     flat = t.flatten()
-    shown = ", ".join(f"{v:.6g}" for v in flat[:6].tolist())
+    shown = ", ".join(f"{v:.{digits}g}" for v in flat[:6].tolist())
     more = ", ..." if flat.numel() > 6 else ""
     return f"tensor of shape {tuple(t.shape)}: [{shown}{more}]"
+
+
+def _fmt_pair(want: torch.Tensor, have: torch.Tensor) -> tuple[str, str]:
+    """Both tensors, with more digits when six would show the same numbers for different values."""
+    for digits in (6, 9, 12, 17):
+        a, b = _fmt(want, digits), _fmt(have, digits)
+        if a != b:
+            break
+    return a, b
+
+
+def _pair(want: float, have: float) -> tuple[str, str]:
+    """``want`` and ``have`` with enough significant digits to tell them apart (never "expected 0.5, got 0.5")."""
+    for digits in (6, 9, 12, 17):
+        a, b = f"{want:.{digits}g}", f"{have:.{digits}g}"
+        if a != b or want == have:
+            return a, b
+    return a, b
+
+
+def _difference(want: float, have: float) -> str:
+    diff = have - want
+    if not math.isfinite(diff) or diff == 0:
+        return ""
+    rel = f", relative {abs(diff / want):.2g}" if want != 0 and math.isfinite(want) else ""
+    return f" (off by {diff:+.3g}{rel})"
+
+
+def _near_integer(x: float, lo: float = 2.0) -> int | None:
+    if not math.isfinite(x) or x < lo - 1e-9 or x > 1e9:
+        return None
+    n = round(x)
+    # x comes from a ratio of two float64 results: its round-off grows like n^2 * 1e-16; a chance match of a
+    # wrong answer must stay unlikely, so the tolerance is a thousand times that, no more.
+    return n if n >= lo and abs(x - n) <= max(1e-9, n * n * 1e-13) else None
+
+
+def _factor_diagnosis(have: torch.Tensor, want: torch.Tensor) -> str:
+    """When ``have`` is ``want`` times one constant that a classic slip produces (n/(n-1), its square root, n,
+    sqrt(n), or their inverses), say so. Only exact, uniform factors count: anything else is not this mistake."""
+    mask = torch.isfinite(have) & torch.isfinite(want) & (want.abs() > 1e-300)
+    if not bool(mask.any()):
+        return ""
+    ratio = (have[mask] / want[mask]).to(torch.float64)
+    r = float(ratio.flatten()[0])
+    if r <= 0 or not bool(torch.allclose(ratio, torch.full_like(ratio, r), rtol=1e-9, atol=0)) or abs(r - 1) < 1e-12:
+        return ""
+    for value, power in ((r, 1), (r * r, 2)):
+        root = "the square root of " if power == 2 else ""
+        if value > 1:
+            n = _near_integer(value / (value - 1))
+            if n is not None and n >= 10:  # sample sizes; a factor 2 or 3/2 is some other slip
+                return (f"your answer is {root}n/(n-1) times the expected one, with n = {n}: you divided by n - 1 "
+                        "where n was meant (the unbiased sample variance, torch.var's default, divides by n - 1)")
+        else:
+            n = _near_integer(1 / (1 - value))
+            if n is not None and n >= 10:
+                return (f"your answer is {root}(n-1)/n times the expected one, with n = {n}: you divided by n "
+                        "where n - 1 was meant (use the unbiased sample variance: torch.var / torch.std divide by "
+                        "n - 1 by default; unbiased=False or correction=0 divides by n)")
+    for value, power in ((r, 1), (r * r, 2)):
+        root = "sqrt" if power == 2 else ""
+        big = _near_integer(value) if value > 1 else _near_integer(1 / value)
+        if big is not None:
+            what = f"{root}({big})" if root else f"{big}"
+            side = "times" if value > 1 else "divided by"
+            why = (": a factor n or sqrt(n) too many or too few (n the number of samples or entries?)" if big >= 10
+                   else ": look for a constant factor in your formula")
+            return f"your answer is exactly the expected one {side} {what}{why}"
+    return ""
+
+
+class CheckFailed(AssertionError):
+    """What :meth:`Check.done` raises. In a Jupyter kernel it shows as its message only (``AssertionError: ...``,
+    the summary and the hints), without the traceback through this module that would bury the message."""
+
+
+def _show_check_failure(shell, etype, value, tb, tb_offset=None):
+    stb = [f"\x1b[0;31mAssertionError\x1b[0m: {value}"]
+    shell._showtraceback(AssertionError, value, stb)
+    return stb
+
+
+def _quiet_in_ipython() -> None:
+    """Have the running IPython (a notebook's kernel) show :class:`CheckFailed` without a traceback."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except Exception:  # no IPython: a plain interpreter shows the traceback, that is fine
+        return
+    if shell is None or not hasattr(shell, "set_custom_exc"):
+        return
+    handled = tuple(getattr(shell, "custom_exceptions", ()) or ())
+    if CheckFailed in handled:
+        return
+    if handled:  # someone else's handler: leave it alone
+        return
+    shell.set_custom_exc((CheckFailed,), _show_check_failure)
 
 
 class Check:
@@ -136,6 +235,7 @@ class Check:
         if tuple(have.shape) != tuple(want.shape):
             return self.true(case, False, f"expected shape {tuple(want.shape)}, got shape {tuple(have.shape)}",
                              hint or "use tensor operations that broadcast; avoid .item(), math.* and Python loops")
+        have_dtype = have.dtype
         have = have.to(torch.float64)
         finite_want = torch.isfinite(want)
         bad_nan = torch.isnan(have) & ~torch.isnan(want)
@@ -145,10 +245,18 @@ class Check:
             return True
         where = (~ok).nonzero()
         first = tuple(where[0].tolist()) if where.numel() and want.dim() else ()
-        detail = f"expected {_fmt(want)}, got {_fmt(have)}"
-        if want.dim():
+        if want.numel() == 1:
+            w, h = float(want.reshape(())), float(have.reshape(()))
+            a, b = _pair(w, h)
+            shape = "" if not want.dim() else f" (shape {tuple(want.shape)})"
+            detail = f"expected {a}, got {b}{shape}{_difference(w, h)}"
+        else:
+            a, b = _fmt_pair(want, have)
+            detail = f"expected {a}, got {b}"
+            w, h = float(want[first]), float(have[first])
+            a, b = _pair(w, h)
             detail += f" ({int((~ok).sum())} of {ok.numel()} entries wrong; first at index {first}: " \
-                      f"expected {want[first].item():.6g}, got {have[first].item():.6g})"
+                      f"expected {a}, got {b}{_difference(w, h)})"
         if bool(bad_nan.any()):
             detail += " -- your answer is NaN where the true value is finite"
         elif bool((~torch.isfinite(have) & finite_want).any()):
@@ -160,6 +268,26 @@ class Check:
             ):
                 detail += f"\n    Diagnosis: {explanation}"
                 break
+        else:
+            generic = ""
+            loose = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(have_dtype)
+            if loose and bool(finite_want.all()) and bool(torch.isclose(have, want, rtol=loose,
+                                                                          atol=max(atol, loose * 1e-2)).all()):
+                generic = (f"your answer is {have_dtype}, so it carries only about "
+                           f"{7 if have_dtype == torch.float32 else 3} significant digits: keep every step in "
+                           "float64 (no .float(), no float32 model or tensors built without dtype)")
+            elif (bool(finite_want.all()) and bool(torch.isclose(have, want, rtol=1e-5, atol=max(atol, 1e-7)).all())
+                  and bool((have.to(torch.float32).to(torch.float64) == have).all())
+                  and not bool((want.to(torch.float32).to(torch.float64) == want).all())):
+                # float64 values that are all exactly float32 numbers, close to a result that is not: computed in
+                # float32 and converted back at the end.
+                generic = ("your answer is float64 but every entry is a float32 number, agreeing with the expected "
+                           "one only to float32 precision (about 7 digits): you computed in float32 (.float(), a "
+                           "float32 model, a tensor built without dtype) and converted at the end")
+            else:
+                generic = _factor_diagnosis(have, want)
+            if generic:
+                detail += f"\n    Diagnosis: {generic}"
         return self.true(case, False, detail, hint)
 
     def done(self) -> None:
@@ -169,7 +297,8 @@ class Check:
             self.failures.append("[no case] no check ran: the tests could not get a result from your code")
         if self.failures:
             n = len(self.failures)
-            raise AssertionError(
+            _quiet_in_ipython()
+            raise CheckFailed(
                 f"{self.title}: {n} check(s) failed, {self.passed} passed.\n" + "\n".join(self.failures)
             )
         print(f"{self.title}: all {self.passed} checks passed.")
