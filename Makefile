@@ -54,10 +54,10 @@ test: setup
 endif
 
 # The numerically sensitive tests and notebooks (marker `numerics`) once more on other kernel paths: torch's
-# portable (non-AVX) kernels and MKL's conditional-numerical-reproducibility path. Results that only hold on one
-# CPU's rounding fail here on any machine.
+# portable (non-AVX) kernels, MKL's conditional-numerical-reproducibility path and oneDNN's AVX2 convolutions.
+# Results that only hold on one CPU's rounding fail here on any machine.
 test-numerics: setup
-	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE $(PY) -m pytest $(PYTEST_ARGS) -m numerics $(TEST_PATHS) $(NBVAL_ARGS)
+	ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest $(PYTEST_ARGS) -m numerics $(TEST_PATHS) $(NBVAL_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
