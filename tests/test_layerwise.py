@@ -72,3 +72,29 @@ def test_metrics_against_a_known_truth_and_the_equal_cost_formula():
 def test_task_list_rejects_unknown_methods():
     with pytest.raises(ValueError, match="method"):
         layerwise.task_list([0], [0.05], ["dense"], ["exact"])
+
+
+def test_control_variate_errors_follow_the_paired_spread():
+    row = {"mc_samples": 10_000, "mc_var": [1.0], "mc_var_se": [0.014], "l_dmean_se": [0.002], "l_dvar_se": [0.003]}
+    # 1,000 passes of budget, 100 of them for the linearization: 900 / 1.05 draws
+    var_err, zmu, n = layerwise.control_variate_errors(1000, 100, row)
+    assert n == int(900 / 1.05)
+    n = 900 / 1.05
+    mean_se = 0.002 * math.sqrt(10_000 / n)
+    assert zmu == pytest.approx(0.6745 * math.sqrt(mean_se**2 + 1e-4))
+    assert var_err == pytest.approx(math.sqrt(2 / math.pi) * math.sqrt((0.003 * math.sqrt(10_000 / n)) ** 2 + 0.014**2))
+    # a budget that does not cover the linearization buys nothing
+    assert math.isnan(layerwise.control_variate_errors(50, 100, row)[0])
+
+
+def test_summary_table_puts_every_method_and_the_equal_cost_baselines_side_by_side():
+    truth = [{"point": "input", "image": i, "sigma": 0.05, "cov": "dense", "mc_samples": 10_000, "mc_mean": [0.0],
+              "mc_var": [1.0], "mc_var_se": [0.014], "l_dmean_se": [0.002], "l_dvar_se": [0.003]} for i in range(5)]
+    rows = [{"image": i, "sigma": 0.05, "cov": "dense", "method": m, "mean": [0.01], "var": [0.97],
+             "cpu_s": 1.0, "draws_equal_cost": d} for i in range(5) for m, d in (("lowrank32", 2000), ("tsl", 500))]
+    lines = layerwise.summary_table(rows, truth, 0.05)
+    names = [line["method"] for line in lines]
+    assert names == ["lowrank32", "tsl", "Monte Carlo at lowrank32's cost", "control-variate MC at lowrank32's cost"]
+    assert lines[0]["var_err"][0] == pytest.approx(2 * 0.03 / 1.97)
+    assert lines[0]["below"] == 1.0
+    assert "| lowrank32 | 5 |" in layerwise.format_summary(lines)

@@ -7,7 +7,9 @@ same process, so the cost is also known in draws. The truth (10^4 draws per task
 rows (``point == "input"``): no new sampling is needed to score a closure.
 
 Methods: ``"diag"``, ``"lowrank"``, ``"full"`` (:func:`netmoments.propagate.moments` in float64),
-``"lowrank32"`` (the same closure in float32) and ``"unscented"`` (the sigma-point transform, 1,569 passes).
+``"lowrank32"`` (the same closure in float32), ``"unscented"`` (the sigma-point transform, 1,569 passes) and
+``"tsl"`` (the two-stage linearization at the digit with its exact moments, as the tightness run computed them:
+timed here, since it is also the price of the control variate).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import propagate
+from ..linearize import prune_inactive_units, two_stage_linearize
 from .runner import seed_from_key
 from .tightness import BLUR_STD, TightnessConfig, _sparse_pixels, build_context, noise_factor
 
@@ -31,9 +34,11 @@ __all__ = [
     "forward_seconds_per_draw",
     "image_metrics",
     "equal_cost_mc_errors",
+    "control_variate_errors",
+    "summary_table",
 ]
 
-METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented")
+METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,10 @@ def forward_seconds_per_draw(mc_model, x: torch.Tensor, n_draws: int = 500, repe
 
 
 def _moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor):
+    if method == "tsl":
+        net = two_stage_linearize(model32, x.float()).to(torch.float64)
+        flat = x.reshape(1, -1)
+        return prune_inactive_units(net, flat, cov).moments(flat, cov, method="exact", output="var")
     if method == "unscented":
         return propagate.unscented(model64, x, cov, output="var")
     if method == "lowrank32":
@@ -284,3 +293,81 @@ def main(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def control_variate_errors(budget_draws, tsl_draws, tightness_row, g_cost: float = 0.05):
+    """Expected errors of Monte Carlo with the linearized network as a control variate, at a total cost of
+    ``budget_draws`` forward passes: the linearization and its exact moments cost ``tsl_draws`` of them, and each
+    draw costs ``1 + g_cost`` passes (evaluating ``g`` is about 5 % of a LeNet pass). The spread of ``f - g`` comes
+    from the tightness run's paired statistics (``l_dmean_se``, ``l_dvar_se``, at its ``mc_samples`` draws).
+
+    Returns ``(var_err, zmu, n_draws)``, scored against that run's truth like :func:`equal_cost_mc_errors`
+    (``nan`` when the budget does not cover the linearization).
+    """
+    r = tightness_row
+    n_truth = float(r["mc_samples"])
+    n = (float(budget_draws) - float(tsl_draws)) / (1.0 + g_cost)
+    if n < 2:
+        return math.nan, math.nan, 0
+    mc_var = np.asarray(r["mc_var"], float)
+    mean_se = np.asarray(r["l_dmean_se"], float) * math.sqrt(n_truth / n)
+    var_se = np.asarray(r["l_dvar_se"], float) * math.sqrt(n_truth / n)
+    truth_mean_se2 = mc_var / n_truth
+    truth_var_se = np.asarray(r["mc_var_se"], float)
+    zmu = float(np.median(0.6745 * np.sqrt((mean_se**2 + truth_mean_se2) / mc_var)))
+    var_err = float(np.mean(math.sqrt(2 / math.pi) * np.sqrt(var_se**2 + truth_var_se**2) / mc_var))
+    return var_err, zmu, int(n)
+
+
+def summary_table(rows, tightness_rows, sigma: float, cov: str = "dense", reference: str = "lowrank32",
+                  methods=METHODS) -> list[dict]:  # fmt: skip
+    """One line per method at ``(sigma, cov)``: variance error (mean over digits) and ``|Delta mu| / sd`` (median
+    over digits) with 95 % bootstrap intervals over digits, the share of variances below the truth, the CPU
+    seconds and the draws they buy (medians); then plain and control-variate Monte Carlo at the cost of
+    ``reference`` (expected errors against the same truth, per digit)."""
+    from .tightness import bootstrap_ci
+
+    lines = []
+    for method in methods:
+        m = image_metrics(rows, tightness_rows, sigma, cov, method)
+        if not len(m["image"]):
+            continue
+        lines.append({
+            "method": method, "n": len(m["image"]),
+            "var_err": bootstrap_ci(m["var_err"]), "zmu": bootstrap_ci(m["zmu"], np.median),
+            "below": float(np.mean(m["bias_low"])), "cpu_s": float(np.median(m["cpu_s"])),
+            "draws": float(np.median(m["draws"])),
+        })  # fmt: skip
+    ref = image_metrics(rows, tightness_rows, sigma, cov, reference)
+    if len(ref["image"]):
+        var_err, zmu = equal_cost_mc_errors(ref["draws"], ref["truth_var_rel_se"], ref["truth_n"])
+        lines.append({"method": f"Monte Carlo at {reference}'s cost", "n": len(ref["image"]),
+                      "var_err": bootstrap_ci(var_err), "zmu": bootstrap_ci(zmu, np.median), "below": math.nan,
+                      "cpu_s": float(np.median(ref["cpu_s"])), "draws": float(np.median(ref["draws"]))})  # fmt: skip
+        tsl = {r["image"]: r["draws_equal_cost"] for r in rows
+               if r["method"] == "tsl" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
+        truth = {(r["image"]): r for r in tightness_rows
+                 if r.get("point") == "input" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
+        cv = [control_variate_errors(budget, tsl[i], truth[i]) for i, budget in zip(ref["image"], ref["draws"])
+              if i in tsl and i in truth]  # fmt: skip
+        cv = [c for c in cv if c[2] > 0]
+        if cv:
+            lines.append({"method": f"control-variate MC at {reference}'s cost", "n": len(cv),
+                          "var_err": bootstrap_ci([c[0] for c in cv]), "zmu": bootstrap_ci([c[1] for c in cv], np.median),
+                          "below": math.nan, "cpu_s": float(np.median(ref["cpu_s"])),
+                          "draws": float(np.median([c[2] for c in cv]))})  # fmt: skip
+    return lines
+
+
+def format_summary(lines, digits: int = 3) -> str:
+    """The :func:`summary_table` lines as a markdown table."""
+    def ci(t):
+        return f"{t[0]:.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
+
+    out = ["| method | digits | variance error | median abs(Δμ)/sd | below truth | CPU s | draws |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for line in lines:
+        below = "" if math.isnan(line["below"]) else f"{100 * line['below']:.0f} %"
+        out.append(f"| {line['method']} | {line['n']} | {ci(line['var_err'])} | {ci(line['zmu'])} | {below} | "
+                   f"{line['cpu_s']:.2f} | {line['draws']:,.0f} |")  # fmt: skip
+    return "\n".join(out)
