@@ -17,6 +17,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl")
+_TRUTH = Path(__file__).resolve().parents[2] / "book" / "data" / "tightness_scale.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -246,15 +248,46 @@ def register(subparsers):
     parser.add_argument("--sigmas", type=_sigmas, default=[0.01, 0.05, 0.2])
     parser.add_argument("--covs", type=_choices(COV_KINDS), default=["dense"])
     parser.add_argument("--methods", type=_choices(METHODS), default=["diag", "lowrank", "lowrank32"])
+    parser.add_argument("--report", action="store_true",
+                        help="print the summary tables of --out (and of --also files) instead of running")  # fmt: skip
+    parser.add_argument("--also", action="append", default=[], metavar="FILE",
+                        help="with --report: more result files to pool with --out (e.g. a run of other methods)")
+    parser.add_argument("--truth", default=str(_TRUTH), help="the tightness run's rows (the Monte Carlo truth)")
     add_runner_arguments(parser)
     parser.set_defaults(func=main)
     return parser
+
+
+def report(paths, truth_path) -> str:
+    """The summary tables of the result files ``paths`` against the tightness rows at ``truth_path``."""
+    import gzip
+    import json
+
+    from .runner import read_rows
+
+    rows = [r for path in paths for r in read_rows(path)]
+    images = {r["image"] for r in rows}
+    with gzip.open(truth_path, "rt") as f:
+        truth = [t for t in map(json.loads, f) if t.get("point") == "input" and t["image"] in images]
+    parts = []
+    for cov in sorted({r["cov"] for r in rows}):
+        for sigma in sorted({r["sigma"] for r in rows if r["cov"] == cov}):
+            parts.append(f"### {cov} noise, sigma = {sigma}\n\n" + format_summary(summary_table(rows, truth, sigma, cov)))
+    return "\n\n".join(parts)
 
 
 def main(args) -> int:
     import json
     import sys
     from pathlib import Path
+
+    if args.report:
+        try:
+            print(report([args.out, *args.also], args.truth))
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     from ..provenance import run_metadata
     from .runner import RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs
