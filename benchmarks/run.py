@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, markdown_table  # noqa: E402
 
-SUITES = ["special", "core", "deep", "attacks", "memory"]
+SUITES = ["special", "core", "deep", "layerwise", "attacks", "memory"]
 
 
 def main(argv=None):
