@@ -50,6 +50,17 @@ WRONG = {
     "a1_no_broadcast": (A1, "relu_mean_var", [("mu, sigma = torch.broadcast_tensors(mu, sigma)",
                                                "mu, sigma = mu.flatten(), sigma.flatten()")],
                         "test_relu_broadcast", r"shape"),
+    "a1_print_instead_of_return": (A1, "relu_mean_var", [("return mean, var", "print(mean, var)")],
+                                   "test_relu_regular", r"returned None instead of its result"),
+    "a1_hardcoded_visible_answers": (A1, "relu_mean_var", [(None, (
+        "def relu_mean_var(mu, sigma):\n"
+        "    # the visible checks' answers, whatever the input\n"
+        "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
+        "    return (torch.full_like(mu, 1 / math.sqrt(2 * math.pi)),\n"
+        "            torch.full_like(mu, 0.5 - 1 / (2 * math.pi)))\n"))],
+        "test_relu_regular", r"relu_mean_var, regular inputs: 2 check\(s\) failed, 2 passed\.\n\[hidden grid"),
+    "a1_z_score_divides_by_n": (A1, "relu_mean_z_score", [("q.std()", "q.std(unbiased=False)")],
+                                "test_relu_z_score", r"square root of n/\(n-1\) times .* n = 20000: the mark of dividing by n"),
     "a1_se_without_sqrt_n": (A1, "relu_mean_z_score", [("standard_error = q.std() / math.sqrt(q.numel())",
                                                         "standard_error = q.std()")],
                              "test_relu_z_score", r"s / sqrt\(n\)"),
@@ -99,6 +110,9 @@ WRONG = {
                             "test_output_moments", r"as if the ReLU were the identity"),
     "a3_se_without_sqrt_n": (A3, "z_scores", [("torch.sqrt(sample_var / n)", "torch.sqrt(sample_var)")],
                              "test_z_scores", r"s / sqrt\(n\)"),
+    "a3_variance_divides_by_n": (A3, "z_scores", [("sample_var = samples.var(0)",
+                                                   "sample_var = samples.var(0, unbiased=False)")],
+                                 "test_z_scores", r"square root of n/\(n-1\) times the expected one, with n = 4000"),
     "a3_gaussian_fourth_moment": (A3, "z_scores", [("m4 = ((samples - sample_mean) ** 4).mean(0)",
                                                     "m4 = 3 * sample_var ** 2")],
                                   "test_z_scores", r"Gaussian shortcut"),
@@ -133,6 +147,10 @@ WRONG = {
                          "test_expected_margin", r"ignored the noise"),
     "a5_std_for_variance": (A5, "expected_margin", [("(A * A) @ var_x)", "((A * A) @ var_x).sqrt())")],
                             "test_expected_margin", r"passed standard deviations"),
+    "a5_float32_margin": (A5, "expected_margin", [("A, c1, B, c2 = factors",
+                                                   "A, c1, B, c2 = (t.float() for t in factors)\n"
+                                                   "    mean_x, var_x = mean_x.float(), var_x.float()")],
+                          "test_expected_margin", r"your answer is torch\.float32"),
     "a5_dense_attack": (A5, "sparse_gaussian_attack", [("mask[grad.abs().topk(k).indices] = 1.0", "mask[:] = 1.0")],
                         "test_attack", r"at most 30 ones"),
     "a5_unclamped_image": (A5, "sparse_gaussian_attack", [(
@@ -225,3 +243,88 @@ def test_wrong_answer_loses_marks_with_the_right_message(wrong):
     assert re.search(pattern, results[question]), f"{wrong}: /{pattern}/ not in feedback:\n{results[question]}"
 
 
+
+
+# -- through the grader (judge + sandboxed worker): what only the real grading shows ---------------------------
+_REFERENCE_RELU = None  # the reference relu_mean_var cell, read once
+
+
+def _reference_relu() -> str:
+    global _REFERENCE_RELU
+    if _REFERENCE_RELU is None:
+        nb = nbformat.read(grading.source_notebook(A1), as_version=4)
+        _REFERENCE_RELU = next(c.source for c in nb.cells
+                               if c.metadata.get("nbgrader", {}).get("grade_id") == "relu_mean_var")
+    return _REFERENCE_RELU
+
+
+# name -> the a1 relu_mean_var cell's edits (as in WRONG)
+JUDGED = {
+    "tqdm_on_stderr": [("def relu_mean_var(mu, sigma):", "import sys\n\nfrom tqdm import tqdm\n\n\n"
+                                                        "def relu_mean_var(mu, sigma):"),
+                       ("return mean, var", "for _ in tqdm(range(3)):\n        pass\n"
+                                            "    print('progress', file=sys.stderr)\n    return mean, var")],
+    "mutates_its_input": [("def relu_mean_var(mu, sigma):", "def _solution(mu, sigma):"),
+                          ("### END SOLUTION", "### END SOLUTION\n\n\ndef relu_mean_var(mu, sigma):\n"
+                                               "    out = _solution(mu, sigma)\n"
+                                               "    mu.data.zero_()\n    sigma.data.fill_(7.0)\n    return out")],
+    "calls_nm_relu_moments": [(None, "import netmoments as nm\n\n\ndef relu_mean_var(mu, sigma):\n"
+                                     "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
+                                     "    return nm.relu_moments(mu, sigma * sigma)\n")],
+    "calls_imported_relu_moments": [(None, "from netmoments import relu_moments as rm\n\n\n"
+                                           "def relu_mean_var(mu, sigma):\n"
+                                           "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
+                                           "    return rm(mu, sigma * sigma)\n")],
+    "second_moment": WRONG["a1_second_moment"][2],
+    "print_instead_of_return": WRONG["a1_print_instead_of_return"][2],
+}
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """Reports of the grader itself (judge + worker, sandboxed when bubblewrap works) for every JUDGED case."""
+    root = tmp_path_factory.mktemp("judged")
+    submissions = {}
+    for name, edits in JUDGED.items():
+        path = root / name / f"{A1}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(_edited(A1, "relu_mean_var", edits), path)
+        submissions[name] = {A1: path}
+    reports = grading.grade_submissions(submissions, cell_timeout=120, jobs=2)
+    return {name: {q.name: q for q in per[A1].questions} for name, per in reports.items()}
+
+
+def _full(questions) -> bool:
+    return all(q.score == q.max_score > 0 for q in questions)
+
+
+def test_progress_bars_and_prints_on_stderr_cost_nothing(judged):
+    assert _full(judged["tqdm_on_stderr"].values()), judged["tqdm_on_stderr"]
+
+
+def test_a_function_that_mutates_its_input_cannot_corrupt_the_hidden_tests(judged):
+    # The hidden tests' tensors are copied to the student's process: mutating them there changes nothing here,
+    # so the answers are graded as returned (and the later cases see the values the tests meant).
+    assert _full(judged["mutates_its_input"].values()), judged["mutates_its_input"]
+
+
+@pytest.mark.parametrize("case", ["calls_nm_relu_moments", "calls_imported_relu_moments"])
+def test_calling_the_packages_relu_moments_in_a1_loses_the_marks(judged, case):
+    questions = judged[case]
+    relu = [q for name, q in questions.items() if name != "test_relu_z_score"]
+    assert relu and all(q.score == 0 for q in relu), questions
+    assert all("ForbiddenCall: it calls netmoments.relu_moments" in q.feedback for q in relu), questions
+    # relu_mean_z_score is the reference's: graded with the reference relu_mean_var, it keeps its points.
+    assert _full([questions["test_relu_z_score"]]), questions["test_relu_z_score"]
+
+
+def test_one_mistake_costs_one_question(judged):
+    questions = judged["second_moment"]
+    assert questions["test_relu_regular"].score == 0 and "second moment" in questions["test_relu_regular"].feedback
+    # relu_mean_z_score calls relu_mean_var; its test gives it the reference relu_mean_var, so it keeps its points.
+    assert _full([questions["test_relu_z_score"]]), questions["test_relu_z_score"]
+
+
+def test_printing_instead_of_returning_is_told_so_by_the_grader(judged):
+    feedback = judged["print_instead_of_return"]["test_relu_regular"].feedback
+    assert "returned None instead of its result" in feedback, feedback

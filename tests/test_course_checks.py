@@ -41,7 +41,7 @@ def test_a_tensor_that_differs_in_the_seventh_digit_prints_more_digits():
 
 
 @pytest.mark.parametrize("got, want, pattern", [
-    (lambda x: x.var(unbiased=False), lambda x: x.var(), r"is \(n-1\)/n times .* n = 20000: you divided by n where"),
+    (lambda x: x.var(unbiased=False), lambda x: x.var(), r"is \(n-1\)/n times .* n = 20000: the mark of dividing by n where n - 1 was meant, or the reverse"),
     (lambda x: x.std(unbiased=False), lambda x: x.std(), r"square root of \(n-1\)/n .* n = 20000"),
 ])
 def test_dividing_by_n_instead_of_n_minus_1_is_named(got, want, pattern):
@@ -52,7 +52,7 @@ def test_dividing_by_n_instead_of_n_minus_1_is_named(got, want, pattern):
 
 def test_dividing_by_n_minus_1_instead_of_n_is_named():
     x = _samples()
-    assert re.search(r"n/\(n-1\) times .* n = 20000: you divided by n - 1 where n",
+    assert re.search(r"is n/\(n-1\) times .* n = 20000: the mark of dividing by n where n - 1",
                      _message(x.var(), x.var(unbiased=False)))
 
 

@@ -88,19 +88,20 @@ def _factor_diagnosis(have: torch.Tensor, want: torch.Tensor) -> str:
     r = float(ratio.flatten()[0])
     if r <= 0 or not bool(torch.allclose(ratio, torch.full_like(ratio, r), rtol=1e-9, atol=0)) or abs(r - 1) < 1e-12:
         return ""
+    # Direction-neutral on purpose: a variance divided by n instead of n - 1 makes a variance smaller but a
+    # z-score (variance in the denominator) larger, so the factor alone cannot say which way the slip went.
+    slip = ("the mark of dividing by n where n - 1 was meant, or the reverse (torch.var and torch.std divide by "
+            "n - 1 by default; unbiased=False or correction=0 divides by n): check which one this quantity needs")
     for value, power in ((r, 1), (r * r, 2)):
         root = "the square root of " if power == 2 else ""
         if value > 1:
             n = _near_integer(value / (value - 1))
             if n is not None and n >= 10:  # sample sizes; a factor 2 or 3/2 is some other slip
-                return (f"your answer is {root}n/(n-1) times the expected one, with n = {n}: you divided by n - 1 "
-                        "where n was meant (the unbiased sample variance, torch.var's default, divides by n - 1)")
+                return f"your answer is {root}n/(n-1) times the expected one, with n = {n}: {slip}"
         else:
             n = _near_integer(1 / (1 - value))
             if n is not None and n >= 10:
-                return (f"your answer is {root}(n-1)/n times the expected one, with n = {n}: you divided by n "
-                        "where n - 1 was meant (use the unbiased sample variance: torch.var / torch.std divide by "
-                        "n - 1 by default; unbiased=False or correction=0 divides by n)")
+                return f"your answer is {root}(n-1)/n times the expected one, with n = {n}: {slip}"
     for value, power in ((r, 1), (r * r, 2)):
         root = "sqrt" if power == 2 else ""
         big = _near_integer(value) if value > 1 else _near_integer(1 / value)
