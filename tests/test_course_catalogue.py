@@ -94,6 +94,8 @@ WRONG = {
                              "test_mlp_factors", r"do not transpose"),
     "a3_dropped_bias": (A3, "mlp_factors", [("first.bias.detach().double()", "torch.zeros(256)")],
                         "test_mlp_factors", r"bias"),
+    "a3_factors_left_float32": (A3, "mlp_factors", [(".double()", "")], "test_mlp_factors",
+                                r"\[dtype\] expected float64, got \[torch\.float32"),
     "a3_mean_at_mean": (A3, "output_moments", [("return B @ q_mean + c2,", "return B @ torch.relu(y_mean) + c2,")],
                         "test_output_moments", r"pushed the mean through the network"),
     "a3_diagonal_covariance": (A3, "output_moments", [(
@@ -158,6 +160,22 @@ WRONG = {
         "test_attack", r"leaves \[0, 1\]"),
     "a5_ascends_the_margin": (A5, "sparse_gaussian_attack", [("margin.backward()", "(-margin).backward()")],
                               "test_attack", r"fooling rate"),
+}
+
+
+# Hints that name a mistake must not fire for a different one: (assignment, cell, edits, question, text that
+# must NOT be in the feedback, text that must be).
+NOT_BLAMED = {
+    # var = sigma^2 Phi(h) is 1/2 at mu = 0, sigma = 1, like E[q^2]; with a wrong mean beside it, it is not
+    # "the second moment" (the visible check used to say so).
+    "a1_half_variance_and_wrong_mean": (A1, "relu_mean_var", [
+        ("mean = mu * cdf + safe_sigma * pdf", "mean = mu * cdf"),
+        ("var = (second - mean * mean).clamp(min=0.0)", "var = safe_sigma * safe_sigma * cdf")],
+        "test_relu_regular", "second moment", "[mu = 0, sigma = 1: var] expected"),
+    # A dropped output bias is not "pushing the mean through the network" (the visible hint used to say so
+    # for every wrong mean).
+    "a3_dropped_output_bias": (A3, "output_moments", [("return B @ q_mean + c2,", "return B @ q_mean,")],
+                               "test_output_moments", "B relu(A mu + c1) + c2", "dropped the output bias"),
 }
 
 
@@ -233,6 +251,13 @@ def test_catalogue_has_at_least_six_wrong_answers_per_assignment():
 def test_reference_solution_passes_every_graded_cell(name):
     results = run_in_process(_edited(name, _first_solution(name), []))
     assert results == {g: "" for g, _ in grading.grade_cells(name)}, results
+
+
+@pytest.mark.parametrize("case", sorted(NOT_BLAMED))
+def test_a_hint_names_a_mistake_only_when_it_is_that_mistake(case):
+    assignment, cell_id, edits, question, absent, present = NOT_BLAMED[case]
+    feedback = run_in_process(_edited(assignment, cell_id, edits))[question]
+    assert present in feedback and absent not in feedback, feedback
 
 
 @pytest.mark.parametrize("wrong", sorted(WRONG))
