@@ -49,7 +49,8 @@ def test_a_task_row_is_complete_and_its_numbers_are_the_closure(ctx):
         mean, var = nm.propagate.moments(ctx.model64, x, covariance, closure="diag", output="var")
     np.testing.assert_allclose(row["var"], var[0].numpy(), rtol=1e-8)
     assert row["cpu_s"] > 0 and row["draw_cpu_s"] > 0
-    assert row["draws_equal_cost"] == int(row["cpu_s"] / row["draw_cpu_s"])
+    # the stored times are rounded (4 decimals, 4 significant digits); the draw count was taken before rounding
+    assert abs(row["draws_equal_cost"] - row["cpu_s"] / row["draw_cpu_s"]) <= 1 + 1e-3 * row["draws_equal_cost"]
 
 
 def test_metrics_against_a_known_truth_and_the_equal_cost_formula():

@@ -1,22 +1,47 @@
 """``python -m netmoments.experiments attack``: Gaussian adversarial attacks on the trained LeNet (spec 7).
 
 Writes ``OUT.csv`` (one row per image), ``OUT.json`` (options, pooled Monte Carlo success with Wilson intervals,
-sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other.
-``--suite NAME`` instead runs a per-image evidence suite (:mod:`netmoments.experiments.attack_suite`, resumable),
-``--tune JSON`` the tuning on training digits, and ``--book-data DIR`` regenerates chapter 8's browser data.
+sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other
+(default ``--out results/attack_single``; existing files are overwritten only with ``--force``).
+``--suite NAME`` instead runs a per-image evidence suite (:mod:`netmoments.experiments.attack_suite`, resumable,
+default ``--out results/attack_NAME.csv``), ``--tune JSON`` the tuning on training digits, and ``--book-data DIR``
+regenerates chapter 8's browser data (both overwrite only with ``--force``). Options of another mode are refused,
+and every output is locked and checked to be writable before anything is computed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["register", "run_attack", "precompute_book_data"]
+__all__ = ["register", "run_attack", "precompute_book_data", "single_stem", "SINGLE_OUT", "suite_out"]
+
+#: ``--out`` of a single attack (a stem: ``.csv``, ``.json`` and ``.npz`` are written beside each other); a suite's
+#: default is :func:`suite_out`, so the two never share a file.
+SINGLE_OUT = "results/attack_single"
+WIDGET_FILE = "attacks_widget.npz"
+
+
+def single_stem(out) -> Path:
+    """The stem a single attack writes ``.csv``, ``.json`` and ``.npz`` to (``--out`` without one of them)."""
+    out = Path(out)
+    return out.with_suffix("") if out.suffix in (".csv", ".json", ".npz") else out
+
+
+def suite_out(suite: str, out=None) -> str:
+    """The results file of ``--suite`` (``.csv``): ``--out`` (``.csv`` added if missing) or
+    ``results/attack_<suite>.csv``."""
+    if out is None:
+        return f"results/attack_{suite}.csv"
+    return out if out.endswith(".csv") else out + ".csv"
 
 
 def _load(device, count, offset=0):
@@ -66,29 +91,32 @@ def run_attack(args) -> dict:
     result = gaussian_attack(model, images, labels, target=target, structure=args.structure, **options)
     gen = torch.Generator(device=images.device).manual_seed(args.seed)
     ev = evaluate_attack(model, result, labels, target=target, n_samples=args.samples, generator=gen)
-    out = Path(args.out)
-    stem = out.with_suffix("") if out.suffix in (".csv", ".json", ".npz") else out
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(stem.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "label", "target", "success_rate", "pixels_touched", "total_variation", "l2",
-                         "linf", "mean_noise_std"])
-        for i in range(len(labels)):
-            writer.writerow([i, int(labels[i]), "" if target is None else int(target[i]),
-                             f"{float(ev.per_image_success[i]):.4f}", int(ev.pixels_touched[i]),
-                             f"{float(ev.total_variation[i]):.4f}", f"{float(ev.l2[i]):.4f}",
-                             f"{float(ev.linf[i]):.4f}", f"{float(ev.mean_noise_std[i]):.5f}"])
+    from .runner import _atomic_write
+
+    stem = single_stem(args.out)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["image", "label", "target", "success_rate", "pixels_touched", "total_variation", "l2",
+                     "linf", "mean_noise_std"])
+    for i in range(len(labels)):
+        writer.writerow([i, int(labels[i]), "" if target is None else int(target[i]),
+                         f"{float(ev.per_image_success[i]):.4f}", int(ev.pixels_touched[i]),
+                         f"{float(ev.total_variation[i]):.4f}", f"{float(ev.l2[i]):.4f}",
+                         f"{float(ev.linf[i]):.4f}", f"{float(ev.mean_noise_std[i]):.5f}"])
     summary = dict(command=" ".join(getattr(args, "argv", []) or []), structure=args.structure,
                    target=args.target, options=result.options, evaluation=ev.summary(),
                    time_s=result.time_s, time_linearize_s=result.time_linearize_s)
-    with open(stem.with_suffix(".json"), "w") as fh:
-        json.dump(summary, fh, indent=2, default=str)
+    arrays = io.BytesIO()
     np.savez_compressed(
-        stem.with_suffix(".npz"), clean=images.cpu().numpy(), mean=result.mean.cpu().numpy(),
+        arrays, clean=images.cpu().numpy(), mean=result.mean.cpu().numpy(),
         noise_std=result.noise_std.cpu().numpy(), labels=labels.cpu().numpy(),
         target=(np.full(len(labels), -1) if target is None else target.cpu().numpy()),
         success=ev.per_image_success.numpy(),
     )
+    # each file whole or not at all (a temporary file renamed over it), never half written
+    _atomic_write(stem.with_suffix(".csv"), table.getvalue().encode())
+    _atomic_write(stem.with_suffix(".json"), json.dumps(summary, indent=2, default=str).encode())
+    _atomic_write(stem.with_suffix(".npz"), arrays.getvalue())
     print(f"success {ev.success_rate:.3f} (95% CI {ev.success_ci[0]:.3f}-{ev.success_ci[1]:.3f}) on "
           f"{len(labels)} images x {ev.n_samples} draws; median pixels touched "
           f"{float(ev.pixels_touched.float().median()):.0f}; {result.time_s / len(labels):.2f} s per image")
@@ -113,7 +141,11 @@ def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0,
     arrays = _widget(model, images, labels, gen, samples, progress)
     record = run_metadata(command or f"python -m netmoments.experiments attack --book-data {out_dir} --seed {seed}",
                           seed=seed, samples=samples, n_widget=n_widget, wall_s=round(time.perf_counter() - start, 1))
-    np.savez_compressed(out / "attacks_widget.npz", provenance=np.array(json.dumps(record)), **arrays)
+    from .runner import _atomic_write
+
+    data = io.BytesIO()
+    np.savez_compressed(data, provenance=np.array(json.dumps(record)), **arrays)
+    _atomic_write(out / WIDGET_FILE, data.getvalue())
 
 
 def _widget(model, w_images, w_labels, gen, samples, progress):
@@ -147,59 +179,197 @@ def _widget(model, w_images, w_labels, gen, samples, progress):
     )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (an option whose default depends on the mode says it in its help)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _target(text: str) -> str:
+    if text in ("none", "random") or (text.isdigit() and 0 <= int(text) <= 9):
+        return text
+    raise argparse.ArgumentTypeError(f"expected none, random or a class 0..9, got {text!r}")
+
+
+def _l1_weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (use cpu or cuda[:N])") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: use cpu or cuda[:N]")
+    return text
+
+
+# Options of one mode only, with their defaults (set after parsing, so that giving one in another mode, where it
+# would be silently ignored, is an error).
+_SINGLE_DEFAULTS = dict(structure="sparse", target="none", variables="both", variance="linear", steps=100, samples=500)
+_DEVICE_DEFAULTS = dict(device="cpu", seed=0)  # single attack and --book-data
+_SUITE_DEFAULTS = dict(split="test", chunk=8)
+_RUNNER_DEFAULTS = dict(resume=False, workers=0, scheduler=None, threads=1, retries=2, connect_timeout=5.0)
+
+
+def _mode(args) -> str:
+    return "tune" if args.tune else "suite" if args.suite else "book-data" if args.book_data else "single"
+
+
+def _check_mode_options(parser, args) -> None:
+    """Refuse options that the chosen mode would ignore; fill in the defaults of the ones it uses."""
+    mode = _mode(args)
+    flag = {"l1_weight": "--l1-weight", "book_data": "--book-data"}
+
+    def refuse(given):
+        if given:
+            shown = ", ".join(flag.get(n, "--" + n.replace("_", "-")) for n in given)
+            parser.error(f"{shown} {'does' if len(given) == 1 else 'do'} not apply to "
+                         + {"single": "a single attack", "suite": "--suite", "tune": "--tune",
+                            "book-data": "--book-data"}[mode])
+
+    explicit = {n for n in (*_SINGLE_DEFAULTS, *_DEVICE_DEFAULTS, *_SUITE_DEFAULTS) if getattr(args, n) is not None}
+    if args.l1_weight is not None:
+        explicit.add("l1_weight")
+    explicit |= {n for n, d in _RUNNER_DEFAULTS.items() if getattr(args, n) != d}
+    if args.out is not None:
+        explicit.add("out")
+    if args.force:
+        explicit.add("force")
+    if args.images is not None:
+        explicit.add("images")
+    uses = {"single": {*_SINGLE_DEFAULTS, "l1_weight", *_DEVICE_DEFAULTS, "out", "force", "images"},
+            "suite": {*_SUITE_DEFAULTS, *_RUNNER_DEFAULTS, "out", "images"},
+            "tune": {"images", "force"},
+            "book-data": {*_DEVICE_DEFAULTS, "force"}}[mode]
+    refuse(sorted(explicit - uses))
+    for name, default in {**_SINGLE_DEFAULTS, **_DEVICE_DEFAULTS, **_SUITE_DEFAULTS}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.images is None:
+        args.images = 16
+
+
+def _refuse_existing(paths, force: bool) -> None:
+    from .runner import RunnerError
+
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not force:
+        raise RunnerError(f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; pass --force to "
+                          "overwrite, or choose another path (this mode does not resume: --suite runs do)")
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``attack`` subcommand to an argparse ``subparsers`` object."""
+    from .runner import RunnerError, _positive_int, _seed, add_runner_arguments, command_line
+
     parser = subparsers.add_parser(
         "attack",
         help="Gaussian adversarial attacks (sparse / smooth, targeted / untargeted) on the trained LeNet",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--images", type=int, default=16, help="number of correctly classified test digits")
-    parser.add_argument("--structure", choices=["sparse", "smooth", "sparse+smooth"], default="sparse")
-    parser.add_argument("--target", default="none", help="none (untargeted), random, or a class 0..9")
-    parser.add_argument("--variables", choices=["mean", "noise", "both"], default="both")
-    parser.add_argument("--variance", choices=["none", "linear", "exact", "series", "hybrid"], default="linear")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--l1-weight", type=float, default=None, help="default: the structure's default")
-    parser.add_argument("--samples", type=int, default=500, help="Monte Carlo draws per image for the verdict")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/attack", help="output stem: writes .csv, .json and .npz")
-    parser.add_argument("--book-data", default=None, metavar="DIR",
-                        help="regenerate the chapter-8 sweeps into DIR instead of a single attack")
-    parser.add_argument("--suite", default=None, choices=["sparse", "ablation", "smooth", "targeted"],
-                        help="run a per-image evidence suite (netmoments.experiments.attack_suite) into --out "
-                             "(.csv), resumable")
-    parser.add_argument("--split", choices=["train", "test"], default="test",
-                        help="digits to attack with --suite (tune on train, report on test)")
-    parser.add_argument("--chunk", type=int, default=8, help="digits per task (one batch) with --suite")
-    parser.add_argument("--tune", default=None, metavar="JSON",
-                        help="tune the baselines' step size and our L1 price on --images training digits")
-    from .runner import add_runner_arguments, command_line
-
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--suite", default=None, choices=["sparse", "ablation", "smooth", "targeted"],
+                      help="run a per-image evidence suite (netmoments.experiments.attack_suite) into --out "
+                           "(.csv), resumable")
+    mode.add_argument("--tune", default=None, metavar="JSON",
+                      help="tune the baselines' step size and our L1 price on --images training digits")
+    mode.add_argument("--book-data", default=None, metavar="DIR",
+                      help=f"regenerate chapter 8's browser data ({WIDGET_FILE}) into DIR instead of a single attack")
+    parser.add_argument("--images", type=_positive_int, default=None,
+                        help="number of correctly classified digits (default: 16)")
+    parser.add_argument("--out", default=None,
+                        help=f"a single attack: output stem, writes .csv, .json and .npz (default: {SINGLE_OUT}); "
+                             "--suite: results .csv, with its metadata .json beside it (default: "
+                             "results/attack_SUITE.csv)")
+    parser.add_argument("--force", action="store_true",
+                        help="a single attack, --tune, --book-data: overwrite existing output files")
+    single = parser.add_argument_group("a single attack")
+    single.add_argument("--structure", choices=["sparse", "smooth", "sparse+smooth"], default=None,
+                        help="default: sparse")
+    single.add_argument("--target", type=_target, default=None,
+                        help="none (untargeted), random, or a class 0..9 (default: none)")
+    single.add_argument("--variables", choices=["mean", "noise", "both"], default=None, help="default: both")
+    single.add_argument("--variance", choices=["none", "linear", "exact", "series", "hybrid"], default=None,
+                        help="default: linear")
+    single.add_argument("--steps", type=_positive_int, default=None, help="optimization steps (default: 100)")
+    single.add_argument("--l1-weight", type=_l1_weight, default=None, help="default: the structure's default")
+    single.add_argument("--samples", type=_positive_int, default=None,
+                        help="Monte Carlo draws per image for the verdict (default: 500)")
+    single.add_argument("--device", type=_device, default=None, help="cpu or cuda[:N] (default: cpu)")
+    single.add_argument("--seed", type=_seed, default=None, help="0 to 2^32 - 1 (default: 0)")
+    suite = parser.add_argument_group("--suite")
+    suite.add_argument("--split", choices=["train", "test"], default=None,
+                       help="digits to attack (tune on train, report on test; default: test)")
+    suite.add_argument("--chunk", type=_positive_int, default=None, help="digits per task, one batch (default: 8)")
     add_runner_arguments(parser)
 
     def handler(args):
-        if args.tune:
-            from .attack_suite import tune
-
-            print(json.dumps(tune(args.tune, images=args.images, command=command_line(args)), indent=1, default=str))
-            return 0
-        if args.suite:
-            from .attack_suite import run_suite
-            from .runner import runner_kwargs
-
-            out = args.out if args.out.endswith(".csv") else args.out + ".csv"
-            run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk,
-                      command=command_line(args), **runner_kwargs(args))
-            return 0
-        if args.book_data:
-            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
-                                 command=command_line(args))
-        else:
-            run_attack(args)
-        return 0
+        _check_mode_options(parser, args)
+        try:
+            return _handle(args, command_line(args))
+        except KeyboardInterrupt:
+            where = f" (finished tasks are kept in {suite_out(args.suite, args.out)}; continue with --resume)" \
+                if args.suite else ""
+            print(f"interrupted{where}", file=sys.stderr)
+            return 130
+        except (RunnerError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     parser.set_defaults(func=handler)
     return parser
+
+
+def _handle(args, command: str) -> int:
+    """The ``attack`` subcommand once its options are checked: every output is locked and checked to be writable
+    before anything is computed, and nothing is overwritten without ``--force`` (a suite resumes instead)."""
+    from .runner import check_writable, output_lock, runner_kwargs, stop_on_sigterm
+
+    if args.tune:
+        paths = [Path(args.tune)]
+    elif args.suite:
+        out = suite_out(args.suite, args.out)
+        from .attack_suite import run_suite
+
+        with stop_on_sigterm() as stop:
+            meta = run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk, command=command,
+                             stop=stop, **runner_kwargs(args))
+        print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {out}; metadata in {Path(out).with_suffix('.json')}")
+        return 0
+    elif args.book_data:
+        paths = [Path(args.book_data) / WIDGET_FILE]
+    else:
+        stem = single_stem(args.out or SINGLE_OUT)
+        paths = [stem.with_suffix(suffix) for suffix in (".csv", ".json", ".npz")]
+    with output_lock(*paths):
+        _refuse_existing(paths, args.force)
+        for path in paths:
+            check_writable(path)
+        if args.tune:
+            from .attack_suite import tune
+
+            print(json.dumps(tune(args.tune, images=args.images, command=command), indent=1, default=str))
+        elif args.book_data:
+            precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
+                                 command=command)
+        else:
+            if args.out is None:
+                args.out = SINGLE_OUT
+            run_attack(args)
+    return 0

@@ -7,8 +7,8 @@ wall seconds and network passes) and, for our sparse attack, the surrogate check
 :func:`netmoments.attacks.support.surrogate_check`. Every chunk also times the cost yardstick, 100 steps of
 L-infinity PGD (100 forward + backward passes of LeNet per image), on the same digits in the same process, so
 cost ratios are measured under the same load. Runs go through :mod:`netmoments.experiments.runner` (resumable,
-atomic per task, Dask workers); a metadata file beside ``--out`` records command, commit, versions, machine,
-dates, wall time and tasks done.
+atomic per task, Dask workers, one run per file); a metadata file beside ``--out``, written before the first task,
+records the settings, command, commit, versions, machine, dates, wall time and tasks done.
 
 Suites (``SUITES``):
 
@@ -210,14 +210,15 @@ def suite_task(key, ctx: SuiteContext, only=None):
 
 def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **runner_options):
     """Run (or resume) ``suite`` over ``images`` correctly classified digits of ``split`` into ``out``
-    (``.csv``); writes ``out`` with ``.json`` (provenance and progress) at every checkpoint.
+    (``.csv``); writes ``out`` with ``.json`` (settings, provenance and progress) before the first task and at every
+    checkpoint. Both files are locked for the run, and a fresh run never overwrites either
+    (:func:`netmoments.experiments.runner.resume_metadata`).
 
     With ``resume=True`` the settings must match the file's, except that ``images`` may grow: the chunks already
     done are kept (a chunk's digits do not depend on the total), and an old last chunk that was cut short is run
     again with its full set of digits.
     """
-    from .runner import RunnerError, run_tasks
-    from .tightness import _git_commit, _load_average, _machine, _versions, _write_json
+    from .runner import RunnerError, check_writable, output_lock, resume_metadata
 
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
@@ -228,25 +229,43 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta_path = out.with_suffix(".json")
-    ctx = SuiteContext(split, images, chunk)
+    with output_lock(out, meta_path):
+        # Checked before anything is computed: a resume with other settings, or without the metadata that says
+        # which settings wrote the file, would mix two experiments under one label.
+        old = resume_metadata(out, meta_path, runner_options.get("resume", False))
+        check_writable(out)
+        check_writable(meta_path)
+        if old is not None:
+            old_settings = dict(old["settings"])
+            if old_settings.get("suite") != suite or old_settings.get("split") != split:
+                raise RunnerError(f"{out} was written with other settings ({meta_path}: suite "
+                                  f"{old_settings.get('suite')!r}, split {old_settings.get('split')!r}); use the same "
+                                  "options (only --images may grow on --resume)")
+        ctx = SuiteContext(split, images, chunk)
+        return _run_suite_locked(suite, out, meta_path, old, ctx, split, images, chunk, command, runner_options)
+
+
+def _run_suite_locked(suite, out, meta_path, old, ctx, split, images, chunk, command, runner_options):
+    from .runner import RunnerError, run_tasks
+    from .tightness import _git_commit, _load_average, _machine, _versions, _write_json
+
     settings = dict(suite=suite, split=split, images=images, chunk=chunk, draws=DRAWS, tuned=TUNED)
     meta = {"settings": json.loads(json.dumps(settings)), "sittings": []}
     grown_from = None
-    if runner_options.get("resume") and meta_path.exists() and out.exists():
-        old = json.loads(meta_path.read_text())
-        old_settings = dict(old.get("settings") or {})
+    if old is not None:
+        old_settings = dict(old["settings"])
         old_images = old_settings.pop("images", None)
         same_but_images = old_settings == {k: v for k, v in meta["settings"].items() if k != "images"}
-        if old.get("settings") != meta["settings"] and not (same_but_images and old_images <= images):
+        if old["settings"] != meta["settings"] and not (
+                same_but_images and isinstance(old_images, int) and old_images <= images):
             raise RunnerError(f"{out} was written with other settings ({meta_path}); use the same options "
                               "(only --images may grow on --resume)")
         if old_images != images:
             # Chunk c holds the same digits whatever the total, except an old last chunk that was cut short:
             # it now holds more digits under the same task id, so it is dropped and run again.
             old_count = min(old_images, len(ctx.labels))
-            if old_count % chunk:
+            if old_count % chunk and out.exists():
                 from .runner import drop_tasks, task_id
 
                 drop_tasks(out, [task_id((suite, old_count // chunk))])
@@ -258,21 +277,27 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
     sitting = {"command": command, "git_commit": _git_commit(), "versions": _versions_plus(_versions()),
                "machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "load_average_at_start": _load_average(),
-               "runner": {k: v for k, v in runner_options.items() if k != "progress"}}
+               "runner": {k: v for k, v in runner_options.items() if k not in ("progress", "stop")}}
     if grown_from is not None:
         sitting["grown_from_images"] = grown_from
     meta["sittings"].append(sitting)
 
-    def checkpoint(summary):
+    def count_done():
         from .runner import read_rows
 
-        sitting.update(summary.as_dict())
-        sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        sitting["load_average_at_end"] = _load_average()
         rows = read_rows(out) if out.exists() else []
         meta["tasks_done"], meta["n_tasks"] = len({r["task"] for r in rows}), len(tasks)
         meta["images_done"] = len({r["image"] for r in rows})
         meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
+
+    count_done()
+    _write_json(meta_path, meta)  # before the first task: whenever the run stops, a resume can check its settings
+
+    def checkpoint(summary):
+        sitting.update(summary.as_dict())
+        sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        sitting["load_average_at_end"] = _load_average()
+        count_done()
         _write_json(meta_path, meta)
 
     run_tasks(tasks, suite_task, out, context=ctx, desc=f"attack {suite}", checkpoint=checkpoint,

@@ -14,13 +14,25 @@ in flight. The rules that make a run trustworthy:
   ``task_rows`` (how many rows the task has); a reader (:func:`read_rows`) and ``resume`` drop a torn last
   line and any task with fewer rows than it announced, so no partial row or partial task is ever used.
 - **Resume.** With ``resume=True`` the tasks already complete in ``out`` are skipped; without it an existing
-  ``out`` is an error (never silently overwritten or appended to).
+  ``out`` is an error (never silently overwritten or appended to). An experiment writes its settings to a metadata
+  file before its first task and refuses to resume with other settings, or without that file
+  (:func:`resume_metadata`).
+- **One run per output.** A run holds an exclusive lock on its output (and an experiment on its metadata too:
+  :func:`output_lock`, ``fcntl.flock`` on a hidden ``.NAME.lock`` beside the file); a second run on the same file
+  fails at once, ``... is in use by another run (pid N)``. The kernel drops the lock of a killed process.
+- **Damage is not a torn tail.** A killed write can only leave a torn *tail* (a last line, gzip member or task cut
+  short), which resume drops. Anything else (an unreadable line or gzip member, a task cut short or repeated before
+  the end) is damage: :func:`scan_file` says at which byte, reads the complete tasks on both sides of it (one corrupt
+  gzip member hides nothing after it), and resume refuses the file, leaving it as it is. When its last task is done
+  a run checks that every task is in the file before it calls itself complete.
 - **Dask.** ``workers=N`` starts a local cluster of ``N`` single-threaded worker processes (with nannies: a
   worker that dies is restarted and its task run again, and so is a task that the scheduler forgot, e.g. after
   losing the client for a while; tasks that kill ``retries + 1`` workers or are lost ``retries + 1`` times fail
   the run);
   ``scheduler="tcp://host:port"`` joins an existing cluster (e.g. one started by dask-jobqueue on Slurm) and
-  fails within ``connect_timeout`` seconds if nothing answers there.
+  fails within about ``connect_timeout`` seconds of wall clock if no Dask scheduler answers there (a listener that
+  never answers, an HTTP server: :func:`_probe_scheduler`). A local cluster gets at most :func:`max_workers`
+  workers (about 820 MB each, against the machine's or the cgroup's memory).
 - **Memory reuse.** A task allocates and frees the same large buffers over and over (10^4 draws through a conv
   net are hundreds of MB per batch). glibc serves blocks over 32 MB with fresh mappings, and Dask's own default
   (``MALLOC_TRIM_THRESHOLD_=65536``) hands freed heap straight back to the kernel, so each batch faulted its
@@ -49,6 +61,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +70,22 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 __all__ = [
     "TASK_COLUMNS",
     "RunnerError",
+    "OutputInUse",
+    "RunnerWarning",
     "RunSummary",
+    "FileScan",
     "task_id",
     "seed_from_key",
+    "scan_file",
     "read_rows",
     "completed_tasks",
+    "drop_tasks",
+    "output_lock",
+    "output_in_use",
+    "check_writable",
+    "resume_metadata",
+    "stop_on_sigterm",
+    "max_workers",
     "run_tasks",
     "add_runner_arguments",
     "runner_kwargs",
@@ -103,6 +127,14 @@ def keep_freed_memory() -> bool:
 
 class RunnerError(RuntimeError):
     """A run could not start or complete (bad output file, unreachable scheduler, a failing task)."""
+
+
+class OutputInUse(RunnerError):
+    """Another run holds the output's lock (:func:`output_lock`)."""
+
+
+class RunnerWarning(UserWarning):
+    """A runner output file was read, but it is damaged (:func:`scan_file`)."""
 
 
 # ------------------------------------------------------------------------------------------------ keys
@@ -151,31 +183,6 @@ def _gzipped(path: Path) -> bool:
     return path.suffix.lower() == ".gz"
 
 
-def _sound_bytes(path: Path) -> tuple[bytes, int, int]:
-    """(the file's text up to its last complete line, byte length of that sound prefix on disk, file length).
-
-    For a gzipped file the sound prefix is its complete gzip members (a task is one member, written at once).
-    """
-    raw = path.read_bytes()
-    if not _gzipped(path):
-        sound = raw.rfind(b"\n") + 1  # a torn last line (no newline) is dropped
-        return raw[:sound], sound, len(raw)
-    parts, pos = [], 0
-    while pos < len(raw):
-        member = zlib.decompressobj(wbits=31)
-        try:
-            data = member.decompress(raw[pos:])
-        except zlib.error:
-            break
-        if not member.eof:
-            break  # truncated member: a write that did not finish
-        parts.append(data)
-        pos = len(raw) - len(member.unused_data)
-    text = b"".join(parts)
-    cut = text.rfind(b"\n") + 1
-    return text[:cut], (pos if cut == len(text) else 0), len(raw)
-
-
 def _parse_value(text: str):
     """CSV cell -> int, float or str (the CSV writer writes ints and floats with ``repr``)."""
     for kind in (int, float):
@@ -186,37 +193,224 @@ def _parse_value(text: str):
     return text
 
 
-def _scan(path: Path, fmt: str) -> tuple[list[str] | None, list[dict], int, bool]:
-    """(CSV header, complete rows, byte length of the sound prefix, whether anything had to be dropped).
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_CHUNK = 1 << 20
 
-    A row is kept only when its line ends in a newline and its task has all ``task_rows`` rows.
+
+def _gzip_member(view: memoryview, start: int) -> tuple[bytes, int | None]:
+    """(text, end) of the gzip member that starts at byte ``start``; ``end`` is ``None`` when the file ends inside
+    it (a write that did not finish). Raises ``zlib.error`` for a member that is not valid gzip (CRC included).
+    Reads in chunks, so a file of many members is read in linear time."""
+    member = zlib.decompressobj(wbits=31)
+    parts, pos = [], start
+    while not member.eof:
+        if pos >= len(view):
+            return b"".join(parts), None
+        chunk = view[pos : pos + _CHUNK]
+        parts.append(member.decompress(chunk))
+        pos += len(chunk)
+    return b"".join(parts), pos - len(member.unused_data)
+
+
+@dataclass
+class FileScan:
+    """What :func:`scan_file` read in a runner output file.
+
+    Attributes:
+        header: the CSV header (``None`` for JSON lines, or an empty file).
+        rows: the rows of every complete task, in file order (CSV cells parsed to int / float / str); a task
+            found twice counts once (its first copy).
+        size: bytes on disk.
+        torn_tail: what a write that was killed leaves at the end of the file (a torn last line or gzip member,
+            a last task with fewer rows than it announced), or ``None``. Harmless: ``resume`` drops it and runs
+            those tasks again.
+        damage: damage that no killed write leaves (a line or gzip member that cannot be read, a task cut short
+            or repeated before the end of the file), said with the byte where the file broke, or ``None``. The
+            complete tasks after it are still in ``rows``; ``resume`` refuses such a file and leaves it as it is.
+        broken_at: the byte offset of the first damage (``None`` if none).
     """
-    text, sound, size = _sound_bytes(path)
-    text = text.decode()
-    header = None
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = list(reader.fieldnames) if reader.fieldnames else None
-        rows = [{k: _parse_value(v) for k, v in row.items()} for row in reader]
+
+    header: list[str] | None
+    rows: list[dict]
+    size: int
+    torn_tail: str | None = None
+    damage: str | None = None
+    broken_at: int | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        """The ids of the complete tasks, in file order."""
+        return list(dict.fromkeys(r["task"] for r in self.rows))
+
+
+def _pieces(raw: bytes, gzipped: bool, problems: list) -> tuple[list[tuple[int, bytes]], str | None]:
+    """Split a file into ``[(byte offset, text)]`` pieces that can be read (the whole file, or one per gzip member)
+    and a torn tail; a gzip member that cannot be decompressed goes into ``problems`` as ``(offset, what)``, and
+    reading goes on at the next member that can."""
+    if not gzipped:
+        cut = raw.rfind(b"\n") + 1  # a torn last line (no newline) is dropped
+        torn = f"a torn last line ({len(raw) - cut} bytes at byte {cut})" if cut < len(raw) else None
+        return [(0, raw[:cut])], torn
+    view, pieces, pos = memoryview(raw), [], 0
+    while pos < len(raw):
+        try:
+            text, end = _gzip_member(view, pos)
+        except zlib.error as err:
+            if not raw[pos:].strip(b"\0"):  # zeros to the end: a file extended by a write whose data never landed
+                return pieces, f"{len(raw) - pos} zero bytes at the end (from byte {pos})"
+            resync = pos + 1
+            while True:  # the next member that can be read in full
+                resync = raw.find(_GZIP_MAGIC, resync)
+                if resync < 0:
+                    break
+                try:
+                    if _gzip_member(view, resync)[1] is not None:
+                        break
+                except zlib.error:
+                    pass
+                resync += 1
+            if resync < 0:
+                problems.append((pos, f"the gzip member at byte {pos} cannot be read ({err}) and nothing after it "
+                                      f"can ({len(raw) - pos} bytes)"))
+                return pieces, None
+            problems.append((pos, f"the gzip member at byte {pos} cannot be read ({err}); reading goes on at the "
+                                  f"next readable member, at byte {resync} ({resync - pos} bytes skipped)"))
+            pos = resync
+            continue
+        if end is None:
+            return pieces, f"a torn last gzip member ({len(raw) - pos} bytes at byte {pos})"
+        if text and not text.endswith(b"\n"):
+            problems.append((pos, f"the gzip member at byte {pos} does not end with a whole line"))
+        pieces.append((pos, text))
+        pos = end
+    return pieces, None
+
+
+def _lines(pieces: list[tuple[int, bytes]], gzipped: bool):
+    """``(byte offset, line)`` of every line of the pieces; in a gzipped file, the offset of the line's member."""
+    for start, text in pieces:
+        pos = 0
+        while pos < len(text):
+            end = text.find(b"\n", pos) + 1 or len(text)
+            yield (start if gzipped else start + pos), text[pos:end]
+            pos = end
+
+
+def _bookkept(row) -> bool:
+    if not isinstance(row, dict) or "task" not in row:
+        return False
+    count = row.get("task_rows")
+    return isinstance(count, int) and not isinstance(count, bool) and count >= 1
+
+
+def _where(offset: int, gzipped: bool) -> str:
+    return f"in the gzip member at byte {offset}" if gzipped else f"at byte {offset}"
+
+
+def _records(lines, fmt: str, problems: list, path: Path, gzipped: bool) -> tuple[list[str] | None, list]:
+    """(CSV header, ``[(offset, row)]``); a line that is no row of this runner goes into ``problems``."""
+    records = []
+    if fmt == "jsonl":
+        for offset, line in lines:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:  # UnicodeDecodeError included
+                row = None
+            if _bookkept(row):
+                records.append((offset, row))
+            else:
+                problems.append((offset, f"a line {_where(offset, gzipped)} is not a row of this runner"))
+        return None, records
+    at = [0]
+
+    def text_lines():
+        for offset, line in lines:
+            at[0] = offset
+            yield line.decode("utf-8", errors="replace")
+
+    reader = csv.reader(text_lines())
+    try:
+        header = next(reader, None)
         if header is not None and not set(TASK_COLUMNS) <= set(header):
             raise RunnerError(f"{path} has no {TASK_COLUMNS} columns: not written by this runner")
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[str(row["task"])] = counts.get(str(row["task"]), 0) + 1
-    complete = [r for r in rows if counts[str(r["task"])] == int(r["task_rows"])]
-    for r in complete:
-        r["task"] = str(r["task"])
-    return header, complete, sound, (sound != size or len(complete) != len(rows))
+        for cells in reader:
+            if not cells:
+                continue
+            row = dict(zip(header, map(_parse_value, cells))) if len(cells) == len(header) else None
+            if row is not None and _bookkept(row):
+                records.append((at[0], row))
+            else:
+                problems.append((at[0], f"a line {_where(at[0], gzipped)} is not a row of this runner"))
+    except csv.Error as err:
+        problems.append((at[0], f"the CSV cannot be read from the line {_where(at[0], gzipped)} on ({err})"))
+    return header, records
+
+
+def scan_file(path) -> FileScan:
+    """Read a runner output file and tell its complete tasks from a torn tail and from damage.
+
+    A run appends each task's rows in one write (one gzip member when gzipped), so the file is a sequence of
+    whole tasks; a run that was killed can only leave a torn *tail*. Anything else (an unreadable line or gzip
+    member, a task cut short or repeated before the end) is damage, reported with the byte where it is; the
+    complete tasks after it are still read, so nothing after the damage is hidden.
+    """
+    path = Path(path)
+    fmt, gzipped = _format_of(path), _gzipped(path)
+    raw = path.read_bytes()
+    problems: list[tuple[int, str]] = []
+    pieces, torn = _pieces(raw, gzipped, problems)
+    header, records = _records(_lines(pieces, gzipped), fmt, problems, path, gzipped)
+    # Group consecutive rows by task (a task's rows are written together) and keep the complete groups.
+    groups: list[tuple[int, str, list[dict]]] = []
+    for offset, row in records:
+        key = str(row["task"])
+        if groups and groups[-1][1] == key and len(groups[-1][2]) < int(groups[-1][2][0]["task_rows"]):
+            groups[-1][2].append(row)
+        else:
+            groups.append((offset, key, [row]))
+    complete, seen, kept_at = [], set(), []
+    last_problem = max((offset for offset, _ in problems), default=-1)
+    for n, (offset, key, rows) in enumerate(groups):
+        announced = int(rows[0]["task_rows"])
+        if len(rows) != announced or any(int(r["task_rows"]) != announced for r in rows):
+            if n == len(groups) - 1 and offset > last_problem:
+                what = f"task {key} with {len(rows)} of its {announced} rows"
+                torn = what if torn is None else f"{what}, then {torn}"
+            else:
+                problems.append((offset, f"task {key} {_where(offset, gzipped)} has {len(rows)} of the {announced} "
+                                         "rows it announced"))
+            continue
+        if key in seen:
+            problems.append((offset, f"task {key} appears again {_where(offset, gzipped)}"))
+            continue
+        seen.add(key)
+        kept_at.append(offset)
+        for r in rows:
+            r["task"] = key
+        complete.extend(rows)
+    scan = FileScan(header=header, rows=complete, size=len(raw), torn_tail=torn)
+    if problems:
+        problems.sort(key=lambda p: p[0])
+        scan.broken_at = problems[0][0]
+        later = sum(1 for offset in kept_at if offset > scan.broken_at)
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        scan.damage = f"{problems[0][1]}{more}; {later} complete task(s) follow it"
+    return scan
 
 
 def read_rows(path, complete_only: bool = True) -> list[dict]:
-    """The rows of a runner output file (CSV cells parsed to int / float / str), torn tasks dropped."""
+    """The rows of a runner output file (CSV cells parsed to int / float / str), torn tasks dropped.
+
+    A damaged file (see :func:`scan_file`) gives the complete tasks around the damage and a
+    :class:`RunnerWarning` that says where it broke.
+    """
     path = Path(path)
-    fmt = _format_of(path)
-    _, rows, _, _ = _scan(path, fmt)
-    return rows
+    scan = scan_file(path)
+    if scan.damage:
+        warnings.warn(f"{path} is damaged: {scan.damage}", RunnerWarning, stacklevel=2)
+    return scan.rows
 
 
 def completed_tasks(path) -> set[str]:
@@ -227,21 +421,34 @@ def completed_tasks(path) -> set[str]:
     return {r["task"] for r in read_rows(path)}
 
 
+def _refuse_damage(path: Path, scan: FileScan, action: str) -> None:
+    if scan.damage:
+        raise RunnerError(
+            f"{path} is damaged: {scan.damage}. It was left as it is: {action} would rewrite it without what "
+            f"cannot be read. --report (read_rows) still reads every complete task; copy them to a new file to go on"
+        )
+
+
 def drop_tasks(path, task_ids) -> int:
     """Rewrite the runner output ``path`` without the rows of the tasks in ``task_ids`` (ids as :func:`task_id`
-    gives them), atomically; a torn tail is dropped too. Returns how many rows were removed.
+    gives them), atomically; a torn tail is dropped too. Returns how many rows were removed. A damaged file
+    (:func:`scan_file`) is refused (:class:`RunnerError`) and left as it is, and so is a file another run holds
+    (:class:`OutputInUse`).
 
     For a run whose task list changed under a kept id (e.g. a last, partial chunk that grows when more digits are
     added): dropping the stale task makes ``resume`` run it again.
     """
     path = Path(path)
     fmt = _format_of(path)
-    header, rows, _, _ = _scan(path, fmt)
-    drop = {str(t) for t in task_ids}
-    kept = [r for r in rows if r["task"] not in drop]
-    fields = header or (list(rows[0]) if rows else None)
-    if fields:
-        _atomic_write(path, _header_bytes(fields, fmt) + (_encode(kept, fields, fmt) if kept else b""))
+    with output_lock(path):  # not while a run appends to it
+        scan = scan_file(path)
+        _refuse_damage(path, scan, "dropping tasks")
+        header, rows = scan.header, scan.rows
+        drop = {str(t) for t in task_ids}
+        kept = [r for r in rows if r["task"] not in drop]
+        fields = header or (list(rows[0]) if rows else None)
+        if fields:
+            _atomic_write(path, _header_bytes(fields, fmt) + (_encode(kept, fields, fmt) if kept else b""))
     return len(rows) - len(kept)
 
 
@@ -314,6 +521,222 @@ class _Appender:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------ locks
+
+_HELD: dict[str, list] = {}  # lock file -> [descriptor, depth]: the locks this process holds
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_file(path) -> Path:
+    path = Path(path).resolve()  # two spellings of one file (relative, absolute, a symlink) share a lock
+    return path.with_name(f".{path.name}.lock")
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def _acquire(lock: Path, shown) -> None:
+    import fcntl
+
+    with _HELD_GUARD:
+        if str(lock) in _HELD:  # this process holds it already (a run inside a command that locked first)
+            _HELD[str(lock)][1] += 1
+            return
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise OutputInUse(f"{shown} is in use by another run (pid {holder})") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:  # the holder removes the file as it lets go: make sure ours is still the one at that name
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            os.close(fd)
+            raise
+    except OutputInUse:
+        raise
+    except OSError as err:
+        raise RunnerError(f"cannot write beside {shown} (to lock it: {err.strerror or err}); "
+                          "is its folder writable?") from None
+    with _HELD_GUARD:
+        _HELD[str(lock)] = [fd, 1]
+
+
+def _release(lock: Path) -> None:
+    with _HELD_GUARD:
+        entry = _HELD[str(lock)]
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _HELD[str(lock)]
+    with contextlib.suppress(OSError):
+        os.unlink(lock)  # still holding the lock: whoever opened this file meanwhile sees it is gone and retries
+    os.close(entry[0])
+
+
+@contextlib.contextmanager
+def output_lock(*paths):
+    """Hold an exclusive lock on each of ``paths`` (the files a run writes) for the duration of the block.
+
+    The lock is ``fcntl.flock`` on a hidden file beside each path (``.NAME.lock``, holding the pid, removed on
+    release; the kernel lets go of it when a process dies, even by SIGKILL). A path another process holds raises
+    :class:`OutputInUse` at once (``... is in use by another run (pid N)``); a folder that cannot be written raises
+    :class:`RunnerError`. Re-entrant within a process: a command can lock its files before its set-up and then
+    call :func:`run_tasks`, which locks the output again.
+    """
+    locks = {}
+    for p in paths:
+        locks.setdefault(_lock_file(p), p)
+    taken = []
+    try:
+        for lock in sorted(locks):  # one order for every process: of two runs that want the same files, one starts
+            _acquire(lock, locks[lock])
+            taken.append(lock)
+        yield
+    finally:
+        for lock in reversed(taken):
+            _release(lock)
+
+
+def output_in_use(path) -> str | None:
+    """The pid (as text) of another live process whose :func:`output_lock` file is beside ``path``, else ``None``.
+
+    Only reads the lock file and asks whether that pid is alive: taking the lock, even for an instant, could make
+    a run that starts at that instant fail. A pid reused after a killed run can give a false answer; it is meant
+    for warnings.
+    """
+    lock = _lock_file(path)
+    with _HELD_GUARD:
+        if str(lock) in _HELD:
+            return None
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) == os.getpid():
+        return None
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, but another user's
+        pass
+    return text
+
+
+def check_writable(path) -> None:
+    """Raise :class:`RunnerError` unless ``path`` can be written: its folder (created if missing) takes new files
+    and, if ``path`` exists, it can be opened for appending (nothing is changed)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder")
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(13, "folder not writable")
+    except OSError as err:
+        raise RunnerError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Make SIGTERM (what a batch system or ``kill`` sends) stop a run like Ctrl-C while the block runs; yields the
+    event to pass to :func:`run_tasks` as ``stop``.
+
+    The handler raises ``KeyboardInterrupt`` (which stops set-up at once) and sets the event, which ends the run
+    after its next task even if the exception lands in a library callback that swallows it (Dask's garbage
+    collection callback did, and the run went on). The previous handler is restored afterwards. Outside the main
+    thread (where handlers cannot be set) it only yields an event.
+    """
+    import signal
+
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+
+def resume_metadata(out, metadata, resume: bool) -> dict | None:
+    """The metadata (``{"settings": ..., "sittings": [...], ...}``) of the run that ``resume`` continues in
+    ``out``, or ``None`` for a fresh run. An experiment writes its metadata before its first task, so a run that
+    was killed at any moment can be checked when it is resumed.
+
+    Refuses (:class:`RunnerError`), changing nothing: ``out`` and ``metadata`` being one file; without ``resume``,
+    either file existing (a fresh run never overwrites; except the metadata of a run that finished no task and left
+    no results); with ``resume``, an ``out`` whose metadata is missing or
+    unreadable (its settings cannot be checked, and a resume with other settings would mix two experiments under
+    one label). The caller compares the settings.
+    """
+    out, metadata = Path(out), Path(metadata)
+    if out.resolve() == metadata.resolve():
+        raise RunnerError(f"the metadata file would be the output itself ({out}): choose another --metadata")
+    if not resume:
+        if out.exists():
+            raise RunnerError(f"{out} exists; pass --resume to continue that run, or choose another --out")
+        if metadata.exists() and not _never_ran(metadata):
+            raise RunnerError(f"{metadata} exists (the metadata of another run?); pass --resume to continue that "
+                              "run, or choose another --out or --metadata")
+        return None
+    if not metadata.exists():
+        if out.exists():
+            raise RunnerError(
+                f"{out} cannot be resumed: its metadata file {metadata} is missing, so the settings it was written "
+                "with cannot be checked (a resume with other settings would mix two experiments in one file). Name the "
+                "right file with --metadata, or start a new --out"
+            )
+        return None
+    try:
+        old = json.loads(metadata.read_text())
+    except (OSError, ValueError) as err:
+        raise RunnerError(f"cannot read the metadata {metadata} ({err}); it was left as it is") from None
+    if not (isinstance(old, dict) and isinstance(old.get("settings"), dict) and isinstance(old.get("sittings"), list)):
+        raise RunnerError(f"{metadata} holds no run settings: it is not the metadata of an experiment run")
+    return old
+
+
+def _never_ran(metadata: Path) -> bool:
+    """Whether ``metadata`` is the metadata of a run that stopped before it finished a task (e.g. its scheduler
+    could not be reached): with no results beside it, a fresh run may replace it."""
+    try:
+        old = json.loads(metadata.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and isinstance(old.get("settings"), dict) and old.get("tasks_done") == 0
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -406,6 +829,159 @@ def _environ(values: dict[str, str]):
                 os.environ[name] = value
 
 
+#: Memory a local Dask worker of these experiments takes at its peak (a tightness task's draws through LeNet, the
+#: context, the interpreter and torch), measured at about 820 MB: ``--workers`` is capped by the machine's memory.
+WORKER_MEMORY_BYTES = 820 * 2**20
+#: The longest ``connect_timeout`` accepted (one day): a wait longer than that is a mistake, not a plan.
+MAX_CONNECT_TIMEOUT = 86_400.0
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory, or the cgroup's limit where that is lower (a container, a Slurm job); ``None`` if unknown."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    sizes = [s for s in sizes if s > 0]
+    return min(sizes) if sizes else None
+
+
+def max_workers() -> int:
+    """The most local Dask workers this machine's memory holds (:data:`WORKER_MEMORY_BYTES` each; at least 1)."""
+    memory = _memory_bytes()
+    return 2**31 if memory is None else max(1, memory // WORKER_MEMORY_BYTES)
+
+
+def _too_many_workers(workers: int) -> str | None:
+    cap = max_workers()
+    if workers <= cap:
+        return None
+    memory = _memory_bytes() or 0
+    return (f"{workers} workers need about {workers * WORKER_MEMORY_BYTES / 2**30:.1f} GiB "
+            f"({WORKER_MEMORY_BYTES // 2**20} MB each) but this machine has {memory / 2**30:.1f} GiB: "
+            f"use at most {cap}")
+
+
+def _check_timeout(connect_timeout) -> float:
+    if (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float))
+            or not math.isfinite(connect_timeout) or not 0 < connect_timeout <= MAX_CONNECT_TIMEOUT):
+        raise ValueError(f"connect_timeout must be a number of seconds > 0 and <= {MAX_CONNECT_TIMEOUT:g}, "
+                         f"got {connect_timeout!r}")
+    return float(connect_timeout)
+
+
+def _with_deadline(fn, seconds: float, what: str):
+    """``fn()`` on a daemon thread, or ``TimeoutError`` if it has not returned after ``seconds`` (wall clock).
+
+    For calls that can block forever (a Dask client waiting for a handshake that never comes). A result that
+    arrives after the deadline is closed (if it has ``close``), so an abandoned client does not linger.
+    """
+    box: dict = {}
+    abandoned = threading.Event()
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+        if abandoned.is_set() and hasattr(box.get("value"), "close"):
+            with contextlib.suppress(Exception):
+                box["value"].close()
+
+    thread = threading.Thread(target=target, name=f"netmoments: {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        abandoned.set()
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _split_address(address: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of ``[scheme://]host:port`` (the scheme defaults to ``tcp``); ``ValueError`` else."""
+    scheme, _, rest = str(address).rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a scheduler address looks like tcp://HOST:PORT (port 1-65535), got {address!r}")
+    return (scheme or "tcp").lower(), host.strip("[]"), int(port)
+
+
+def _recv_exactly(sock, count: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            part = sock.recv(count - len(data))
+        except TimeoutError:
+            break
+        if not part:
+            break
+        data += part
+    return data
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Fail (:class:`RunnerError`) unless what listens at the ``tcp://`` ``address`` greets like a Dask scheduler
+    within ``timeout`` seconds of wall clock.
+
+    A Dask scheduler sends its handshake first, unasked: an 8-byte little-endian length, then that many bytes. A
+    listener that accepts and never answers (or an HTTP server, which waits for a request) would make the Dask
+    client wait forever, and one that answers something else makes it allocate whatever length its first bytes
+    spell (exbibytes, for ``HTTP/1.1``). A refused connection is retried until the deadline (a scheduler that is
+    starting up).
+    """
+    import socket
+    import struct
+
+    _, host, port = _split_address(address)
+    deadline = time.monotonic() + timeout
+    hint = "is it running, and is the address tcp://HOST:PORT?"
+    delay = 0.05
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            sock = socket.create_connection((host, port), timeout=max(left, 0.001))
+            break
+        except ConnectionRefusedError as err:
+            if left <= delay:
+                raise RunnerError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+                                  f"(ConnectionRefusedError: {err}); {hint}") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
+        except (OSError, UnicodeError) as err:  # timeouts, unknown hosts, unreachable networks
+            raise RunnerError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
+                              f"({type(err).__name__}: {err}); {hint}") from None
+    with sock:
+        head = _recv_exactly(sock, 8, deadline)
+        if not head:
+            silent = time.monotonic() < deadline
+            raise RunnerError(
+                f"cannot reach the Dask scheduler at {address!r}: something there accepted the connection but "
+                + ("closed it without a word" if silent else f"sent nothing within {timeout:g} s")
+                + f" (a Dask scheduler greets at once); {hint}"
+            )
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if not 0 < size <= 2**20:
+            raise RunnerError(f"cannot use {address!r}: what answers there is not a Dask scheduler "
+                              f"(it began with {head[:8]!r}); {hint}")
+        if len(_recv_exactly(sock, size, deadline)) < size:
+            raise RunnerError(f"cannot reach the Dask scheduler at {address!r}: its greeting did not arrive in full "
+                              f"within {timeout:g} s; {hint}")
+
+
 @contextlib.contextmanager
 def _dask_client(workers: int, scheduler: str | None, connect_timeout: float):
     try:
@@ -415,9 +991,14 @@ def _dask_client(workers: int, scheduler: str | None, connect_timeout: float):
     import logging
 
     if scheduler is not None:
+        connect_timeout = _check_timeout(connect_timeout)
+        if _split_address(scheduler)[0] == "tcp":
+            _probe_scheduler(scheduler, connect_timeout)
         try:
-            client = distributed.Client(scheduler, timeout=connect_timeout)
-        except (OSError, TimeoutError, ValueError) as err:
+            # Dask's own timeout does not cover the whole handshake: a wall-clock deadline around it
+            client = _with_deadline(lambda: distributed.Client(scheduler, timeout=connect_timeout),
+                                    connect_timeout + 5.0, "connecting to the Dask scheduler")
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, the run cannot start
             raise RunnerError(
                 f"cannot reach the Dask scheduler at {scheduler!r} within {connect_timeout:g} s "
                 f"({type(err).__name__}: {err}); is it running, and is the address tcp://HOST:PORT?"
@@ -480,15 +1061,16 @@ def run_tasks(
             task must have the same keys (not ``task`` / ``task_rows``). It must be picklable (a module-level
             function or a ``functools.partial`` of one) to run on workers, and should seed all its randomness
             from the key (:func:`seed_from_key`).
-        out: ``.csv`` or ``.jsonl`` path.
         context: one read-only object every task receives (a model, a dataset); sent to each worker once.
-        resume: skip the tasks complete in an existing ``out`` (a torn tail is dropped first); without it an
-            existing ``out`` is an error.
-        workers: ``0`` = run in this process; ``N >= 1`` = a local Dask cluster of ``N`` processes.
+        out: ``.csv`` or ``.jsonl`` path (``.gz`` after either: gzipped); locked for the run (:func:`output_lock`).
+        resume: skip the tasks complete in an existing ``out`` (a torn tail is dropped first; a damaged file is
+            refused, see :func:`scan_file`); without it an existing ``out`` is an error.
+        workers: ``0`` = run in this process; ``N >= 1`` = a local Dask cluster of ``N`` processes (at most
+            :func:`max_workers`).
         scheduler: address of a running Dask scheduler (``tcp://host:port``); excludes ``workers``.
         threads: torch threads per task (the same everywhere, so rows do not depend on where a task ran).
         retries: how many times a task whose worker died is run again before the run fails.
-        connect_timeout: seconds to wait for ``scheduler``.
+        connect_timeout: seconds to wait for ``scheduler`` (finite, positive: a wall-clock deadline).
         progress: a tqdm bar over the tasks.
         checkpoint: called with the running :class:`RunSummary` at most every ``checkpoint_s`` seconds, at the
             end and when the run is interrupted (e.g. to rewrite a metadata file).
@@ -499,7 +1081,8 @@ def run_tasks(
 
     Returns:
         :class:`RunSummary`. Raises :class:`RunnerError` when a task fails (rows of finished tasks are kept,
-        so the run can be resumed) or the cluster cannot be reached.
+        so the run can be resumed), the cluster cannot be reached, ``out`` is damaged or cannot be written, and
+        :class:`OutputInUse` when another run holds ``out``.
     """
     start_wall = time.perf_counter()
     out = Path(out)
@@ -516,18 +1099,34 @@ def run_tasks(
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if workers and scheduler is None and _too_many_workers(workers):
+        raise ValueError(_too_many_workers(workers))
+    if scheduler is not None:
+        _split_address(scheduler)
+        _check_timeout(connect_timeout)
+    with output_lock(out):
+        return _run_locked(tasks, ids, fn, out, fmt, start_wall, context=context, resume=resume, workers=workers,
+                           scheduler=scheduler, threads=threads, retries=retries, connect_timeout=connect_timeout,
+                           progress=progress, desc=desc, checkpoint=checkpoint, checkpoint_s=checkpoint_s, stop=stop)
 
+
+def _run_locked(tasks, ids, fn, out: Path, fmt: str, start_wall: float, *, context, resume, workers, scheduler,
+                threads, retries, connect_timeout, progress, desc, checkpoint, checkpoint_s, stop) -> RunSummary:
+    """:func:`run_tasks` once the output is locked."""
     fields = None
     done: set[str] = set()
     if out.exists():
         if not resume:
             raise RunnerError(f"{out} exists; pass resume=True (--resume) to continue it, or choose another --out")
-        header, rows, sound, damaged = _scan(out, fmt)
-        if header is not None:
-            fields = header
+        check_writable(out)
+        scan = scan_file(out)
+        _refuse_damage(out, scan, "resuming")
+        rows = scan.rows
+        if scan.header is not None:
+            fields = scan.header
         elif rows:
             fields = list(rows[0])
-        if damaged:  # rewrite without the torn line / incomplete tasks, before appending anything
+        if scan.torn_tail:  # rewrite without the torn line / incomplete task, before appending anything
             _atomic_write(out, (_header_bytes(fields, fmt) if fields else b"") + (_encode(rows, fields, fmt) if rows else b""))
         done = {r["task"] for r in rows}
         unknown = done - set(ids)
@@ -537,7 +1136,7 @@ def run_tasks(
                 "it was written by a run with other settings"
             )
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
     pending = [(i, t) for i, (t, k) in enumerate(zip(tasks, ids)) if k not in done]
     summary = RunSummary(
         n_tasks=len(tasks), n_skipped=len(tasks) - len(pending), workers=scheduler or workers, out=str(out)
@@ -596,8 +1195,18 @@ def run_tasks(
             bar.close()
         summary.wall_s = time.perf_counter() - start_wall
     if summary.n_skipped + summary.n_run == len(tasks):
-        # Put the file in task-list order so it does not depend on the completion order.
-        _, rows, _, _ = _scan(out, fmt)
+        # Put the file in task-list order so it does not depend on the completion order; but first check that
+        # every task is there, once (the count of tasks run says nothing about what is in the file).
+        scan = scan_file(out) if out.exists() else FileScan(header=None, rows=[], size=0)
+        missing = [k for k in ids if k not in set(scan.tasks)]
+        if scan.damage or missing:
+            raise RunnerError(
+                f"{out} should now hold all {len(ids)} tasks, but "
+                + (f"it is damaged: {scan.damage}" if scan.damage
+                   else f"{len(missing)} are missing (e.g. {missing[0]})")
+                + "; it was left as it is (did something else write to it?)"
+            )
+        rows = scan.rows
         order = {k: n for n, k in enumerate(ids)}
         rows.sort(key=lambda r: order[r["task"]])  # stable: a task's rows keep their order
         fields = appender.fields or (list(rows[0]) if rows else None)
@@ -688,12 +1297,37 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2^32 - 1, got {value}")
+    return value
+
+
 def _scheduler_address(text: str) -> str:
-    rest = text.split("://", 1)[1] if "://" in text else text
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an address like tcp://HOST:PORT, got {text!r}")
+    try:
+        scheme, _, _ = _split_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an address like tcp://HOST:PORT, got {text!r}") from None
+    if scheme not in ("tcp", "tls"):
+        raise argparse.ArgumentTypeError(f"expected a tcp:// (or tls://) address, got {text!r}")
     return text
+
+
+def _worker_count(text: str) -> int:
+    value = _non_negative_int(text)
+    problem = _too_many_workers(value) if value else None
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        return _check_timeout(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and <= {MAX_CONNECT_TIMEOUT:g}, got {text!r}") from None
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -708,14 +1342,15 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     or be added by the caller)."""
     group = parser.add_argument_group("running (see netmoments.experiments.runner)")
     where = group.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_non_negative_int, default=0,
+    where.add_argument("--workers", type=_worker_count, default=0,
                        help="local Dask worker processes (one torch thread each); 0 runs in this process")  # fmt: skip
     where.add_argument("--scheduler", type=_scheduler_address, default=None, metavar="ADDRESS",
                        help="join a running Dask cluster at tcp://HOST:PORT (e.g. dask-jobqueue on Slurm)")  # fmt: skip
     group.add_argument("--resume", action="store_true", help="skip the tasks already complete in --out")
     group.add_argument("--threads", type=_positive_int, default=1, help="torch threads per task")
     group.add_argument("--retries", type=_non_negative_int, default=2, help="re-runs of a task whose worker died")
-    group.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for --scheduler")
+    group.add_argument("--connect-timeout", type=_timeout, default=5.0,
+                       help="seconds to wait for --scheduler (a wall-clock deadline)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

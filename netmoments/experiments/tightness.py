@@ -67,8 +67,9 @@ from ..gaussian import random_spd
 from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
-    RunnerError, _atomic_write, _positive_int, add_runner_arguments, command_line, read_rows, run_tasks, runner_kwargs,
-    seed_from_key,
+    RunnerError, _atomic_write, _positive_int, _seed, add_runner_arguments, check_writable, command_line, output_in_use,
+    output_lock, read_rows, resume_metadata, run_tasks, runner_kwargs, scan_file, seed_from_key, stop_on_sigterm,
+    task_id,
 )
 
 __all__ = [
@@ -632,10 +633,12 @@ def run_tightness(
 ) -> dict:
     """Run (or resume) the protocol over ``n_images`` test digits x ``sigmas`` x ``covs`` into ``out`` (``.jsonl``).
 
-    Writes ``metadata_path`` (default: ``out`` with ``.json``) at every checkpoint and at the end: the command,
-    git commit, package versions, machine, configuration, the context's fingerprint and one entry per sitting
-    (start, end, wall time, tasks run, workers, per-task seconds). A resumed run must have the same
-    configuration and fingerprint as the run it continues.
+    Writes ``metadata_path`` (default: ``out`` with ``.json``, or without ``.gz`` first) before the first task,
+    at every checkpoint and at the end: the command, git commit, package versions, machine, configuration, the
+    context's fingerprint and one entry per sitting (start, end, wall time, tasks run, workers, per-task seconds).
+    Both files are locked for the run (:func:`netmoments.experiments.runner.output_lock`). A resumed run must have
+    the same configuration and fingerprint as the run it continues, and its metadata must be there
+    (:func:`netmoments.experiments.runner.resume_metadata`); a fresh run never overwrites either file.
 
     Args:
         runner_options: :func:`netmoments.experiments.runner.run_tasks` options (``resume``, ``workers``, ...).
@@ -654,16 +657,51 @@ def run_tightness(
     if not 1 <= n_images <= len(ctx.images):
         raise ValueError(f"n_images must be in 1..{len(ctx.images)}, got {n_images}")
     out = Path(out)
-    meta_path = Path(metadata_path) if metadata_path else out.with_suffix(".json")
-    settings = {"n_images": n_images, "sigmas": sigmas, "covs": list(covs), "config": _jsonable(asdict(config)),
-                "fingerprint": ctx.fingerprint(), "n_clusters": {str(k): v for k, v in ctx.n_clusters.items()}}  # fmt: skip
-    meta = {"settings": settings, "sittings": []}
-    if runner_options.get("resume") and meta_path.exists() and out.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("settings") != settings:
-            raise RunnerError(f"{out} was written with other settings than this run's ({meta_path}); "
-                              "use the same options, or another --out")  # fmt: skip
-        meta = old
+    meta_path = Path(metadata_path) if metadata_path else _default_metadata(out)
+    with output_lock(out, meta_path):
+        settings = _settings(n_images, sigmas, covs, config, ctx)
+        meta = {"settings": settings, "sittings": []}
+        old = resume_metadata(out, meta_path, runner_options.get("resume", False))
+        if old is not None:
+            _check_settings(old, settings, out, meta_path)
+            meta = old
+        return _run_locked(out, meta_path, meta, n_images, sigmas, covs, ctx, command, runner_options)
+
+
+def _default_metadata(out: Path) -> Path:
+    """``out``'s metadata file: beside it, ``.json`` for ``.jsonl`` and ``.jsonl.gz``."""
+    stem = out.with_suffix("") if out.suffix == ".gz" else out
+    return stem.with_suffix(".json")
+
+
+def _settings(n_images, sigmas, covs, config: TightnessConfig, ctx: TightnessContext | None = None) -> dict:
+    """A run's settings as its metadata keeps them (without ``ctx``: only those known before the set-up)."""
+    settings = {"n_images": n_images, "sigmas": [float(s) for s in sigmas], "covs": list(covs),
+                "config": _jsonable(asdict(config))}  # fmt: skip
+    if ctx is not None:
+        settings["fingerprint"] = ctx.fingerprint()
+        settings["n_clusters"] = {str(k): v for k, v in ctx.n_clusters.items()}
+    return settings
+
+
+def _check_settings(old: dict, settings: dict, out: Path, meta_path: Path) -> None:
+    """Refuse to continue ``out`` with settings other than those its metadata ``old`` records (only the keys in
+    ``settings`` are compared, so the check can run before the set-up, without the fingerprint)."""
+    recorded = old["settings"]
+    differ = []
+    for key in sorted(settings):
+        if recorded.get(key) == settings[key]:
+            continue
+        if isinstance(settings[key], dict) and isinstance(recorded.get(key), dict):  # e.g. config.seed
+            differ += [f"{key}.{k}" for k in sorted(settings[key]) if recorded[key].get(k) != settings[key][k]]
+        else:
+            differ.append(key)
+    if differ:
+        raise RunnerError(f"{out} was written with other settings than this run's ({', '.join(differ)} differ; see "
+                          f"{meta_path}); use the same options, or another --out")  # fmt: skip
+
+
+def _run_locked(out, meta_path, meta, n_images, sigmas, covs, ctx, command, runner_options) -> dict:
     tasks = task_list(n_images, sigmas, covs)
     sitting = {
         "command": command, "git_commit": _git_commit(), "versions": _versions(), "machine": _machine(),
@@ -671,6 +709,18 @@ def run_tightness(
         "runner": {k: v for k, v in runner_options.items() if k not in ("progress", "stop")},
     }  # fmt: skip
     meta["sittings"].append(sitting)
+
+    def totals():
+        meta["tasks_done"] = len(_task_ids(out))
+        meta["n_tasks"] = len(tasks)
+        meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
+        runs = sum(s.get("n_run", 0) for s in meta["sittings"])
+        for name in ("task_seconds", "task_cpu_seconds"):
+            total = sum(s.get(f"{name}_total", 0.0) for s in meta["sittings"] if s.get("n_run"))
+            meta[f"{name}_mean"] = round(total / runs, 3) if runs else None
+
+    totals()
+    _write_json(meta_path, meta)  # before the first task: whenever the run stops, a resume can check its settings
 
     def checkpoint(summary):
         sitting.update(summary.as_dict())
@@ -685,13 +735,7 @@ def run_tightness(
         sitting["cost_by_cov"] = by_cov
         sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         sitting["load_average_at_end"] = _load_average()
-        meta["tasks_done"] = sum(1 for _ in _task_ids(out))
-        meta["n_tasks"] = len(tasks)
-        meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
-        runs = sum(s.get("n_run", 0) for s in meta["sittings"])
-        for name in ("task_seconds", "task_cpu_seconds"):
-            total = sum(s.get(f"{name}_total", 0.0) for s in meta["sittings"] if s.get("n_run"))
-            meta[f"{name}_mean"] = round(total / runs, 3) if runs else None
+        totals()
         _write_json(meta_path, meta)
 
     run_tasks(tasks, tightness_task, out, context=ctx, desc="tightness", checkpoint=checkpoint,
@@ -869,14 +913,24 @@ def cluster_table(rows, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
-def provenance(metadata: dict) -> str:
-    """A markdown header with the run's provenance (commands, commits, versions, machine, sittings, tasks done)."""
+def provenance(metadata: dict, rows=None) -> str:
+    """A markdown header with the run's provenance (commands, commits, versions, machine, sittings, tasks done).
+
+    With ``rows``, the tasks done are counted in the rows (the metadata's count is only as fresh as its last
+    checkpoint) and an incomplete run says so.
+    """
     s = metadata["settings"]
+    done, n_tasks, note = metadata.get("tasks_done"), metadata.get("n_tasks"), ""
+    if rows is not None:
+        n_tasks = _expected_tasks(s, n_tasks)
+        done = len({r["task"] for r in rows})
+        if done != n_tasks:
+            note = " (INCOMPLETE: the tables cover these tasks only)"
     lines = [
         "# Tightness of the closed forms on LeNet (NM20 Tables 2 and 3, decomposed)\n",
         f"- settings: {s['n_images']} test digits x σ {s['sigmas']} x covariances {s['covs']}; "
         f"{s['config']['mc_samples']} draws per task; fingerprint {s['fingerprint']}",
-        f"- tasks done: {metadata.get('tasks_done')} of {metadata.get('n_tasks')}; wall time over all sittings "
+        f"- tasks done: {done} of {n_tasks}{note}; wall time over all sittings "
         f"{metadata.get('wall_s_total')} s; mean seconds per task {metadata.get('task_seconds_mean')} wall, "
         f"{metadata.get('task_cpu_seconds_mean')} CPU",
     ]
@@ -959,10 +1013,18 @@ def write_per_image_csv(rows, path) -> int:
     return len(records)
 
 
+def _expected_tasks(settings: dict, default=None):
+    """How many tasks the settings of a run's metadata make (``default`` if they cannot say)."""
+    try:
+        return int(settings["n_images"]) * len(settings["sigmas"]) * len(settings["covs"])
+    except (KeyError, TypeError, ValueError):
+        return default
+
+
 def report_markdown(rows, metadata: dict | None = None) -> str:
     """The run's tables as markdown: :func:`provenance` (when ``metadata`` is given), Table 2 by covariance family
     (:func:`summary_table`) and Table 3 (:func:`cluster_table`, when the rows have cluster points)."""
-    parts = [provenance(metadata)] if metadata is not None else []
+    parts = [provenance(metadata, rows)] if metadata is not None else []
     parts.append("## Table 2: the closed forms against the real network, by covariance family\n\n" + summary_table(rows) + "\n")
     if any(r["k"] is not None for r in rows):
         parts.append("## Table 3: one linearization per cluster (dense noise)\n\n" + cluster_table(rows) + "\n")
@@ -1005,7 +1067,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="Table 3's k (default: NM20's k scaled to the pool of training digits)")  # fmt: skip
     parser.add_argument("--mc-samples", type=_positive_int, default=10_000, help="draws per task")
     parser.add_argument("--tie-samples", type=_positive_int, default=8, help="draws for the tie-aware linearization")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="base seed of every task (0 to 2^32 - 1)")
     parser.add_argument("--mnist", default=None, help="directory of the full MNIST idx files (default: shipped)")
     parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output, .jsonl or gzipped .jsonl.gz (one line per task x point)")
     parser.add_argument("--metadata", default=None, help="metadata JSON path (default: beside --out, .json)")
@@ -1030,78 +1092,142 @@ def _write_export_provenance(args, export, rows_path: Path, meta_path: Path, n_r
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the ``tightness`` subcommand from parsed arguments; returns the exit status."""
+    """Run the ``tightness`` subcommand from parsed arguments; returns the exit status (2: an error, said in one
+    ``error: ...`` line; 130: interrupted)."""
     out = Path(args.out)
-    stem = out.with_suffix("") if out.suffix == ".gz" else out
-    meta_path = Path(args.metadata) if args.metadata else stem.with_suffix(".json")
-    if args.report:
-        if not out.exists():
-            print(f"error: --report needs an existing --out; {out} does not exist", file=sys.stderr)
-            return 2
-        rows = read_rows(out)
-        text = report_markdown(rows, json.loads(meta_path.read_text()) if meta_path.exists() else None)
-        print(text)
-        if args.tables:
-            _atomic_write(Path(args.tables), text.encode())
-            _write_export_provenance(args, args.tables, out, meta_path, len(rows))
-            print(f"tables written to {args.tables}", file=sys.stderr)
-        if args.csv:
-            n = write_per_image_csv(rows, args.csv)
-            _write_export_provenance(args, args.csv, out, meta_path, len(rows))
-            print(f"{n} per-digit records written to {args.csv}", file=sys.stderr)
-        return 0
-    if args.tables or args.csv:
-        print("error: --tables and --csv go with --report (they export an existing --out)", file=sys.stderr)
-        return 2
-    if stem.suffix != ".jsonl":
-        print(f"error: --out must end in .jsonl or .jsonl.gz, got {out}", file=sys.stderr)
-        return 2
-    # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded. The
-    # exception stops set-up at once; the event stops the run after its next task even if the exception lands in a
-    # library callback that swallows it (Dask's garbage-collection callback did, and the run went on).
-    import signal
-    import threading
-
-    stop = threading.Event()
-
-    def _stop(signum, frame):
-        stop.set()
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, _stop)
+    meta_path = Path(args.metadata) if args.metadata else _default_metadata(out)
     try:
-        return _run_cli(args, out, meta_path, stop)
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        if args.report:
+            return _report(args, out, meta_path)
+        if args.tables or args.csv:
+            print("error: --tables and --csv go with --report (they export an existing --out)", file=sys.stderr)
+            return 2
+        if (out.with_suffix("") if out.suffix == ".gz" else out).suffix != ".jsonl":
+            print(f"error: --out must end in .jsonl or .jsonl.gz, got {out}", file=sys.stderr)
+            return 2
+        # A batch system (or `kill`) stops a run with SIGTERM: treat it like Ctrl-C, so the sitting is recorded.
+        with stop_on_sigterm() as stop:
+            return _run_cli(args, out, meta_path, stop)
+    except (RunnerError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _report(args, out: Path, meta_path: Path) -> int:
+    """``--report``: the tables of an existing ``--out`` (and ``--tables`` / ``--csv`` exports), with a warning
+    for whatever makes them partial: a run still writing, a torn tail, damage, missing tasks, no metadata."""
+    from ..provenance import sidecar_path
+
+    if not out.exists():
+        print(f"error: --report needs an existing --out; {out} does not exist", file=sys.stderr)
+        return 2
+    # An export must not overwrite what it is made from, nor another export (a sidecar included).
+    keep = {out.resolve(): "the results (--out)", meta_path.resolve(): "the metadata"}
+    for option, export in (("--tables", args.tables), ("--csv", args.csv)):
+        if not export:
+            continue
+        for target in (Path(export), sidecar_path(export)):
+            if target.resolve() in keep:
+                print(f"error: {option} {export} would overwrite {keep[target.resolve()]} ({target}); choose another "
+                      "file", file=sys.stderr)  # fmt: skip
+                return 2
+            keep[target.resolve()] = f"what {option} writes"
+    holder = output_in_use(out)
+    if holder:
+        _warn(f"{out} is being written by a run in progress (pid {holder}): the report covers the tasks done so far")
+    scan = scan_file(out)
+    rows = scan.rows
+    if scan.damage:
+        _warn(f"{out} is damaged: {scan.damage}. The tables cover the complete tasks that could be read; the file "
+              "was left as it is")  # fmt: skip
+    if scan.torn_tail:
+        _warn(f"{out} ends in {scan.torn_tail}, left out (a run stopped mid-write; --resume runs that task again)")
+    meta = None
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as err:
+            raise RunnerError(f"cannot read the metadata {meta_path} ({err})") from None
+        needed = ("n_images", "sigmas", "covs", "config", "fingerprint")
+        if not (isinstance(meta, dict) and isinstance(meta.get("settings"), dict)
+                and all(k in meta["settings"] for k in needed) and isinstance(meta.get("sittings"), list)):
+            raise RunnerError(f"{meta_path} is not the metadata of a tightness run (no {', '.join(needed)} settings)")
+    else:
+        _warn(f"no metadata at {meta_path}: the report has no provenance, and cannot tell whether the run is complete")
+    missing = {"image", "sigma", "cov", "point", "k", *ROW_LISTS} - set(rows[0]) if rows else set()
+    if missing:
+        raise RunnerError(f"{out} holds no tightness rows (no {', '.join(sorted(missing)[:3])} ...)")
+    done = len(scan.tasks)
+    if meta is not None:
+        s = meta["settings"]
+        try:
+            expected = {task_id(t) for t in task_list(int(s["n_images"]), s["sigmas"], s["covs"])}
+        except (KeyError, TypeError, ValueError):
+            expected = None
+        if expected is not None:
+            foreign = set(scan.tasks) - expected
+            if foreign:
+                _warn(f"{len(foreign)} task(s) in {out} are not in the settings of {meta_path} (e.g. "
+                      f"{sorted(foreign)[0]}): the metadata may belong to another run")
+            present = len(set(scan.tasks) & expected)
+            if present < len(expected):
+                _warn(f"{out} holds {present} of the {len(expected)} tasks of its run (counted in the rows): the "
+                      "run is incomplete, and the tables cover those tasks only; continue it with --resume")
+    if not rows:
+        _warn(f"{out} holds no complete task: the tables are empty")
+    text = report_markdown(rows, meta)
+    print(text)
+    if args.tables:
+        _atomic_write(Path(args.tables), text.encode())
+        _write_export_provenance(args, args.tables, out, meta_path, len(rows))
+        print(f"tables written to {args.tables}", file=sys.stderr)
+    if args.csv:
+        n = write_per_image_csv(rows, args.csv)
+        _write_export_provenance(args, args.csv, out, meta_path, len(rows))
+        print(f"{n} per-digit records written to {args.csv}", file=sys.stderr)
+    print(f"{done} complete task(s) read from {out}", file=sys.stderr)
+    return 0
 
 
 def _run_cli(args, out: Path, meta_path: Path, stop=None) -> int:
     try:
-        from ..data import load_mnist
+        # Lock first: a second run on these files stops here, at once, and a folder that cannot be written is found
+        # before minutes of set-up. The cheap checks of a resume come next, for the same reason.
+        with output_lock(out, meta_path):
+            old = resume_metadata(out, meta_path, args.resume)
+            check_writable(out)
+            check_writable(meta_path)
+            from ..data import load_mnist
 
-        images, labels = load_mnist("test", path=args.mnist)
-        pool, pool_labels = load_mnist("train", path=args.mnist)
-        if args.images > len(images):
-            print(f"error: --images {args.images} exceeds the {len(images)} test digits", file=sys.stderr)
-            return 2
-        clusters = tuple(args.clusters) if args.clusters else tuple(scaled_cluster_counts(len(pool)))
-        if "input" not in args.point:
-            print("error: --point must include 'input'", file=sys.stderr)
-            return 2
-        config = TightnessConfig(seed=args.seed, mc_samples=args.mc_samples, tie_samples=args.tie_samples,
-                                 points=tuple(args.point), clusters=clusters)  # fmt: skip
-        options = runner_kwargs(args)
-        if options["scheduler"] is not None:  # fail fast, before minutes of k-means
-            from .runner import _dask_client
+            images, labels = load_mnist("test", path=args.mnist)
+            pool, pool_labels = load_mnist("train", path=args.mnist)
+            if args.images > len(images):
+                print(f"error: --images {args.images} exceeds the {len(images)} test digits", file=sys.stderr)
+                return 2
+            clusters = tuple(args.clusters) if args.clusters else tuple(scaled_cluster_counts(len(pool)))
+            if "input" not in args.point:
+                print("error: --point must include 'input'", file=sys.stderr)
+                return 2
+            config = TightnessConfig(seed=args.seed, mc_samples=args.mc_samples, tie_samples=args.tie_samples,
+                                     points=tuple(args.point), clusters=clusters)  # fmt: skip
+            if old is not None:
+                _check_settings(old, _settings(args.images, args.sigma, args.cov, config), out, meta_path)
+            options = runner_kwargs(args)
+            if options["scheduler"] is not None:  # fail fast, before minutes of k-means
+                from .runner import _dask_client
 
-            with _dask_client(0, options["scheduler"], options["connect_timeout"]):
-                pass
-        ctx = build_context(config, images=images, labels=labels, pool=pool, pool_labels=pool_labels,
-                            n_images=args.images)  # fmt: skip
-        meta = run_tightness(out, n_images=args.images, sigmas=args.sigma, covs=args.cov, config=config,
-                             context=ctx, command=command_line(args),
-                             metadata_path=meta_path, stop=stop, **options)  # fmt: skip
-    except (RunnerError, ValueError, FileNotFoundError) as err:
+                with _dask_client(0, options["scheduler"], options["connect_timeout"]):
+                    pass
+            ctx = build_context(config, images=images, labels=labels, pool=pool, pool_labels=pool_labels,
+                                n_images=args.images)  # fmt: skip
+            meta = run_tightness(out, n_images=args.images, sigmas=args.sigma, covs=args.cov, config=config,
+                                 context=ctx, command=command_line(args),
+                                 metadata_path=meta_path, stop=stop, **options)  # fmt: skip
+    except (RunnerError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
