@@ -296,8 +296,9 @@ def main(args) -> int:
     stem = out.with_suffix("") if out.suffix == ".gz" else out
     meta_path = stem.with_suffix(".json")
     config = LayerwiseConfig()
+    # the thread count is a setting: a row's CPU time (its cost in draws) depends on it
     settings = {"config": config.fingerprint(), "images": args.images, "sigmas": args.sigmas, "covs": args.covs,
-                "methods": args.methods}  # fmt: skip
+                "methods": args.methods, "threads": args.threads}  # fmt: skip
     try:
         with output_lock(out, meta_path):
             old = resume_metadata(out, meta_path, args.resume)
