@@ -30,7 +30,7 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cpu = []
 for x, _, cov in inputs:
     start = time.process_time()
-    L._moments(method, ctx.model64, ctx.model, x, cov)
+    L.method_moments(method, ctx.model64, ctx.model, x, cov)
     cpu.append(time.process_time() - start)
 draw = min(L.forward_seconds_per_draw(ctx.mc_model, inputs[0][0], 1000, 3) for _ in range(2))
 print(json.dumps({"cpu": cpu, "draw": draw, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,

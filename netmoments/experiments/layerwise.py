@@ -32,6 +32,8 @@ __all__ = [
     "LayerwiseConfig",
     "task_list",
     "layerwise_task",
+    "method_moments",
+    "task_input",
     "forward_seconds_per_draw",
     "image_metrics",
     "equal_cost_mc_errors",
@@ -77,7 +79,7 @@ def forward_seconds_per_draw(mc_model, x: torch.Tensor, n_draws: int = 500, repe
     return best / n_draws
 
 
-def _moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor):
+def method_moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor):
     if method == "tsl":
         net = two_stage_linearize(model32, x.float()).to(torch.float64)
         flat = x.reshape(1, -1)
@@ -108,7 +110,7 @@ def layerwise_task(key, ctx) -> list[dict]:
     x, label, cov = task_input(ctx, image, sigma, cov_kind)
     with torch.no_grad():
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        mean, var = _moments(method, ctx.model64, ctx.model, x, cov)
+        mean, var = method_moments(method, ctx.model64, ctx.model, x, cov)
         cpu = time.process_time() - start_cpu
         wall = time.perf_counter() - start_wall
     per_draw = forward_seconds_per_draw(ctx.mc_model, x, cfg.draws_timed)
