@@ -15,6 +15,14 @@ with the tests:
 
 So what the student controls is what their functions return for the tests' inputs, nothing else.
 
+Two more rules, both applied in the worker while a graded cell calls the student's functions:
+
+* **one mistake costs one question**: the functions of earlier questions that the cell does not test itself are
+  replaced by the source's reference versions (:func:`_plan`), so a later function that calls a wrong earlier
+  one is graded on its own work;
+* **forbidden calls** (:data:`FORBIDDEN`, e.g. ``netmoments.relu_moments`` in A1) are recorded and fail the call.
+  The recording runs in the student's process, so it is a deterrent, not a guarantee.
+
 Command line (used by :func:`netmoments.course.grading.grade_submissions`, one process per notebook)::
 
     python -m netmoments.course.judge ASSIGNMENT NOTEBOOK OUT_JSON [--cell-timeout S] [--sandbox auto|bwrap|none]
