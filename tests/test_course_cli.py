@@ -147,3 +147,24 @@ def test_grade_all_with_a_roster_end_to_end(tmp_path):
     html = (out / "html" / "alice.html").read_text()
     assert "not implemented yet" in html
     assert "HIDDEN" not in html and "_nm.relu_moments" not in html and "_want_var" not in html
+
+
+def test_a_private_copy_of_the_sources_is_used_for_grading(tmp_path):
+    """NETMOMENTS_COURSE_SOURCE points release and grading at the instructor's own sources (private hidden
+    cases): here a copy whose extra hidden case no answer can pass, so the reference loses that question."""
+    nbformat = pytest.importorskip("nbformat")
+    private = tmp_path / "private"
+    (private / A1).mkdir(parents=True)
+    nb = nbformat.read(grading.source_notebook(A1), as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "test_relu_tails":
+            cell.source = cell.source.replace(
+                "### END HIDDEN TESTS",
+                'check.true("a private case", False, "PRIVATE CASE FAILED")\n### END HIDDEN TESTS')
+    nbformat.write(nb, private / A1 / f"{A1}.ipynb")
+    env = dict(__import__("os").environ, NETMOMENTS_COURSE_SOURCE=str(private))
+    done = subprocess.run([sys.executable, "-m", "netmoments.course", "grade", str(grading.source_notebook(A1)),
+                           "--timeout", "60"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "PRIVATE CASE FAILED" in done.stdout and "[FAIL] test_relu_tails" in done.stdout, done.stdout
+    assert "[ok  ] test_relu_regular" in done.stdout, done.stdout

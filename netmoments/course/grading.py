@@ -25,7 +25,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SOURCE_DIR = Path(__file__).resolve().parent / "source"
+PACKAGE_SOURCE_DIR = Path(__file__).resolve().parent / "source"
+# An instructor's private copy of the sources (own hidden cases): NETMOMENTS_COURSE_SOURCE=/path/to/source, a folder
+# laid out like this package's source/ (<assignment>/<assignment>.ipynb). Release and grading both use it.
+SOURCE_DIR = Path(os.environ["NETMOMENTS_COURSE_SOURCE"]).resolve() if os.environ.get("NETMOMENTS_COURSE_SOURCE") \
+    else PACKAGE_SOURCE_DIR
 ASSIGNMENTS = (
     "a1_relu_of_a_gaussian",
     "a2_cross_moment",

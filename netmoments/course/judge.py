@@ -110,8 +110,14 @@ def bwrap_command(workdir: str = "/tmp") -> list[str]:
         cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     for path in _readable_dirs():
         cmd += ["--ro-bind", path, path]
-    # The source notebooks hold the solutions and the hidden tests: an empty directory in their place.
-    cmd += ["--tmpfs", str(grading.SOURCE_DIR)]
+    # The source notebooks hold the solutions and the hidden tests: an empty directory in their place. A private
+    # copy (NETMOMENTS_COURSE_SOURCE) is hidden the same way when it lies inside a folder the sandbox shows;
+    # elsewhere the sandbox does not show it at all.
+    cmd += ["--tmpfs", str(grading.PACKAGE_SOURCE_DIR)]
+    private = grading.SOURCE_DIR
+    if private != grading.PACKAGE_SOURCE_DIR and private.is_dir() and any(
+            private.is_relative_to(Path(p)) for p in _readable_dirs()):
+        cmd += ["--tmpfs", str(private)]
     cmd += ["--chdir", workdir]
     return cmd
 
