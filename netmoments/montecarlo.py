@@ -53,6 +53,13 @@ class MonteCarloResult:
         return z_mean, z_var
 
 
+def _result(dtype, n, mean, var, mean_se, var_se, cov=None, cov_se=None) -> MonteCarloResult:
+    """The float64 accumulations as a :class:`MonteCarloResult` in the inputs' ``dtype``."""
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return MonteCarloResult(mean=cast(mean), var=cast(var), mean_se=cast(mean_se), var_se=cast(var_se), cov=cast(cov),
+                            cov_se=cast(cov_se), n_samples=n)  # fmt: skip
+
+
 class _StreamingControl:
     """Power sums of ``x = f - shift_f`` and ``y = g - shift_g`` for the control-variate estimators (float64)."""
 
@@ -108,16 +115,7 @@ class _StreamingControl:
             outer_y = m["y"].unsqueeze(-1) * m["y"].unsqueeze(-2)
             cov = exact_second.to(torch.float64) + (m["c"] - outer_x + outer_y) * n / (n - 1)
             cov_se = ((m["cc"] - m["c"] ** 2).clamp_min(0) / n).sqrt()
-            cov, cov_se = cov.to(dtype), cov_se.to(dtype)
-        return MonteCarloResult(
-            mean=mean.to(dtype),
-            var=var.to(dtype),
-            mean_se=mean_se.to(dtype),
-            var_se=var_se.to(dtype),
-            cov=cov,
-            cov_se=cov_se,
-            n_samples=n,
-        )
+        return _result(dtype, n, mean, var, mean_se, var_se, cov, cov_se)
 
 
 class _StreamingMoments:
@@ -163,16 +161,7 @@ class _StreamingMoments:
             # Var of the product of centred values, estimated about the shift; the mean correction is O(1/N).
             second = self.c2sq / n - (self.c2 / n) ** 2
             cov_se = (second.clamp_min(0) / n).sqrt()
-            cov, cov_se = cov.to(dtype), cov_se.to(dtype)
-        return MonteCarloResult(
-            mean=mean.to(dtype),
-            var=var.to(dtype),
-            mean_se=mean_se.to(dtype),
-            var_se=var_se.to(dtype),
-            cov=cov,
-            cov_se=cov_se,
-            n_samples=n,
-        )
+        return _result(dtype, n, mean, var, mean_se, var_se, cov, cov_se)
 
 
 def monte_carlo_moments(
