@@ -69,7 +69,7 @@ bench: setup
 # laid out as SUBMISSIONS/<student>/<assignment>.ipynb.
 SUBMISSIONS ?= submissions
 assignments: setup
-	$(PY) -m netmoments.course release _build/assignments
+	$(PY) -m netmoments.course release _build/assignments --force
 
 grade: setup
 	$(PY) -m netmoments.course grade-all $(SUBMISSIONS) --csv _build/grades.csv --jobs $(JOBS)
