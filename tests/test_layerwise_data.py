@@ -9,28 +9,32 @@ from netmoments.experiments import layerwise
 from netmoments.experiments.runner import read_rows, scan_file
 from netmoments.provenance import read_provenance
 
-RUN = Path(__file__).resolve().parents[1] / "book" / "data" / "layerwise_dense.jsonl.gz"
+DATA = Path(__file__).resolve().parents[1] / "book" / "data"
+RUN = DATA / "layerwise_dense.jsonl.gz"
+TSL_RUN = DATA / "layerwise_dense_tsl.jsonl.gz"
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return read_rows(RUN)
+    return read_rows(RUN) + read_rows(TSL_RUN)
 
 
-def test_the_run_is_complete_undamaged_and_described(rows):
-    scan = scan_file(RUN)
+@pytest.mark.parametrize("run", [RUN, TSL_RUN], ids=lambda p: p.name)
+def test_the_run_is_complete_undamaged_and_described(run):
+    rows = read_rows(run)
+    scan = scan_file(run)
     assert scan.damage is None and scan.torn_tail is None
-    meta = read_provenance(RUN)
+    meta = read_provenance(run)
     assert meta is not None and meta["command"].startswith("python -m netmoments.experiments layerwise")
     import json
 
-    settings = json.loads(RUN.with_suffix("").with_suffix(".json").read_text())["settings"]
+    settings = json.loads(run.with_suffix("").with_suffix(".json").read_text())["settings"]
     expected = layerwise.task_list(settings["images"], settings["sigmas"], settings["covs"], settings["methods"])
     assert len(rows) == len(expected)
     assert {(r["image"], r["sigma"], r["cov"], r["method"]) for r in rows} == set(expected)
 
 
-@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32"])
+@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl"])
 def test_a_slice_recomputes(rows, method):
     ctx = layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=2)
     for image in (0, 1):
@@ -39,6 +43,6 @@ def test_a_slice_recomputes(rows, method):
         with torch.no_grad():
             mean, var = layerwise.method_moments(method, ctx.model64, ctx.model, x, cov)
         # float64 closures agree to rounding on any CPU; the float32 one to float32 rounding of a long computation
-        rtol = 1e-4 if method == "lowrank32" else 1e-7
+        rtol = 1e-4 if method in ("lowrank32", "tsl") else 1e-7  # the TSL's Jacobian is float32 too
         np.testing.assert_allclose(var[0].double().numpy(), stored["var"], rtol=rtol)
         np.testing.assert_allclose(mean[0].double().numpy(), stored["mean"], rtol=rtol, atol=rtol)
