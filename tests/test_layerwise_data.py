@@ -12,14 +12,15 @@ from netmoments.provenance import read_provenance
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 RUN = DATA / "layerwise_dense.jsonl.gz"
 TSL_RUN = DATA / "layerwise_dense_tsl.jsonl.gz"
+REF_RUN = DATA / "layerwise_dense_ref.jsonl.gz"  # full and unscented, 10 digits at sigma = 0.05
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return read_rows(RUN) + read_rows(TSL_RUN)
+    return read_rows(RUN) + read_rows(TSL_RUN) + read_rows(REF_RUN)
 
 
-@pytest.mark.parametrize("run", [RUN, TSL_RUN], ids=lambda p: p.name)
+@pytest.mark.parametrize("run", [RUN, TSL_RUN, REF_RUN], ids=lambda p: p.name)
 def test_the_run_is_complete_undamaged_and_described(run):
     rows = read_rows(run)
     scan = scan_file(run)
@@ -34,7 +35,7 @@ def test_the_run_is_complete_undamaged_and_described(run):
     assert {(r["image"], r["sigma"], r["cov"], r["method"]) for r in rows} == set(expected)
 
 
-@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl"])
+@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl", "unscented"])
 def test_a_slice_recomputes(rows, method):
     ctx = layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=2)
     for image in (0, 1):
