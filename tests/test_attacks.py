@@ -331,7 +331,7 @@ def test_linf_pgd_fools_the_mlp_and_evaluation_agrees(mlp, mnist):
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_attack_writes_csv_json_npz(tmp_path):
+def test_cli_attack_writes_csv_json_npz(tmp_path, capsys):
     import json
 
     import numpy as np
@@ -348,9 +348,12 @@ def test_cli_attack_writes_csv_json_npz(tmp_path):
     assert len(rows) == 3 and rows[0].startswith("image,label,target")
     with np.load(tmp_path / "run.npz") as data:
         assert data["mean"].shape == (2, 1, 28, 28) and (data["target"] != data["labels"]).all()
-    with pytest.raises(ValueError, match="--target"):
+    # the parser refuses a bad target before anything runs: exit 2 with an error line naming the option
+    with pytest.raises(SystemExit) as stop:
         main(["attack", "--images", "1", "--steps", "1", "--target", "eleven", "--no-progress",
-              "--out", str(stem)])
+              "--out", str(stem), "--force"])
+    assert stop.value.code == 2
+    assert "--target" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------- bad input
