@@ -1,8 +1,9 @@
 """P14: the layer-by-layer closures on LeNet, per digit: CPU time against one forward pass, and peak memory.
 
-Each method runs in a fresh process (so its peak resident memory is its own), one torch thread, on the
-tightness run's dense covariance at sigma = 0.05 for a few test digits; the forward pass per draw is timed in the
-same processes, so every ratio ("draws at equal cost") comes from one run.
+Each method runs in a fresh process (so its peak resident memory is its own), one torch thread, with the
+experiment runner's malloc settings and one warm-up digit, on the tightness run's dense covariance at sigma = 0.05
+for a few test digits; the forward pass per draw is timed in the same processes, so every ratio ("draws at equal
+cost") comes from one run.
 
     python benchmarks/bench_layerwise.py [--digits 3]
 """
@@ -23,10 +24,13 @@ import json, resource, sys, time, torch
 torch.set_num_threads(1)
 torch.set_grad_enabled(False)
 from netmoments.experiments import layerwise as L
+from netmoments.experiments.runner import keep_freed_memory
+keep_freed_memory()  # as the experiment runs: freed buffers are reused, not faulted in again
 method, digits = sys.argv[1], [int(d) for d in sys.argv[2].split(",")]
 ctx = L.build_layerwise_context(L.LayerwiseConfig(), n_images=max(digits) + 1)
 inputs = [L.task_input(ctx, d, 0.05, "dense") for d in digits]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+L.method_moments(method, ctx.model64, ctx.model, *inputs[0][::2])  # warm-up: one-time set-up is not per digit
 cpu = []
 for x, _, cov in inputs:
     start = time.process_time()
