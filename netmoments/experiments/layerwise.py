@@ -9,7 +9,9 @@ rows (``point == "input"``): no new sampling is needed to score a closure.
 Methods: ``"diag"``, ``"lowrank"``, ``"full"`` (:func:`netmoments.propagate.moments` in float64),
 ``"lowrank32"`` (the same closure in float32), ``"unscented"`` (the sigma-point transform, 1,569 passes) and
 ``"tsl"`` (the two-stage linearization at the digit with its exact moments, as the tightness run computed them:
-timed here, since it is also the price of the control variate).
+timed here, since it is also the price of the control variate), and two samplers measured the same way: ``"mc"``
+(plain Monte Carlo, ``mc_draws`` draws, fresh seeds) and ``"cv"`` (``cv_draws`` draws with the TSL as a control
+variate).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ __all__ = [
     "summary_table",
 ]
 
-METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl")
+METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl", "mc", "cv")
 _TRUTH = Path(__file__).resolve().parents[2] / "book" / "data" / "tightness_scale.jsonl.gz"
 
 
@@ -53,6 +55,8 @@ class LayerwiseConfig:
     sparse_pixels: int = 60
     blur_std: float = BLUR_STD
     draws_timed: int = 500
+    mc_draws: int = 1000  # plain Monte Carlo ("mc"): about lowrank32's measured CPU time, sampling included
+    cv_draws: int = 500  # control-variate Monte Carlo ("cv"): about the same time, the TSL and g included
 
     def fingerprint(self) -> dict:
         return asdict(self)
@@ -79,11 +83,28 @@ def forward_seconds_per_draw(mc_model, x: torch.Tensor, n_draws: int = 500, repe
     return best / n_draws
 
 
-def method_moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor):
-    if method == "tsl":
-        net = two_stage_linearize(model32, x.float()).to(torch.float64)
-        flat = x.reshape(1, -1)
-        return prune_inactive_units(net, flat, cov).moments(flat, cov, method="exact", output="var")
+def method_moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Tensor, *, mc_model=None, draws: int = 0,
+                   generator: torch.Generator | None = None):  # fmt: skip
+    """The output mean and variance ``((1, 10), (1, 10))`` of one method on the digit ``x`` under ``cov``.
+
+    ``"mc"`` and ``"cv"`` sample: ``draws`` passes of ``mc_model`` (float32, as the truth was drawn) from
+    ``generator``; ``"cv"`` uses the TSL at the digit, with its exact moments, as a control variate.
+    """
+    from ..montecarlo import monte_carlo_moments
+
+    flat = x.reshape(1, -1)
+    if method in ("tsl", "cv"):
+        net = prune_inactive_units(two_stage_linearize(model32, x.float()).to(torch.float64), flat, cov)
+        if method == "tsl":
+            return net.moments(flat, cov, method="exact", output="var")
+    if method in ("mc", "cv"):
+        def f(points):
+            inputs = points.reshape(-1, 1, 28, 28).float().contiguous(memory_format=torch.channels_last)
+            return mc_model(inputs).to(torch.float64).reshape(*points.shape[:-1], -1)  # (N, 1, 10)
+
+        res = monte_carlo_moments(f, flat, cov, draws, batch_size=1000, generator=generator,
+                                  control=net if method == "cv" else None)  # fmt: skip
+        return res.mean, res.var
     if method == "unscented":
         return propagate.unscented(model64, x, cov, output="var")
     if method == "lowrank32":
@@ -110,7 +131,10 @@ def layerwise_task(key, ctx) -> list[dict]:
     x, label, cov = task_input(ctx, image, sigma, cov_kind)
     with torch.no_grad():
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        mean, var = method_moments(method, ctx.model64, ctx.model, x, cov)
+        draws = {"mc": cfg.mc_draws, "cv": cfg.cv_draws}.get(method, 0)
+        generator = torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov_kind, "layerwise", method))
+        mean, var = method_moments(method, ctx.model64, ctx.model, x, cov, mc_model=ctx.mc_model, draws=draws,
+                                   generator=generator)  # fmt: skip
         cpu = time.process_time() - start_cpu
         wall = time.perf_counter() - start_wall
     per_draw = forward_seconds_per_draw(ctx.mc_model, x, cfg.draws_timed)
