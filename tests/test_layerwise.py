@@ -99,3 +99,20 @@ def test_summary_table_puts_every_method_and_the_equal_cost_baselines_side_by_si
     assert lines[0]["var_err"][0] == pytest.approx(2 * 0.03 / 1.97)
     assert lines[0]["below"] == 1.0
     assert "| lowrank32 | 5 |" in layerwise.format_summary(lines)
+
+
+def test_the_samplers_are_seeded_from_their_key_and_apart_from_the_truth(ctx):
+    (mc,) = layerwise.layerwise_task((0, 0.05, "dense", "mc"), ctx)
+    (again,) = layerwise.layerwise_task((0, 0.05, "dense", "mc"), ctx)
+    assert mc["mean"] == again["mean"] and mc["var"] == again["var"]
+    (cv,) = layerwise.layerwise_task((0, 0.05, "dense", "cv"), ctx)
+    truth = _tightness_row(0, 0.05, "dense")
+    # both estimate the same moments as the 10^4-draw truth: within 6 combined standard errors of it
+    mc_var = np.asarray(truth["mc_var"])
+    for row, n in ((mc, ctx.layerwise.mc_draws), (cv, ctx.layerwise.cv_draws)):
+        se = np.sqrt(mc_var / n + mc_var / truth["mc_samples"])
+        assert (np.abs(np.asarray(row["mean"]) - truth["mc_mean"]) < 6 * se).all()
+    # the control variate's mean is closer to the truth than plain sampling would be with its draws, on average
+    assert np.median(np.abs(np.asarray(cv["mean"]) - truth["mc_mean"]) / np.sqrt(mc_var)) < 0.6745 * math.sqrt(
+        1 / ctx.layerwise.cv_draws + 1e-4
+    ) * 3
