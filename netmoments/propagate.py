@@ -58,6 +58,8 @@ def _check_model(model) -> nn.Sequential:
     for i, layer in enumerate(model):
         if not isinstance(layer, SUPPORTED_LAYERS):
             raise TypeError(f"model[{i}] is a {type(layer).__name__}; only piecewise-linear layers ({names}) are supported")
+        if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
+            raise TypeError(f"model[{i}] is a MaxPool2d with return_indices=True; its output is not a tensor")
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
             raise TypeError(f"model[{i}] is a Conv2d with padding_mode={layer.padding_mode!r}; only 'zeros' is supported")
     return model
@@ -190,7 +192,8 @@ def clark_max(mean: torch.Tensor, cov: torch.Tensor, mask: torch.Tensor | None =
         a_leads = gap >= 0
         lead_mean = torch.where(a_leads, run_mean, mu_b)
         lead_var = torch.where(a_leads, run_var, var_b)
-        behind = -gap.abs()
+        # -|gap| with the slope of the branch taken (abs has slope 0 at a tie, which would break the gradient)
+        behind = torch.where(a_leads, -gap, gap)
         excess_mean, excess_var = _relu_moments_std(behind, spread)
         positive = spread > 0
         spread_safe = torch.where(positive, spread, torch.ones_like(spread))
@@ -236,6 +239,15 @@ def _pool_windows(layer: nn.MaxPool2d, shape: tuple, device) -> tuple[torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------- the state
+
+
+def _check_dense_size(n: int, item_size: int, where: str) -> None:
+    need = n * n * item_size
+    if need > DENSE_LIMIT_BYTES:
+        raise ValueError(
+            f"closure='full' would form a dense {n} x {n} covariance at {where} ({need / 2**30:.1f} GiB per input); "
+            "use closure='lowrank'"
+        )
 
 
 @dataclass
@@ -294,13 +306,7 @@ class _State:
         self.resid = torch.zeros_like(self.resid)
 
     def densify(self, where: str) -> None:
-        n = self.mean.shape[-1]
-        need = n * n * self.mean.element_size()
-        if need > DENSE_LIMIT_BYTES:
-            raise ValueError(
-                f"closure='full' would form a dense {n} x {n} covariance at {where} ({need / 2**30:.1f} GiB per input); "
-                "use closure='lowrank', or put a MaxPool2d before this ReLU"
-            )
+        _check_dense_size(self.mean.shape[-1], self.mean.element_size(), where)
         self.dense = self.covariance()
         self.rows = self.resid = self.right = None
 
@@ -322,6 +328,8 @@ def _input_state(mean: torch.Tensor, cov, rank: int | None) -> _State:
         return _State(flat_mean, shape, (var.sqrt() * eye)[None], zeros)
     if cov.dim() == 2:
         cov = cov[None]  # one covariance for the whole batch: its rows are mapped once
+    if rank is not None and rank >= dim:
+        rank = None  # nothing to truncate: the exact (differentiable) factor
     if rank is not None:
         cov = cov.expand(batch, dim, dim)
     if rank is None:
@@ -349,9 +357,9 @@ def _affine_step(layer, state: _State) -> None:
     state.mean, state.shape = _affine(layer, state.mean, shape, bias=True)
     batch = state.mean.shape[0]
     if state.dense is not None:
-        n = state.dense.shape[-1]
+        n, m = state.dense.shape[-1], state.mean.shape[-1]
+        _check_dense_size(m, state.mean.element_size(), f"the output of {type(layer).__name__}")
         left, _ = _affine(layer, state.dense.reshape(batch * n, n), shape, bias=False)  # rows of Sigma A^T ...
-        m = left.shape[-1]
         left = left.reshape(batch, n, m).mT.reshape(batch * m, n)
         dense, _ = _affine(layer, left, shape, bias=False)
         dense = dense.reshape(batch, m, m)
@@ -380,7 +388,7 @@ def _conv_window_blocks(conv, a_sigma, in_shape, mid_shape, index, mask, block):
     kh, kw = conv.kernel_size
     sh, sw = conv.stride
     dh, dw = conv.dilation
-    ph, pw = conv.padding if not isinstance(conv.padding, str) else _same_padding(conv)
+    ph, pw = conv.padding  # numeric: string paddings take the unfused path
     hp, wp = height + 2 * ph, width + 2 * pw
     ci, ky, kx = torch.meshgrid(torch.arange(in_channels), torch.arange(kh), torch.arange(kw), indexing="ij")
     kernel_offsets = (ci * hp * wp + ky * dh * wp + kx * dw).reshape(-1).to(index.device)  # matches W[c].reshape(-1)
@@ -401,10 +409,6 @@ def _conv_window_blocks(conv, a_sigma, in_shape, mid_shape, index, mask, block):
         )  # (B, o, k rows, k members, K)
         out.append((patches * weight[window_channel[s : s + block]][None, :, None, None, :]).sum(-1))
     return torch.cat(out, dim=1)
-
-
-def _same_padding(conv):
-    raise TypeError("Conv2d with padding='same' or 'valid' given as a string is not supported; give the padding in pixels")
 
 
 def _conv_pool_dense_step(conv: nn.Conv2d, pool: nn.MaxPool2d, state: _State, block: int = 512) -> None:
@@ -541,7 +545,10 @@ def moments(
         closure: ``"diag"``, ``"lowrank"`` or ``"full"`` (see the module docstring).
         output: ``"cov"`` for ``(B, K, K)``, ``"var"`` for its ``(B, K)`` diagonal; ``K`` = the output's size.
         rank: ``"lowrank"`` only: keep the ``rank`` leading eigen-directions of ``cov`` as rows and the rest of each
-            input's variance as independent noise (default: every direction, the rank of ``cov``).
+            input's variance as independent noise (default: every direction, the rank of ``cov``). An isotropic
+            scalar ``cov`` has no leading directions and keeps none. The truncation goes through an eigen-
+            decomposition, whose derivative is undefined where eigenvalues tie (e.g. ``c * I``): gradients with
+            respect to ``cov`` are then not finite, and which of the tied directions are kept is arbitrary.
         method, terms: ``"full"`` only: the ReLU covariance formula of :func:`netmoments.relu_covariance`.
 
     Returns:
@@ -573,7 +580,8 @@ def moments(
             state.unfold_resid()
         where = f"model[{idx}] ({type(layer).__name__})"
         following = plan[pos + 1][1] if pos + 1 < len(plan) else None
-        if state.dense is not None and isinstance(layer, nn.Conv2d) and layer.groups == 1 and isinstance(following, nn.MaxPool2d):
+        fusable = isinstance(layer, nn.Conv2d) and layer.groups == 1 and not isinstance(layer.padding, str)
+        if state.dense is not None and fusable and isinstance(following, nn.MaxPool2d):
             _conv_pool_dense_step(layer, following, state)
             fused = True
         elif isinstance(layer, nn.ReLU):

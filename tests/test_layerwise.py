@@ -78,14 +78,14 @@ def test_task_list_rejects_unknown_methods():
 def test_control_variate_errors_follow_the_paired_spread():
     row = {"mc_samples": 10_000, "mc_var": [1.0], "mc_var_se": [0.014], "l_dmean_se": [0.002], "l_dvar_se": [0.003]}
     # 1,000 passes of budget, 100 of them for the linearization: 900 / 1.05 draws
-    var_err, zmu, n = layerwise.control_variate_errors(1000, 100, row)
+    var_err, zmu, n = layerwise.control_variate_errors(1000, 100, row, g_cost=0.05)
     assert n == int(900 / 1.05)
     n = 900 / 1.05
     mean_se = 0.002 * math.sqrt(10_000 / n)
     assert zmu == pytest.approx(0.6745 * math.sqrt(mean_se**2 + 1e-4))
     assert var_err == pytest.approx(math.sqrt(2 / math.pi) * math.sqrt((0.003 * math.sqrt(10_000 / n)) ** 2 + 0.014**2))
     # a budget that does not cover the linearization buys nothing
-    assert math.isnan(layerwise.control_variate_errors(50, 100, row)[0])
+    assert math.isnan(layerwise.control_variate_errors(50, 100, row, g_cost=0.05)[0])
 
 
 def test_summary_table_puts_every_method_and_the_equal_cost_baselines_side_by_side():

@@ -233,7 +233,8 @@ def test_a_small_cnn_against_monte_carlo(gen):
             out_mean, out_var = propagate.moments(exact_part, mean, cov, closure=closure, output="var")
             assert ((out_mean[0] - mc_mean).abs() / se_mean).max() < z
             assert ((out_var[0] - mc_var).abs() / se_var).max() < z
-        # the diagonal closure treats the correlated window entries as independent: a real, measurable error
+        # before its first nonlinearity the diagonal closure still holds the input's correlations, so on this
+        # network (one pool, nothing after it) it is exact too
         _, diag_var = propagate.moments(exact_part, mean, cov, closure="diag", output="var")
         _, low_var = propagate.moments(exact_part, mean, cov, closure="lowrank", output="var")
         torch.testing.assert_close(diag_var, low_var)  # diag keeps the input's correlations up to the first nonlinearity
@@ -383,3 +384,55 @@ def test_full_fuses_a_convolution_and_its_max_pool_without_changing_the_result(c
         a = propagate.moments(fused, mean, cov, closure="full")
         b = propagate.moments(plain, mean, cov, closure="full")
     torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_clark_max_gradient_at_an_exact_tie_is_the_derivative():
+    """Equal means are common (a blank background ties every unit of a window); the max is smooth there."""
+    cov = torch.tensor([[1.0, 0.2], [0.2, 0.5]], **f64)
+
+    def total(mean):
+        m, v, coef = propagate.clark_max(mean, cov)
+        return m + v + coef[0]
+
+    mean = torch.tensor([0.3, 0.3], **f64, requires_grad=True)
+    total(mean).backward()
+    h = 1e-6
+    for i in range(2):
+        step = torch.zeros(2, **f64)
+        step[i] = h
+        numeric = (total(mean.detach() + step) - total(mean.detach() - step)) / (2 * h)
+        assert abs(mean.grad[i].item() - numeric.item()) < 1e-6
+
+
+def test_string_padding_and_wide_layers_under_full(gen, monkeypatch):
+    numeric = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=0), nn.MaxPool2d(2),
+                            nn.Flatten()).double().eval()  # fmt: skip
+    with torch.no_grad():
+        for p in numeric.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, **f64))
+    valid = nn.Sequential(*numeric[:2], nn.Conv2d(2, 2, 3, padding="valid"), *numeric[3:]).double().eval()
+    with torch.no_grad():
+        valid[2].weight.copy_(numeric[2].weight)
+        valid[2].bias.copy_(numeric[2].bias)
+    mean = torch.randn(1, 1, 6, 6, generator=gen, **f64)
+    with torch.no_grad():
+        torch.testing.assert_close(propagate.moments(valid, mean, 0.05, closure="full"),
+                                   propagate.moments(numeric, mean, 0.05, closure="full"), rtol=1e-11, atol=1e-13)
+    with pytest.raises(TypeError, match=r"model\[0\] is a MaxPool2d with return_indices"):
+        propagate.moments(nn.Sequential(nn.MaxPool2d(2, return_indices=True)).eval(), mean, 0.05)
+    # a dense state widened by a layer past the limit is refused with the same clear message
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(36, 50), nn.ReLU(), nn.Linear(50, 60)).double().eval()
+    monkeypatch.setattr(propagate, "DENSE_LIMIT_BYTES", 60 * 60 * 8 - 1)
+    with pytest.raises(ValueError, match="dense 60 x 60 covariance at the output of Linear"):
+        propagate.moments(wide, mean, 0.05, closure="full")
+
+
+def test_a_rank_at_least_the_dimension_is_the_exact_factor(gen):
+    net, _ = _one_hidden_layer(gen)
+    mean = torch.randn(2, 5, generator=gen, **f64)
+    cov = (0.09 * torch.eye(5, **f64)).requires_grad_(True)  # tied eigenvalues: no eigen-derivative exists
+    out = propagate.moments(net, mean, cov, closure="lowrank", rank=5)
+    (out[0].sum() + out[1].sum()).backward()
+    assert torch.isfinite(cov.grad).all()
+    with torch.no_grad():
+        torch.testing.assert_close(out, propagate.moments(net, mean, cov, closure="lowrank"), rtol=0, atol=0)
