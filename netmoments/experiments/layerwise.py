@@ -306,9 +306,7 @@ def report(paths, truth_path) -> str:
 
 
 def main(args) -> int:
-    import json
     import sys
-    from pathlib import Path
 
     if args.report:
         try:
@@ -319,7 +317,7 @@ def main(args) -> int:
         return 0
 
     from ..provenance import run_metadata
-    from .runner import RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs
+    from .runner import RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs, write_json
 
     out = Path(args.out)
     stem = out.with_suffix("") if out.suffix == ".gz" else out
@@ -340,15 +338,13 @@ def main(args) -> int:
                 meta = old
             sitting = run_metadata(command_line(args))
             meta["sittings"].append(sitting)
-            meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True))
+            write_json(meta_path, meta)  # before the first task: a resume can always check the settings
             ctx = build_layerwise_context(config, n_images=max(args.images) + 1)
             tasks = task_list(args.images, args.sigmas, args.covs, args.methods)
 
             def checkpoint(summary):
                 sitting.update(summary.as_dict())
-                tmp = meta_path.with_name(meta_path.name + ".tmp")
-                tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-                tmp.replace(meta_path)
+                write_json(meta_path, meta)
 
             run_tasks(tasks, layerwise_task, out, context=ctx, desc="layerwise", checkpoint=checkpoint,
                       checkpoint_s=60.0, **runner_kwargs(args))  # fmt: skip

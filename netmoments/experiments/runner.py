@@ -491,6 +491,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path, data: dict) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (a temporary file, fsync, rename): a reader or a
+    killed run never sees half a metadata file."""
+    _atomic_write(Path(path), (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
 class _Appender:
     """Appends whole tasks to the output file (one ``write`` + ``fsync`` per task)."""
 

@@ -69,7 +69,7 @@ from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from .runner import (
     RunnerError, _atomic_write, _positive_int, _seed, add_runner_arguments, check_writable, command_line, output_in_use,
     output_lock, read_rows, resume_metadata, run_tasks, runner_kwargs, scan_file, seed_from_key, stop_on_sigterm,
-    task_id,
+    task_id, write_json,
 )
 
 __all__ = [
@@ -754,7 +754,7 @@ def _jsonable(value):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    write_json(path, data)
 
 
 # ---------------------------------------------------------------------------------------------- analysis
