@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._validation import check_compatible, check_covariance, check_finite, check_tensor
+from .gaussian import covariance_sqrt
 from .relu import _check_method, _relu_moments_std, _safe_sqrt, relu_covariance
 from .special import normal_cdf
 
@@ -596,21 +597,17 @@ def moments(
 
 
 def _sigma_point_factor(mean: torch.Tensor, cov) -> torch.Tensor:
-    """Rows ``(B, r, D)`` with ``rows^T rows = cov``: Cholesky, or the eigen-directions of a rank-``r`` matrix."""
+    """Rows ``(B, r, D)`` with ``rows^T rows = cov``: the columns of :func:`~netmoments.gaussian.covariance_sqrt`
+    that are not zero (a rank-``r`` covariance puts sigma points along its ``r`` directions only)."""
     batch, dim = mean.shape[0], math.prod(mean.shape[1:])
     if not isinstance(cov, torch.Tensor) or cov.dim() == 0:
         std = _safe_sqrt(torch.as_tensor(cov, dtype=mean.dtype, device=mean.device))
         return (std * torch.eye(dim, dtype=mean.dtype, device=mean.device)).expand(batch, dim, dim)
-    cov = cov.expand(batch, dim, dim)
-    chol, info = torch.linalg.cholesky_ex(cov)
-    if not bool((info != 0).any()):
-        return chol.mT
-    eigval, eigvec = torch.linalg.eigh(cov)
-    # eigenvalues below n eps times the largest are rounding noise, not directions to put sigma points along
-    floor = dim * torch.finfo(mean.dtype).eps * eigval[..., -1:].clamp_min(0)
-    eigval = torch.where(eigval > floor, eigval, torch.zeros_like(eigval))
-    keep = max(1, int((eigval > 0).sum(-1).max()))
-    return (eigvec[..., dim - keep :] * _safe_sqrt(eigval[..., dim - keep :]).unsqueeze(-2)).mT
+    factor = covariance_sqrt(cov.expand(batch, dim, dim))
+    used = (factor != 0).any(-2).any(0)
+    if not bool(used.any()):
+        used[0] = True  # zero covariance: one direction of zeros keeps the centre point and its weights defined
+    return factor[..., used].mT
 
 
 def unscented(
