@@ -13,14 +13,15 @@ DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 RUN = DATA / "layerwise_dense.jsonl.gz"
 TSL_RUN = DATA / "layerwise_dense_tsl.jsonl.gz"
 REF_RUN = DATA / "layerwise_dense_ref.jsonl.gz"  # full and unscented, 10 digits at sigma = 0.05
+MC_RUN = DATA / "layerwise_dense_mc.jsonl.gz"  # the samplers at about lowrank32's cost
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return read_rows(RUN) + read_rows(TSL_RUN) + read_rows(REF_RUN)
+    return read_rows(RUN) + read_rows(TSL_RUN) + read_rows(REF_RUN) + read_rows(MC_RUN)
 
 
-@pytest.mark.parametrize("run", [RUN, TSL_RUN, REF_RUN], ids=lambda p: p.name)
+@pytest.mark.parametrize("run", [RUN, TSL_RUN, REF_RUN, MC_RUN], ids=lambda p: p.name)
 def test_the_run_is_complete_undamaged_and_described(run):
     rows = read_rows(run)
     scan = scan_file(run)
@@ -35,15 +36,15 @@ def test_the_run_is_complete_undamaged_and_described(run):
     assert {(r["image"], r["sigma"], r["cov"], r["method"]) for r in rows} == set(expected)
 
 
-@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl", "unscented"])
+@pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl", "unscented", "mc", "cv"])
 def test_a_slice_recomputes(rows, method):
     ctx = layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=2)
     for image in (0, 1):
         (stored,) = [r for r in rows if r["image"] == image and r["sigma"] == 0.05 and r["method"] == method]
-        x, _, cov = layerwise.task_input(ctx, image, 0.05, "dense")
-        with torch.no_grad():
-            mean, var = layerwise.method_moments(method, ctx.model64, ctx.model, x, cov)
+        (row,) = layerwise.layerwise_task((image, 0.05, "dense", method), ctx)
+        mean, var = torch.tensor([row["mean"]]), torch.tensor([row["var"]])
         # float64 closures agree to rounding on any CPU; the float32 one to float32 rounding of a long computation
-        rtol = 1e-4 if method in ("lowrank32", "tsl") else 1e-7  # the TSL's Jacobian is float32 too
+        # the float32 computations (lowrank32, the TSL's Jacobian, the samplers' passes) to float32 rounding
+        rtol = 1e-7 if method in ("diag", "lowrank", "unscented") else 1e-4
         np.testing.assert_allclose(var[0].double().numpy(), stored["var"], rtol=rtol)
         np.testing.assert_allclose(mean[0].double().numpy(), stored["mean"], rtol=rtol, atol=rtol)
