@@ -31,6 +31,7 @@ from .affine import AffineReLUAffine
 
 __all__ = [
     "SUPPORTED_LAYERS",
+    "check_sequential",
     "relu_positions",
     "split_at_relu",
     "batched_jacobian",
@@ -46,7 +47,8 @@ __all__ = [
 SUPPORTED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Identity)
 
 
-def _check_sequential(model) -> nn.Sequential:
+def check_sequential(model) -> nn.Sequential:
+    """``model`` if it is an ``nn.Sequential`` of :data:`SUPPORTED_LAYERS`; else a ``TypeError`` naming the layer."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
     for i, layer in enumerate(model):
@@ -58,7 +60,7 @@ def _check_sequential(model) -> nn.Sequential:
 
 def relu_positions(model: nn.Sequential) -> list[int]:
     """Indices into ``model`` of its ``nn.ReLU`` layers, in order."""
-    _check_sequential(model)
+    check_sequential(model)
     return [i for i, layer in enumerate(model) if isinstance(layer, nn.ReLU)]
 
 
@@ -179,7 +181,7 @@ _CONSTANT_POINT = (
 
 
 def _prepare(model, point, input_shape, dtype, name: str = "point"):
-    model = _check_sequential(model)
+    model = check_sequential(model)
     if not isinstance(point, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(point).__name__}")
     if not point.is_floating_point():
@@ -954,7 +956,7 @@ def activation_pattern(model: nn.Sequential, x: torch.Tensor) -> list[torch.Tens
         One tensor per ReLU (``bool``, ``(B, ...)``: unit is on) and per max-pool (``int64`` argmax indices),
         in layer order. Two inputs lie in the same linear region exactly when all these agree.
     """
-    model = _check_sequential(model)
+    model = check_sequential(model)
     pattern = []
     for layer in model:
         if isinstance(layer, nn.MaxPool2d):
@@ -1077,7 +1079,7 @@ def maxpool_ties(model: nn.Sequential, x: torch.Tensor, rtol: float = 0.0) -> li
     Returns:
         ``[(tied windows, all windows)]`` per max-pool layer, in order.
     """
-    model = _check_sequential(model)
+    model = check_sequential(model)
     x = x if x.dim() == 4 else x.unsqueeze(0)
     out = []
     for layer in model:

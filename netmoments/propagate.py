@@ -35,13 +35,13 @@ from torch import nn
 
 from ._validation import check_compatible, check_covariance, check_finite, check_tensor
 from .gaussian import covariance_sqrt
+from .linearize import SUPPORTED_LAYERS, check_sequential
 from .relu import _check_method, _relu_moments_std, _safe_sqrt, relu_covariance
 from .special import normal_cdf
 
 __all__ = ["CLOSURES", "SUPPORTED_LAYERS", "moments", "unscented", "clark_max"]
 
 CLOSURES = ("diag", "lowrank", "full")
-SUPPORTED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Identity)
 _NONLINEAR = (nn.ReLU, nn.MaxPool2d)
 # The "full" closure refuses to form a dense covariance larger than this many bytes per batch element.
 DENSE_LIMIT_BYTES = 4 << 30
@@ -51,14 +51,10 @@ DENSE_LIMIT_BYTES = 4 << 30
 
 
 def _check_model(model) -> nn.Sequential:
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
+    check_sequential(model)  # the layers the linearizations accept, with the same messages
     if model.training:
         raise ValueError("model is in training mode; call model.eval() first (moments describe the deployed network)")
-    names = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
     for i, layer in enumerate(model):
-        if not isinstance(layer, SUPPORTED_LAYERS):
-            raise TypeError(f"model[{i}] is a {type(layer).__name__}; only piecewise-linear layers ({names}) are supported")
         if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
             raise TypeError(f"model[{i}] is a MaxPool2d with return_indices=True; its output is not a tensor")
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
