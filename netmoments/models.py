@@ -1,9 +1,11 @@
 """The book's piecewise-linear classifiers for MNIST, with shipped trained weights.
 
-``lenet()`` is the network of NM20's tightness experiments (spec section 6):
+``lenet()`` is the network of NM20's tightness experiments:
 conv(1->32, 5x5, pad 2) -> maxpool 2 -> ReLU -> conv(32->64, 5x5, pad 2) -> maxpool 2 -> ReLU -> flatten
 -> linear(3136->1024) -> ReLU -> linear(1024->10). ``mlp()`` is a one-hidden-layer network that *is* an
-Affine-ReLU-Affine map, so its moments need no linearization at all.
+Affine-ReLU-Affine map, so its moments need no linearization at all. ``deep_cnn()`` is a deeper network shaped
+like AlexNet (five 3x3 convolutions, three max-pools, three fully connected layers) for studying how the
+approximations behave with depth.
 
 Trained weights live in ``netmoments/weights/`` (stored as float16, loaded as float32). When a file is missing
 the network is retrained deterministically from a fixed seed on the 4,000 training digits of
@@ -21,8 +23,10 @@ from torch import nn
 __all__ = [
     "lenet",
     "mlp",
+    "deep_cnn",
     "load_lenet",
     "load_mlp",
+    "load_deep_cnn",
     "load_or_train",
     "train_classifier",
     "accuracy",
@@ -37,6 +41,7 @@ _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TRAINING_RECIPES = {
     "lenet": dict(epochs=15, batch_size=50, lr=1e-3, seed=0),
     "mlp": dict(epochs=30, batch_size=50, lr=1e-3, seed=0),
+    "deep_cnn": dict(epochs=20, batch_size=50, lr=1e-3, seed=0),
 }
 
 
@@ -63,11 +68,32 @@ def mlp(hidden: int = 256) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
-_ARCHITECTURES = {"lenet": lenet, "mlp": mlp}
+def deep_cnn() -> nn.Sequential:
+    """Untrained AlexNet-shaped network; input ``(B, 1, 28, 28)`` -> logits ``(B, 10)``.
+
+    Five 3x3 convolutions (padding 1; 16, 32, 32, 64, 64 channels), each followed by a ReLU, with 2x2 max-pools
+    after the first, third and fifth (28 -> 14 -> 7 -> 3), then linear(576->256) -> ReLU -> linear(256->128)
+    -> ReLU -> linear(128->10): 8 layers with weights against LeNet's 4.
+    """
+    def conv(c_in, c_out):
+        return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU()]
+
+    return nn.Sequential(
+        *conv(1, 16), nn.MaxPool2d(2),
+        *conv(16, 32), *conv(32, 32), nn.MaxPool2d(2),
+        *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 3 * 3, 256), nn.ReLU(),
+        nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+_ARCHITECTURES = {"lenet": lenet, "mlp": mlp, "deep_cnn": deep_cnn}
 
 
 def weights_path(name: str) -> Path:
-    """Path of the shipped weights of ``name`` ("lenet" or "mlp") inside the package."""
+    """Path of the shipped weights of ``name`` ("lenet", "mlp" or "deep_cnn") inside the package."""
     if name not in _ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(_ARCHITECTURES)}, got {name!r}")
     return _WEIGHTS_DIR / f"{name}_mnist5k.pt"
@@ -160,7 +186,7 @@ def _load_state(model: nn.Module, path: Path) -> dict:
 def load_or_train(
     name: str, *, retrain: bool = False, save_to: str | os.PathLike | None = None, progress: bool = False
 ) -> nn.Sequential:
-    """The trained network ``name`` ("lenet" or "mlp") in eval mode, float32, on the CPU.
+    """The trained network ``name`` ("lenet", "mlp" or "deep_cnn") in eval mode, float32, on the CPU.
 
     Loads the shipped weights; if they are missing (or ``retrain``), trains from ``TRAINING_RECIPES[name]`` on the
     training split and saves the result to ``save_to`` (default: the user cache directory; pass
@@ -174,8 +200,9 @@ def load_or_train(
     if not retrain:
         for path in candidates:
             if path.is_file():
-                torch.manual_seed(recipe["seed"])
-                model = _ARCHITECTURES[name]()
+                # the constructor's random init is overwritten at once; fork so loading leaves the global RNG alone
+                with torch.random.fork_rng(devices=[]):
+                    model = _ARCHITECTURES[name]()
                 metadata = _load_state(model, path)
                 model.test_accuracy = metadata.get("test_accuracy")
                 return model.eval()
@@ -184,8 +211,10 @@ def load_or_train(
 
     train_x, train_y = load_mnist("train")
     test_x, test_y = load_mnist("test")
-    torch.manual_seed(recipe["seed"])  # the initial weights are part of the recipe
-    model = train_classifier(_ARCHITECTURES[name](), train_x, train_y, progress=progress, **recipe)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["seed"])  # the initial weights are part of the recipe
+        model = _ARCHITECTURES[name]()
+    model = train_classifier(model, train_x, train_y, progress=progress, **recipe)
     float32_acc = accuracy(model, test_x, test_y)
     # Evaluate after the float16 round trip: that is what users of the stored file get.
     save_path = Path(save_to) if save_to is not None else candidates[1]
@@ -213,3 +242,8 @@ def load_lenet(**kwargs) -> nn.Sequential:
 def load_mlp(**kwargs) -> nn.Sequential:
     """Trained 784-256-10 ReLU network (see :func:`mlp`) in eval mode, float32."""
     return load_or_train("mlp", **kwargs)
+
+
+def load_deep_cnn(**kwargs) -> nn.Sequential:
+    """Trained AlexNet-shaped network (see :func:`deep_cnn`) in eval mode, float32."""
+    return load_or_train("deep_cnn", **kwargs)

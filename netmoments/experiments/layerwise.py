@@ -12,6 +12,11 @@ Methods: ``"diag"``, ``"lowrank"``, ``"full"`` (:func:`netmoments.propagate.mome
 timed here, since it is also the price of the control variate), and two samplers measured the same way: ``"mc"``
 (plain Monte Carlo, ``mc_draws`` draws, fresh seeds) and ``"cv"`` (``cv_draws`` draws with the TSL as a control
 variate).
+
+Other networks (``--model deep_cnn`` or ``mlp``; see :mod:`netmoments.models`) have no committed truth: the
+``"truth"`` method draws one (``--truth-draws``, 10^4 by default, seeded apart from every other method), and
+``--report --truth FILE`` scores against a file of such rows as it does against the tightness run's. The same
+method on LeNet with ``--truth-draws 100000`` gives a finer truth than the tightness run's.
 """
 from __future__ import annotations
 
@@ -43,7 +48,10 @@ __all__ = [
     "summary_table",
 ]
 
-METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl", "mc", "cv")
+METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl", "mc", "cv", "truth")
+MODELS = ("lenet", "deep_cnn", "mlp")
+# settings added after the first runs were committed, with the value those runs used
+_SETTING_DEFAULTS = {"model": "lenet", "truth_draws": 10_000}
 _TRUTH = Path(__file__).resolve().parents[2] / "book" / "data" / "tightness_scale.jsonl.gz"
 
 
@@ -67,6 +75,9 @@ def task_list(images, sigmas, covs, methods) -> list[tuple]:
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if "truth" in methods and len(set(methods)) > 1:
+        # its rows carry two more columns (var_se, n), and a truth is a file of its own for --report --truth
+        raise ValueError("the 'truth' method runs alone: write it to its own --out, then score with --truth FILE")
     return [(int(i), float(s), c, m) for i in images for c in covs for s in sigmas for m in methods]
 
 
@@ -88,7 +99,8 @@ def method_moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Te
     """The output mean and variance ``((1, 10), (1, 10))`` of one method on the digit ``x`` under ``cov``.
 
     ``"mc"`` and ``"cv"`` sample: ``draws`` passes of ``mc_model`` (float32, as the truth was drawn) from
-    ``generator``; ``"cv"`` uses the TSL at the digit, with its exact moments, as a control variate.
+    ``generator``; ``"cv"`` uses the TSL at the digit, with its exact moments, as a control variate. ``"truth"``
+    samples like ``"mc"`` and also returns the variance's standard error ``(1, 10)``.
     """
     from ..montecarlo import monte_carlo_moments
 
@@ -97,13 +109,15 @@ def method_moments(method: str, model64, model32, x: torch.Tensor, cov: torch.Te
         net = prune_inactive_units(two_stage_linearize(model32, x.float()).to(torch.float64), flat, cov)
         if method == "tsl":
             return net.moments(flat, cov, method="exact", output="var")
-    if method in ("mc", "cv"):
+    if method in ("mc", "cv", "truth"):
         def f(points):
             inputs = points.reshape(-1, 1, 28, 28).float().contiguous(memory_format=torch.channels_last)
             return mc_model(inputs).to(torch.float64).reshape(*points.shape[:-1], -1)  # (N, 1, 10)
 
         res = monte_carlo_moments(f, flat, cov, draws, batch_size=1000, generator=generator,
                                   control=net if method == "cv" else None)  # fmt: skip
+        if method == "truth":
+            return res.mean, res.var, res.var_se
         return res.mean, res.var
     if method == "unscented":
         return propagate.unscented(model64, x, cov, output="var")
@@ -131,29 +145,40 @@ def layerwise_task(key, ctx) -> list[dict]:
     x, label, cov = task_input(ctx, image, sigma, cov_kind)
     with torch.no_grad():
         start_wall, start_cpu = time.perf_counter(), time.process_time()
-        draws = {"mc": cfg.mc_draws, "cv": cfg.cv_draws}.get(method, 0)
+        draws = {"mc": cfg.mc_draws, "cv": cfg.cv_draws, "truth": ctx.truth_draws}.get(method, 0)
         generator = torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov_kind, "layerwise", method))
-        mean, var = method_moments(method, ctx.model64, ctx.model, x, cov, mc_model=ctx.mc_model, draws=draws,
-                                   generator=generator)  # fmt: skip
+        mean, var, *var_se = method_moments(method, ctx.model64, ctx.model, x, cov, mc_model=ctx.mc_model,
+                                            draws=draws, generator=generator)  # fmt: skip
         cpu = time.process_time() - start_cpu
         wall = time.perf_counter() - start_wall
     per_draw = forward_seconds_per_draw(ctx.mc_model, x, cfg.draws_timed)
+    extra = {"var_se": [float(f"{v:.6g}") for v in var_se[0].reshape(-1).tolist()], "n": draws} if var_se else {}
     return [
         {
             "image": int(image), "label": label, "sigma": float(sigma), "cov": cov_kind, "method": method,
             "mean": [float(f"{v:.9g}") for v in mean.reshape(-1).tolist()],
             "var": [float(f"{v:.9g}") for v in var.reshape(-1).tolist()],
             "cpu_s": round(cpu, 4), "wall_s": round(wall, 4), "draw_cpu_s": float(f"{per_draw:.4g}"),
-            "draws_equal_cost": int(cpu / per_draw),
+            "draws_equal_cost": int(cpu / per_draw), **extra,
         }
     ]  # fmt: skip
 
 
-def build_layerwise_context(config: LayerwiseConfig, n_images: int | None = None):
-    """The shipped LeNet (float32 ``model``, float64 ``model64``, channels-last ``mc_model``) and the test digits,
-    as the tightness run used them."""
-    ctx = build_context(TightnessConfig(points=("input",), seed=config.seed), n_images=n_images)
+def build_layerwise_context(config: LayerwiseConfig, n_images: int | None = None, model: str = "lenet",
+                            truth_draws: int = 10_000):  # fmt: skip
+    """The shipped network ``model`` (float32 ``model``, float64 ``model64``, channels-last ``mc_model``) and the
+    test digits, as the tightness run used them; ``truth_draws`` is what the ``"truth"`` method draws."""
+    from ..models import load_or_train
+
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if not (isinstance(truth_draws, int) and truth_draws >= 2):
+        raise ValueError(f"truth_draws must be an int >= 2, got {truth_draws!r}")
+    ctx = build_context(TightnessConfig(points=("input",), seed=config.seed), model=load_or_train(model),
+                        n_images=n_images)  # fmt: skip
     ctx.layerwise = config
+    ctx.model_name = model
+    ctx.truth_draws = truth_draws
     ctx.model64 = copy.deepcopy(ctx.model).double()
     return ctx
 
@@ -162,13 +187,18 @@ def build_layerwise_context(config: LayerwiseConfig, n_images: int | None = None
 
 
 def _truth(tightness_rows) -> dict:
-    """``(image, sigma, cov) -> (mc_mean, mc_var, mc_var_se, n)`` from the tightness rows at the digit itself."""
+    """``(image, sigma, cov) -> (mc_mean, mc_var, mc_var_se, n)`` from the tightness rows at the digit itself, or
+    from this experiment's own ``"truth"`` rows (other networks, finer truths)."""
     out = {}
     for r in tightness_rows:
         if r.get("point") == "input":
             out[(r["image"], r["sigma"], r["cov"])] = (
                 np.asarray(r["mc_mean"], float), np.asarray(r["mc_var"], float), np.asarray(r["mc_var_se"], float),
                 int(r["mc_samples"]),
+            )  # fmt: skip
+        elif r.get("method") == "truth":
+            out[(r["image"], r["sigma"], r["cov"])] = (
+                np.asarray(r["mean"], float), np.asarray(r["var"], float), np.asarray(r["var_se"], float), int(r["n"]),
             )  # fmt: skip
     return out
 
@@ -281,7 +311,11 @@ def register(subparsers):
                         help="print the summary tables of --out (and of --also files) instead of running")  # fmt: skip
     parser.add_argument("--also", action="append", default=[], metavar="FILE",
                         help="with --report: more result files to pool with --out (e.g. a run of other methods)")
-    parser.add_argument("--truth", default=str(_TRUTH), help="the tightness run's rows (the Monte Carlo truth)")
+    parser.add_argument("--truth", default=str(_TRUTH),
+                        help="with --report: the Monte Carlo truth, the tightness run's rows (default) or a file of "
+                             "this experiment's 'truth' rows")  # fmt: skip
+    parser.add_argument("--model", choices=MODELS, default="lenet", help="the shipped network (default: LeNet)")
+    parser.add_argument("--truth-draws", type=int, default=10_000, help="draws of the 'truth' method")
     add_runner_arguments(parser)
     parser.set_defaults(func=main)
     return parser
@@ -294,10 +328,12 @@ def report(paths, truth_path) -> str:
 
     from .runner import read_rows
 
-    rows = [r for path in paths for r in read_rows(path)]
+    rows = [r for path in paths for r in read_rows(path) if r["method"] != "truth"]
     images = {r["image"] for r in rows}
-    with gzip.open(truth_path, "rt") as f:
-        truth = [t for t in map(json.loads, f) if t.get("point") == "input" and t["image"] in images]
+    opener = gzip.open if str(truth_path).endswith(".gz") else open
+    with opener(truth_path, "rt") as f:
+        truth = [t for t in map(json.loads, f)
+                 if (t.get("point") == "input" or t.get("method") == "truth") and t["image"] in images]  # fmt: skip
     parts = []
     for cov in sorted({r["cov"] for r in rows}):
         for sigma in sorted({r["sigma"] for r in rows if r["cov"] == cov}):
@@ -325,13 +361,14 @@ def main(args) -> int:
     config = LayerwiseConfig()
     # the thread count is a setting: a row's CPU time (its cost in draws) depends on it
     settings = {"config": config.fingerprint(), "images": args.images, "sigmas": args.sigmas, "covs": args.covs,
-                "methods": args.methods, "threads": args.threads}  # fmt: skip
+                "methods": args.methods, "threads": args.threads, "model": args.model,
+                "truth_draws": args.truth_draws}  # fmt: skip
     try:
         with output_lock(out, meta_path):
             old = resume_metadata(out, meta_path, args.resume)
             meta = {"settings": settings, "sittings": []}
             if old is not None:
-                differ = sorted(k for k in settings if old["settings"].get(k) != settings[k])
+                differ = sorted(k for k in settings if old["settings"].get(k, _SETTING_DEFAULTS.get(k)) != settings[k])
                 if differ:
                     raise RunnerError(f"{out} was written with other settings ({', '.join(differ)} differ; see "
                                       f"{meta_path}); use the same options, or another --out")  # fmt: skip
@@ -339,7 +376,8 @@ def main(args) -> int:
             sitting = run_metadata(command_line(args))
             meta["sittings"].append(sitting)
             write_json(meta_path, meta)  # before the first task: a resume can always check the settings
-            ctx = build_layerwise_context(config, n_images=max(args.images) + 1)
+            ctx = build_layerwise_context(config, n_images=max(args.images) + 1, model=args.model,
+                                          truth_draws=args.truth_draws)  # fmt: skip
             tasks = task_list(args.images, args.sigmas, args.covs, args.methods)
 
             def checkpoint(summary):
