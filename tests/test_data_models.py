@@ -66,9 +66,34 @@ def test_lenet_architecture():
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("loader, minimum", [(models.load_lenet, 0.95), (models.load_mlp, 0.90)])
+def test_deep_cnn_architecture():
+    net = models.deep_cnn()
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(16, (3, 3), (1, 1)), (32, (3, 3), (1, 1)),
+                                                                          (32, (3, 3), (1, 1)), (64, (3, 3), (1, 1)),
+                                                                          (64, (3, 3), (1, 1))]  # fmt: skip
+    kinds = [type(m).__name__ for m in net]
+    # a ReLU after every conv and hidden linear layer; the pools after the 1st, 3rd and 5th conv
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU",
+                     "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]  # fmt: skip
+    linears = [(m.in_features, m.out_features) for m in net if isinstance(m, nn.Linear)]
+    assert linears == [(576, 256), (256, 128), (128, 10)]
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_loading_leaves_the_global_generator_alone():
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    models.load_lenet()
+    models.load_deep_cnn()
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("loader, minimum", [(models.load_lenet, 0.95), (models.load_mlp, 0.90),
+                                             (models.load_deep_cnn, 0.95)])  # fmt: skip
 def test_shipped_weights_are_accurate(splits, loader, minimum):
-    assert models.weights_path("lenet").is_file() and models.weights_path("mlp").is_file()
+    assert all(models.weights_path(name).is_file() for name in ("lenet", "mlp", "deep_cnn"))
     net = loader()
     assert not net.training
     assert all(p.dtype == torch.float32 for p in net.parameters())

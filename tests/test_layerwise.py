@@ -116,3 +116,31 @@ def test_the_samplers_are_seeded_from_their_key_and_apart_from_the_truth(ctx):
     assert np.median(np.abs(np.asarray(cv["mean"]) - truth["mc_mean"]) / np.sqrt(mc_var)) < 0.6745 * math.sqrt(
         1 / ctx.layerwise.cv_draws + 1e-4
     ) * 3
+
+
+def test_the_truth_method_runs_alone_and_reports_its_noise():
+    with pytest.raises(ValueError, match="truth"):
+        layerwise.task_list([0], [0.05], ["dense"], ["truth", "diag"])
+    ctx = layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=1, model="mlp", truth_draws=4000)
+    (row,) = layerwise.layerwise_task((0, 0.05, "dense", "truth"), ctx)
+    assert row["n"] == 4000 and len(row["var_se"]) == 10
+    # the one-hidden-layer network's exact moments ("full" is exact there) lie within z * SE of the sampled truth
+    (exact,) = layerwise.layerwise_task((0, 0.05, "dense", "full"), ctx)
+    var, se = np.asarray(row["var"]), np.asarray(row["var_se"])
+    assert np.all(np.abs(np.asarray(exact["var"]) - var) < 5 * se)
+    mean_se = np.sqrt(var / row["n"])
+    assert np.all(np.abs(np.asarray(exact["mean"]) - np.asarray(row["mean"])) < 5 * mean_se)
+    # and scoring against these rows reads them as a truth with their own noise
+    m = layerwise.image_metrics([exact], [row], 0.05, "dense", "full")
+    assert m["truth_n"].tolist() == [4000] and m["zmu"][0] < 0.1
+
+
+def test_other_networks_and_bad_settings():
+    with pytest.raises(ValueError, match="model"):
+        layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=1, model="resnet")
+    with pytest.raises(ValueError, match="truth_draws"):
+        layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=1, truth_draws=1)
+    ctx = layerwise.build_layerwise_context(layerwise.LayerwiseConfig(), n_images=1, model="deep_cnn")
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in ctx.model) == 5
+    (row,) = layerwise.layerwise_task((0, 0.05, "dense", "lowrank"), ctx)
+    assert np.all(np.isfinite(row["var"])) and min(row["var"]) > 0
