@@ -144,3 +144,28 @@ def test_other_networks_and_bad_settings():
     assert sum(isinstance(m, torch.nn.Conv2d) for m in ctx.model) == 5
     (row,) = layerwise.layerwise_task((0, 0.05, "dense", "lowrank"), ctx)
     assert np.all(np.isfinite(row["var"])) and min(row["var"]) > 0
+
+
+def test_cost_accuracy_places_points_and_curves_against_one_truth():
+    truth = [{"point": "input", "image": i, "sigma": 0.05, "cov": "dense", "mc_samples": 10_000, "mc_mean": [0.0],
+              "mc_var": [1.0], "mc_var_se": [0.014], "l_dmean_se": [0.002], "l_dvar_se": [0.003]} for i in range(5)]
+    rows = [{"image": i, "sigma": 0.05, "cov": "dense", "method": m, "mean": [0.01], "var": [0.97],
+             "cpu_s": 1.0, "draws_equal_cost": d} for i in range(5) for m, d in (("lowrank32", 2000), ("tsl", 500))]
+    budgets = [100, 1000, 10_000, 100_000]
+    data = layerwise.cost_accuracy(rows, truth, 0.05, budgets=budgets, tightness_rows=truth, g_cost=0.05)
+    assert set(data["points"]) == {"lowrank32", "tsl"} and data["n"] == 5
+    assert data["points"]["lowrank32"]["draws"] == 2000
+    assert data["points"]["lowrank32"]["var_err"][0] == pytest.approx(2 * 0.03 / 1.97)
+    mc = data["curves"]["Monte Carlo"]
+    expected = layerwise.equal_cost_mc_errors(budgets, [0.014] * 4, [10_000] * 4)
+    np.testing.assert_allclose(mc["var_err"], expected[0])
+    np.testing.assert_allclose(mc["zmu"], expected[1])
+    # every curve falls with the budget towards the truth's own noise, never below it
+    assert np.all(np.diff(mc["var_err"]) < 0) and mc["var_err"][-1] > data["floor"]["var_err"]
+    assert data["floor"]["zmu"] == pytest.approx(0.6745 * 0.01)
+    cv = data["curves"]["control variate"]
+    assert math.isnan(cv["zmu"][0])  # 100 passes do not pay for the 500-pass linearization
+    assert cv["zmu"][1] == pytest.approx(layerwise.control_variate_errors(1000, 500, truth[0], 0.05)[1])
+    assert np.all(cv["zmu"][1:] < mc["zmu"][1:])  # the paired spread 0.002 is far below the plain 0.01
+    with pytest.raises(ValueError, match="no rows"):
+        layerwise.cost_accuracy(rows, truth, 0.2)

@@ -46,6 +46,7 @@ __all__ = [
     "equal_cost_mc_errors",
     "control_variate_errors",
     "summary_table",
+    "cost_accuracy",
 ]
 
 METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl", "mc", "cv", "truth")
@@ -392,15 +393,16 @@ def main(args) -> int:
     return 0
 
 
-def control_variate_errors(budget_draws, tsl_draws, tightness_row, g_cost: float = 0.2):
+def control_variate_errors(budget_draws, tsl_draws, tightness_row, g_cost: float = 0.2, truth=None):
     """Expected errors of Monte Carlo with the linearized network as a control variate, at a total cost of
     ``budget_draws`` forward passes: the linearization and its exact moments cost ``tsl_draws`` of them, and each
     draw costs ``1 + g_cost`` passes (evaluating the pruned ``g`` measured about 0.12 of a LeNet pass, drawing the
     sample about 0.07). The spread of ``f - g`` comes from the tightness run's paired statistics (``l_dmean_se``,
     ``l_dvar_se``, at its ``mc_samples`` draws). The ``"cv"`` method measures the same estimator directly.
 
-    Returns ``(var_err, zmu, n_draws)``, scored against that run's truth like :func:`equal_cost_mc_errors`
-    (``nan`` when the budget does not cover the linearization).
+    Returns ``(var_err, zmu, n_draws)``, scored against that run's truth like :func:`equal_cost_mc_errors`, or
+    against ``truth = (var, var_se, n)`` (per logit; e.g. a finer truth of the same task) when given (``nan`` when
+    the budget does not cover the linearization).
     """
     r = tightness_row
     n_truth = float(r["mc_samples"])
@@ -412,6 +414,9 @@ def control_variate_errors(budget_draws, tsl_draws, tightness_row, g_cost: float
     var_se = np.asarray(r["l_dvar_se"], float) * math.sqrt(n_truth / n)
     truth_mean_se2 = mc_var / n_truth
     truth_var_se = np.asarray(r["mc_var_se"], float)
+    if truth is not None:
+        mc_var, truth_var_se, n_other = np.asarray(truth[0], float), np.asarray(truth[1], float), float(truth[2])
+        truth_mean_se2 = mc_var / n_other
     zmu = float(np.median(0.6745 * np.sqrt((mean_se**2 + truth_mean_se2) / mc_var)))
     var_err = float(np.mean(math.sqrt(2 / math.pi) * np.sqrt(var_se**2 + truth_var_se**2) / mc_var))
     return var_err, zmu, int(n)
@@ -469,3 +474,57 @@ def format_summary(lines, digits: int = 3) -> str:
         out.append(f"| {line['method']} | {line['n']} | {ci(line['var_err'])} | {ci(line['zmu'])} | {below} | "
                    f"{line['cpu_s']:.2f} | {line['draws']:,.0f} |")  # fmt: skip
     return "\n".join(out)
+
+
+def cost_accuracy(rows, truth_rows, sigma: float, cov: str = "dense", methods=METHODS, budgets=None,
+                  tightness_rows=None, g_cost: float = 0.2) -> dict:  # fmt: skip
+    """Everything the decision figure draws at ``(sigma, cov)``: each method as a point, sampling as curves.
+
+    Args:
+        rows: this experiment's rows (any methods); truth_rows: the truth (tightness rows or ``"truth"`` rows).
+        budgets: costs in forward passes at which to evaluate the sampling curves (default: 10 to 10^5).
+        tightness_rows: the tightness run's rows of the same tasks, for the control-variate curve (it needs their
+            paired spread of ``f - g``); none: no control-variate curve.
+
+    Returns:
+        ``{"points": {method: {"draws", "var_err", "zmu"}}, "curves": {name: {"draws", "var_err", "zmu"}},
+        "floor": {"var_err", "zmu"}, "n": digits}``: a point's ``draws`` is its median cost in forward passes,
+        ``var_err`` (mean over digits) and ``zmu`` (median over digits) are ``(estimate, low, high)`` 95 %
+        bootstrap intervals; a curve holds arrays over ``budgets`` (the same statistics of the expected errors);
+        ``floor`` is what a perfect method scores against this truth (its own noise).
+    """
+    from .tightness import bootstrap_ci
+
+    budgets = np.logspace(1, 5, 41) if budgets is None else np.asarray(budgets, float)
+    points, per_digit = {}, None
+    for method in methods:
+        m = image_metrics(rows, truth_rows, sigma, cov, method)
+        if not len(m["image"]):
+            continue
+        per_digit = m if per_digit is None else per_digit
+        points[method] = {"draws": float(np.median(m["draws"])), "var_err": bootstrap_ci(m["var_err"]),
+                          "zmu": bootstrap_ci(m["zmu"], np.median), "n": len(m["image"])}  # fmt: skip
+    if per_digit is None:
+        raise ValueError(f"no rows of the methods {tuple(methods)} at sigma={sigma}, cov={cov!r} have a truth")
+    rel_se, n_truth = per_digit["truth_var_rel_se"], per_digit["truth_n"]
+    curves = {"Monte Carlo": {"draws": budgets, "var_err": np.empty(len(budgets)), "zmu": np.empty(len(budgets))}}
+    for i, budget in enumerate(budgets):
+        var_err, zmu = equal_cost_mc_errors(np.full(len(rel_se), budget), rel_se, n_truth)
+        curves["Monte Carlo"]["var_err"][i], curves["Monte Carlo"]["zmu"][i] = np.mean(var_err), np.median(zmu)
+    floor_var, floor_zmu = equal_cost_mc_errors(np.full(len(rel_se), np.inf), rel_se, n_truth)
+    floor = {"var_err": float(np.mean(floor_var)), "zmu": float(np.median(floor_zmu))}
+    tsl = {r["image"]: r["draws_equal_cost"] for r in rows
+           if r["method"] == "tsl" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
+    if tightness_rows is not None and tsl:
+        paired = {r["image"]: r for r in tightness_rows
+                  if r.get("point") == "input" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
+        own = _truth(truth_rows)
+        images = [i for i in per_digit["image"] if i in tsl and i in paired]
+        var_err, zmu = np.full(len(budgets), np.nan), np.full(len(budgets), np.nan)
+        for b, budget in enumerate(budgets):
+            errors = [control_variate_errors(budget, tsl[i], paired[i], g_cost, truth=own[i, sigma, cov][1:])
+                      for i in images]  # fmt: skip
+            if errors and all(e[2] > 0 for e in errors):
+                var_err[b], zmu[b] = np.mean([e[0] for e in errors]), np.median([e[1] for e in errors])
+        curves["control variate"] = {"draws": budgets, "var_err": var_err, "zmu": zmu}
+    return {"points": points, "curves": curves, "floor": floor, "n": len(per_digit["image"])}
