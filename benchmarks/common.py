@@ -1,14 +1,13 @@
 """Shared timing and reporting helpers for the benchmark scripts (ratios are always measured in one run)."""
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from netmoments.provenance import run_metadata
+from netmoments.provenance import cpu_model, run_metadata
 
 
 def sync(device) -> None:
@@ -36,14 +35,9 @@ def row(id_, what, measured, target, ok) -> dict:
 
 
 def machine(device="cpu") -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        if names:
-            cpu = f"{names[0]} x{len(names)}"
-    except OSError:
-        pass
+    """The CPU model and count, torch's version and threads, and the GPU when ``device`` is a CUDA device."""
+    name, count = cpu_model()
+    cpu = f"{name} x{count}" if count else name
     desc = f"{cpu}; torch {torch.__version__}; {torch.get_num_threads()} threads"
     if torch.device(device).type == "cuda":
         desc += f"; {torch.cuda.get_device_name()}"

@@ -22,8 +22,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["REQUIRED_KEYS", "ALIASES", "PACKAGES", "run_metadata", "machine_description", "git_state", "sidecar_path",
-           "write_sidecar", "read_provenance", "describe_provenance"]
+__all__ = ["REQUIRED_KEYS", "ALIASES", "PACKAGES", "run_metadata", "machine_description", "cpu_model", "git_state",
+           "sidecar_path", "write_sidecar", "read_provenance", "describe_provenance"]
 
 #: The keys every record has; :func:`read_provenance` checks them.
 REQUIRED_KEYS = ("command", "git_commit", "packages", "machine", "date")
@@ -63,19 +63,27 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_description() -> dict:
-    """The machine: OS, CPU model and count, torch threads and accelerator when torch is imported."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> tuple[str, int]:
+    """``(name, count)``: the CPU model and how many logical CPUs ``/proc/cpuinfo`` lists under it.
+
+    Where there is no ``/proc/cpuinfo`` (macOS, Windows) the name is :func:`platform.processor` (or the
+    architecture) and the count 0; :func:`os.cpu_count` gives the logical CPUs there.
+    """
     try:
         with open("/proc/cpuinfo", encoding="utf8") as fh:
             names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        if names:
-            cpu = names[0]
     except OSError:
-        pass
+        names = []
+    if names:
+        return names[0], len(names)
+    return platform.processor() or platform.machine(), 0
+
+
+def machine_description() -> dict:
+    """The machine: OS, CPU model and count, torch threads and accelerator when torch is imported."""
     info = {
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "cpu": cpu,
+        "cpu": cpu_model()[0],
         "logical_cpus": os.cpu_count(),
     }
     torch = sys.modules.get("torch")  # report torch's settings only if the run used it

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from ..stats import wilson_interval  # kept importable here: chapter 8 imports it from this module
+
 __all__ = [
     "gaussian_kernel1d",
     "blur",
@@ -160,14 +162,3 @@ def total_variation(flat: torch.Tensor, shape: tuple[int, int, int]) -> torch.Te
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum((-3, -2, -1))
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum((-3, -2, -1))
     return dx + dy
-
-
-def wilson_interval(successes: float, trials: float, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (``z = 1.96``: 95 %)."""
-    if trials <= 0:
-        return (0.0, 1.0)
-    p = successes / trials
-    denom = 1.0 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

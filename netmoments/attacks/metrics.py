@@ -18,7 +18,6 @@ Conventions (fixed here so that every attack is measured alike):
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import stats
+from ..stats import quantile
 from ._ops import total_variation
 
 __all__ = [
@@ -55,46 +56,23 @@ QUANTILES = (0.1, 0.25)
 # ----------------------------------------------------------------------------------------------- statistics
 
 
-def quantile(values, q: float) -> float:
-    """Lower empirical ``q``-quantile (``numpy`` ``method="lower"``: an attained value, well defined with ``inf``)."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.quantile(arr, q, method="lower"))
-
-
 def bootstrap_ci(values, statistic="mean", n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """Percentile-bootstrap interval of a statistic over *images*.
+    """Percentile-bootstrap interval of a statistic over *images*, by the attack tables' rule.
+
+    :func:`netmoments.stats.bootstrap_ci` with ``method="lower"``: the end points and the named quantiles are
+    attained values (:func:`quantile`), so medians of sizes with ``inf`` entries (images never fooled) have
+    intervals. ``values`` may have any shape; it is flattened to one number per image.
 
     Args:
         values: ``(n,)`` one number per image (``inf`` allowed for medians/quantiles, not for the mean).
-        statistic: ``"mean"``, ``"median"`` or a quantile level in ``(0, 1)`` (lower quantile, see :func:`quantile`).
+        statistic: ``"mean"``, ``"median"`` or a quantile level in ``(0, 1)`` (lower quantile).
         n_boot: bootstrap resamples (of the images, with replacement); level: two-sided coverage.
 
     Returns:
         ``(estimate, low, high)`` floats; the estimate is the statistic on the sample itself.
     """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if arr.size == 0:
-        raise ValueError("values must hold at least one image")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    if statistic == "mean":
-        if not np.isfinite(arr).all():
-            raise ValueError("values must be finite for statistic='mean'")
-        stat = lambda a: a.mean(-1)  # noqa: E731
-    elif statistic == "median":
-        stat = lambda a: np.quantile(a, 0.5, axis=-1, method="lower")  # noqa: E731
-    elif isinstance(statistic, float) and 0 < statistic < 1:
-        stat = lambda a: np.quantile(a, statistic, axis=-1, method="lower")  # noqa: E731
-    else:
-        raise ValueError(f"statistic must be 'mean', 'median' or a quantile level in (0, 1), got {statistic!r}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(n_boot, arr.size))
-    boots = stat(arr[idx])
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(boots, [alpha, 1 - alpha], method="lower")
-    return float(stat(arr)), float(low), float(high)
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    return stats.bootstrap_ci(flat, statistic, n_boot, level, seed, method="lower")
 
 
 # ----------------------------------------------------------------------------------------------- cost

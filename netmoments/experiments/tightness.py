@@ -66,6 +66,7 @@ from ..affine import AffineReLUAffine
 from ..gaussian import random_spd
 from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
+from ..stats import bonferroni_z, bootstrap_ci
 from .runner import (
     RunnerError, _atomic_write, _positive_int, _seed, add_runner_arguments, check_writable, command_line, output_in_use,
     output_lock, read_rows, resume_metadata, run_tasks, runner_kwargs, scan_file, seed_from_key, stop_on_sigterm,
@@ -601,15 +602,10 @@ def _versions() -> dict:
 
 
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        if names:
-            model = names[0]
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {model}, {os.cpu_count()} logical CPUs"
+    """One line for the run's metadata: OS, architecture, CPU model and logical CPU count."""
+    from ..provenance import cpu_model
+
+    return f"{platform.system()} {platform.machine()}, {cpu_model()[0]}, {os.cpu_count()} logical CPUs"
 
 
 def _load_average():
@@ -758,28 +754,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- analysis
-
-
-def bonferroni_z(n_tests: int, alpha: float = 0.01) -> float:
-    """The book's rule: an error is "within SE" when ``|Delta| / SE <= z_{1 - alpha / (2 n)}`` over ``n`` tests."""
-    from scipy.stats import norm
-
-    if n_tests < 1:
-        raise ValueError(f"n_tests must be >= 1, got {n_tests}")
-    return float(norm.isf(alpha / (2 * n_tests)))
-
-
-def bootstrap_ci(values, stat=np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0):
-    """``(estimate, low, high)``: ``stat`` of per-image ``values (n,)`` and a percentile bootstrap interval over
-    images (resampling images, never pooled draws or logits)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"values must be a non-empty 1-D array of per-image numbers, got shape {values.shape}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, (n_boot, values.size))
-    boots = np.apply_along_axis(stat, 1, values[idx])
-    tail = (1 - level) / 2
-    return float(stat(values)), float(np.quantile(boots, tail)), float(np.quantile(boots, 1 - tail))
 
 
 def _select(rows, **where):
