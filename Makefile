@@ -16,7 +16,7 @@ BOOK_INPUTS := _config.yml _toc.yml requirements.txt $(wildcard book/*.ipynb boo
                book/_static/* netmoments/*.py netmoments/*/*.py) scripts/check_book.py scripts/vendor_js.sh
 CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 
-.PHONY: setup book test test-numerics test-fast bench vendor lab clean assignments grade
+.PHONY: setup book test test-numerics test-fast bench vendor lab clean assignments assignments-sync grade
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -70,6 +70,12 @@ bench: setup
 SUBMISSIONS ?= submissions
 assignments: setup
 	$(PY) -m netmoments.course release _build/assignments --force
+
+# Each source notebook netmoments/course/source/<a>/<a>.ipynb is paired (jupytext) with the script
+# course/authoring/<a>/<a>.py: after editing either one outside Jupyter, bring every pair in step (the newer file
+# wins; the notebook keeps its outputs).
+assignments-sync: setup
+	$(VENV)/bin/jupytext --sync $(wildcard netmoments/course/source/*/*.ipynb)
 
 grade: setup
 	$(PY) -m netmoments.course grade-all $(SUBMISSIONS) --csv _build/grades.csv --jobs $(JOBS)

@@ -1,8 +1,22 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (netmoments)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Assignment 4: linearizing a small CNN
 #
 # **Time:** about 45 minutes (running every cell takes well under a minute).
-# **Prerequisite:** {doc}`../06_linearizing_deep_networks` and {doc}`../07_how_tight_is_it`.
+# **Prerequisite:** chapters 6 and 7 of the book, *Linearizing deep networks* and *How tight is it?*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. approximate a CNN around a point by two-stage linearization (TSL), $g(x) \approx B\,\mathrm{relu}(Ax + c_1) + c_2$,
@@ -13,8 +27,8 @@
 # **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep names and
 # signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases.
 
-# %% [code]
-%matplotlib inline
+# %%
+# %matplotlib inline
 import math
 
 import matplotlib.pyplot as plt
@@ -42,6 +56,7 @@ x0 = torch.rand(1, 10, 10, generator=torch.Generator().manual_seed(1))
 direction = torch.randn(1, 10, 10, generator=torch.Generator().manual_seed(2))
 direction = direction / direction.norm()
 
+
 # %% [markdown]
 # ## Question 1: TSL output moments (3 points)
 #
@@ -51,7 +66,7 @@ direction = direction / direction.norm()
 # approximation for $x \sim \mathcal{N}(\text{point}, \sigma^2 I)$ (`point` has shape `(1, 10, 10)`; `sigma` is a
 # standard deviation). Hint: `net.moments(mean, cov, output="var")`.
 
-# %% [solution] id=tsl_output_moments
+# %% nbgrader={"grade": false, "grade_id": "tsl_output_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tsl_output_moments(model, point, sigma):
     """Mean (p,) and variance (p,) of the two-stage linearization at `point` under N(point, sigma^2 I)."""
     ### BEGIN SOLUTION
@@ -60,7 +75,8 @@ def tsl_output_moments(model, point, sigma):
     return net.moments(point.flatten(), sigma ** 2 * torch.eye(n), output="var")
     ### END SOLUTION
 
-# %% [tests] id=test_tsl_moments points=3
+
+# %% nbgrader={"grade": true, "grade_id": "test_tsl_moments", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "tsl_output_moments")
 # Visible: with almost no noise, the mean is the network's output at the point and the variance is tiny.
 out = check.call("tsl_output_moments", cnn, x0, 1e-6, case="sigma = 1e-6")
@@ -91,6 +107,7 @@ for _sigma, _pt in ((0.1, x0), (0.3, x0 + 0.8 * direction)):
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 2: how tight is it? (3 points)
 #
@@ -100,7 +117,7 @@ check.done()
 # $z = (\bar g - \mathbb{E}_{\text{TSL}}[g]) / (s/\sqrt n)$, with $s$ the unbiased sample standard deviation. Return a
 # Python float or 0-d tensor. Large values mean the TSL moments are not those of the real network.
 
-# %% [solution] id=tsl_max_abs_z
+# %% nbgrader={"grade": false, "grade_id": "tsl_max_abs_z", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tsl_max_abs_z(model, point, sigma, noise):
     """max over outputs of |MC mean - TSL mean| / (s / sqrt(n)) with the real network sampled at point + sigma noise."""
     ### BEGIN SOLUTION
@@ -111,7 +128,8 @@ def tsl_max_abs_z(model, point, sigma, noise):
     return ((outputs.mean(0) - mean) / standard_error).abs().max()
     ### END SOLUTION
 
-# %% [tests] id=test_tsl_z points=3
+
+# %% nbgrader={"grade": true, "grade_id": "test_tsl_z", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "tsl_max_abs_z")
 _noise = torch.randn(4000, 1, 10, 10, generator=torch.Generator().manual_seed(5))
 
@@ -149,7 +167,7 @@ check.done()
 # first-layer ReLUs whose pre-activation is within $2\sigma\,\lVert w\rVert$ of zero (units the noise can switch,
 # which breaks stage 1's linearity). Where many first-layer units sit near their kink, the TSL is loose.
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 sigma = 0.02
 noise = torch.randn(3000, 1, 10, 10, generator=torch.Generator().manual_seed(7))
 ts = torch.linspace(-3.0, 3.0, 13)

@@ -1,8 +1,22 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (netmoments)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Assignment 2: the cross moment of two ReLUs
 #
 # **Time:** about 75 minutes (running every cell takes a few seconds).
-# **Prerequisite:** {doc}`../03_two_relus_the_cross_moment`.
+# **Prerequisite:** chapter 3 of the book, *Two ReLUs: the cross moment*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. implement the zero-mean ReLU kernel of the 2018 paper, $\mathbb{E}[q_i q_j]$ for $\mu_i = \mu_j = 0$;
@@ -14,8 +28,8 @@
 # signatures. Run the *Tests* cells: they print `all ... checks passed`. Grading re-runs them with more, hidden
 # cases. Do not call `netmoments.relu_cross_moment`, `relu_covariance` or `zero_mean_relu_kernel` in your solution.
 
-# %% [code]
-%matplotlib inline
+# %%
+# %matplotlib inline
 import math
 
 import matplotlib.pyplot as plt
@@ -25,6 +39,7 @@ import netmoments as nm
 from netmoments.course.checks import Check
 
 torch.set_default_dtype(torch.float64)
+
 
 # %% [markdown]
 # Throughout, $(x_i, x_j)$ is bivariate normal with means $\mu_i, \mu_j$, standard deviations
@@ -38,14 +53,15 @@ torch.set_default_dtype(torch.float64)
 #
 # Implement `zero_mean_cross_moment(sigma_i, sigma_j, rho)` (float64 tensors that broadcast).
 
-# %% [solution] id=zero_mean_cross_moment
+# %% nbgrader={"grade": false, "grade_id": "zero_mean_cross_moment", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def zero_mean_cross_moment(sigma_i, sigma_j, rho):
     """E[relu(x_i) relu(x_j)] for zero-mean x_i, x_j with std sigma_i, sigma_j and correlation rho."""
     ### BEGIN SOLUTION
     return sigma_i * sigma_j * (rho * torch.arccos(-rho) + torch.sqrt(1 - rho * rho)) / (2 * math.pi)
     ### END SOLUTION
 
-# %% [tests] id=test_zero_mean_kernel points=3
+
+# %% nbgrader={"grade": true, "grade_id": "test_zero_mean_kernel", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "zero_mean_cross_moment")
 # Visible: rho = 0 makes q_i, q_j independent: E = E[q_i] E[q_j] = sigma_i sigma_j / (2 pi).
 out = check.call("zero_mean_cross_moment", torch.tensor(1.0), torch.tensor(2.0), torch.tensor(0.0), case="rho = 0")
@@ -73,6 +89,7 @@ check.close("hidden grid of (sigma_i, sigma_j, rho)", out, _ref.zero_mean_cross_
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 2: the general-mean cross moment (5 points)
 #
@@ -81,15 +98,15 @@ check.done()
 #
 # $$\begin{aligned}
 # \mathbb{E}[q_i q_j] ={}& (\mu_i\mu_j + \rho\sigma_i\sigma_j)\,\Phi_2(h_i, h_j; \rho)
-#   + \mu_i\sigma_j\,\phi(h_j)\,\Phi\!\Big(\frac{h_i - \rho h_j}{s}\Big)
-#   + \mu_j\sigma_i\,\phi(h_i)\,\Phi\!\Big(\frac{h_j - \rho h_i}{s}\Big) \\
-#   &+ \sigma_i\sigma_j\, s\, \phi(h_i)\,\phi\!\Big(\frac{h_j - \rho h_i}{s}\Big).
+#   + \mu_i\sigma_j\,\phi(h_j)\,\Phi\!\Big(\frac{h_i - \rho h_j}{s}\Big) \\
+#   &+ \mu_j\sigma_i\,\phi(h_i)\,\Phi\!\Big(\frac{h_j - \rho h_i}{s}\Big)
+#   + \sigma_i\sigma_j\, s\, \phi(h_i)\,\phi\!\Big(\frac{h_j - \rho h_i}{s}\Big).
 # \end{aligned}$$
 #
 # Implement `cross_moment(mu_i, mu_j, sigma_i, sigma_j, rho)` with `nm.bivariate_normal_cdf(h, k, rho)` for
 # $\Phi_2$ (all float64 tensors that broadcast; $\sigma > 0$, $|\rho| < 1$).
 
-# %% [solution] id=cross_moment
+# %% nbgrader={"grade": false, "grade_id": "cross_moment", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cross_moment(mu_i, mu_j, sigma_i, sigma_j, rho):
     """E[relu(x_i) relu(x_j)] for a bivariate normal (means mu, std sigma, correlation rho)."""
     ### BEGIN SOLUTION
@@ -102,7 +119,8 @@ def cross_moment(mu_i, mu_j, sigma_i, sigma_j, rho):
             + sigma_i * sigma_j * s * pdf(h_i) * pdf((h_j - rho * h_i) / s))
     ### END SOLUTION
 
-# %% [tests] id=test_cross_moment points=5
+
+# %% nbgrader={"grade": true, "grade_id": "test_cross_moment", "locked": true, "points": 5.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "cross_moment")
 # Visible: at zero means the general formula must give the zero-mean kernel (computed here independently).
 _z = torch.tensor(0.0)
@@ -140,6 +158,7 @@ check.close("symmetry: swapping i and j", out, _ref.cross_moment(_mi, _mj, _si, 
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 3: where does the zero-mean kernel fail? (2 points)
 #
@@ -148,7 +167,7 @@ check.done()
 # `zero_mean_relative_error(h, rho)`: the relative error
 # $|\,\text{zero-mean kernel} - \text{exact}\,| \,/\, |\text{exact}|$ of the cross moment (tensors that broadcast).
 
-# %% [solution] id=zero_mean_relative_error
+# %% nbgrader={"grade": false, "grade_id": "zero_mean_relative_error", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def zero_mean_relative_error(h, rho):
     """|zero-mean kernel - exact cross moment| / |exact| for sigma_i = sigma_j = 1, mu_i = mu_j = h."""
     ### BEGIN SOLUTION
@@ -158,7 +177,8 @@ def zero_mean_relative_error(h, rho):
     return (approx - exact).abs() / exact.abs()
     ### END SOLUTION
 
-# %% [tests] id=test_relative_error points=2
+
+# %% nbgrader={"grade": true, "grade_id": "test_relative_error", "locked": true, "points": 2.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "zero_mean_relative_error")
 out = check.call("zero_mean_relative_error", torch.tensor(0.0), torch.tensor(0.3), case="h = 0")
 check.close("h = 0, rho = 0.3", out, torch.tensor(0.0), atol=1e-10,
@@ -184,7 +204,7 @@ check.done()
 # is only trustworthy in a thin band around $h = 0$; for negative $h$ (units that are mostly off) it is off by
 # orders of magnitude.
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 h_grid = torch.linspace(-2.0, 2.0, 81).reshape(-1, 1)
 rho_grid = torch.linspace(-0.95, 0.95, 77)
 error = zero_mean_relative_error(h_grid, rho_grid)

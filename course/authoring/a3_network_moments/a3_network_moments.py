@@ -1,8 +1,22 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (netmoments)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Assignment 3: network moments of the shipped MLP
 #
 # **Time:** about 75 minutes (running every cell takes under a minute).
-# **Prerequisite:** {doc}`../04_network_moments`.
+# **Prerequisite:** chapter 4 of the book, *Network moments of Affine-ReLU-Affine*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. read a trained `nn.Sequential` MLP as an Affine-ReLU-Affine map $g(x) = B\,\mathrm{relu}(Ax + c_1) + c_2$;
@@ -15,7 +29,7 @@
 # `nm.relu_moments` and `nm.relu_covariance` (the single-layer pieces), but not `nm.AffineReLUAffine` or
 # `nm.monte_carlo_moments` in your solution: those are what you rebuild here.
 
-# %% [code]
+# %%
 import math
 
 import torch
@@ -24,9 +38,10 @@ import netmoments as nm
 from netmoments.course.checks import Check
 
 torch.set_default_dtype(torch.float64)
-model = nm.models.load_mlp()  # Flatten -> Linear(784, 256) -> ReLU -> Linear(256, 10), float32
+model = nm.models.load_mlp().float()  # Flatten -> Linear(784, 256) -> ReLU -> Linear(256, 10), float32
 images, labels = nm.data.load_mnist("test")
 print(model)
+
 
 # %% [markdown]
 # ## Question 1: the factors (2 points)
@@ -35,7 +50,7 @@ print(model)
 # `A (256, 784)`, `c1 (256,)`, `B (10, 256)`, `c2 (10,)` such that
 # `model(x) == B @ relu(A @ x.flatten() + c1) + c2`.
 
-# %% [solution] id=mlp_factors
+# %% nbgrader={"grade": false, "grade_id": "mlp_factors", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mlp_factors(model):
     """(A, c1, B, c2) in float64 with model(x) = B relu(A x + c1) + c2 for flattened x."""
     ### BEGIN SOLUTION
@@ -44,7 +59,8 @@ def mlp_factors(model):
             second.weight.detach().double(), second.bias.detach().double())
     ### END SOLUTION
 
-# %% [tests] id=test_mlp_factors points=2
+
+# %% nbgrader={"grade": true, "grade_id": "test_mlp_factors", "locked": true, "points": 2.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "mlp_factors")
 out = check.call("mlp_factors", model, case="the shipped MLP")
 if out is not None:
@@ -62,7 +78,7 @@ if out is not None:
             with torch.no_grad():
                 _want = model.double()(_x.unsqueeze(0))[0]
             model.float()
-            A, c1, B, c2 = out
+            A, c1, B, c2 = (torch.as_tensor(t).double() for t in out)  # a wrong dtype is reported above
             check.close("B relu(A x + c1) + c2 == model(x) on the first test digit",
                         B @ torch.relu(A @ _x + c1) + c2, _want, rtol=1e-10,
                         hint="both biases are part of the map", check_dtype=False)
@@ -76,6 +92,7 @@ if out is not None and isinstance(out, (tuple, list)) and len(out) == 4:
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 2: exact output mean and covariance (5 points)
 #
@@ -87,7 +104,7 @@ check.done()
 #
 # Implement `output_moments(A, c1, B, c2, mu, Sigma)` returning `(mean (p,), cov (p, p))`.
 
-# %% [solution] id=output_moments
+# %% nbgrader={"grade": false, "grade_id": "output_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def output_moments(A, c1, B, c2, mu, Sigma):
     """Exact mean (p,) and covariance (p, p) of B relu(A x + c1) + c2 for x ~ N(mu, Sigma)."""
     ### BEGIN SOLUTION
@@ -98,7 +115,8 @@ def output_moments(A, c1, B, c2, mu, Sigma):
     return B @ q_mean + c2, B @ q_cov @ B.T
     ### END SOLUTION
 
-# %% [tests] id=test_output_moments points=5
+
+# %% nbgrader={"grade": true, "grade_id": "test_output_moments", "locked": true, "points": 5.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "output_moments")
 # Visible: a tiny 2-3-2 network against the package's AffineReLUAffine.
 _g = torch.Generator().manual_seed(0)
@@ -109,10 +127,10 @@ _want = nm.AffineReLUAffine(_A, _c1, _B, _c2).moments(_mu, _S)
 out = check.call("output_moments", _A, _c1, _B, _c2, _mu, _S, case="tiny 2-3-2 network")
 if out is not None:
     check.close("tiny network: mean", out[0], _want[0], rtol=1e-9,
-                hint="E[g] = B E[relu(y)] + c2 with E[relu(y)] from the mean AND variance of y; plugging the mean "
-                     "into the network, B relu(A mu + c1) + c2, is not the mean of g",
+                hint="E[g] = B E[relu(y)] + c2 with E[relu(y)] from the mean AND variance of y, y = A x + c1",
                 diagnoses=[(_B @ torch.relu(_A @ _mu + _c1) + _c2,
-                            "you pushed the mean through the network; E[relu(y)] != relu(E[y])")])
+                            "you pushed the mean through the network, B relu(A mu + c1) + c2; E[relu(y)] != "
+                            "relu(E[y])")])
     check.close("tiny network: covariance", out[1], _want[1], rtol=1e-9,
                 hint="Cov[g] = B Cov[relu(y)] B^T with the FULL covariance of relu(y) (nm.relu_covariance)")
 ### BEGIN HIDDEN TESTS
@@ -144,6 +162,7 @@ if out is not None:
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 3: z-scores against Monte Carlo (3 points)
 #
@@ -154,7 +173,7 @@ check.done()
 #
 # Implement `z_scores(mean, var, samples)` returning `(z_mean (p,), z_var (p,))`.
 
-# %% [solution] id=z_scores
+# %% nbgrader={"grade": false, "grade_id": "z_scores", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def z_scores(mean, var, samples):
     """z-scores of exact mean (p,) and variance (p,) against samples (n, p)."""
     ### BEGIN SOLUTION
@@ -167,7 +186,8 @@ def z_scores(mean, var, samples):
     return z_mean, z_var
     ### END SOLUTION
 
-# %% [tests] id=test_z_scores points=3
+
+# %% nbgrader={"grade": true, "grade_id": "test_z_scores", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "z_scores")
 _g = torch.Generator().manual_seed(3)
 _samples = torch.tensor([1.0, -2.0]) + torch.tensor([0.5, 2.0]) * torch.randn(4000, 2, generator=_g)
@@ -209,7 +229,7 @@ check.done()
 # Put a test digit under $\mathcal{N}(x, 0.2^2 I)$ noise, compute the exact logit moments, sample the real network
 # 20,000 times, and look at the z-scores: all ten should be within a few units.
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 A, c1, B, c2 = mlp_factors(model)
 x0 = images[3].double().flatten()
 Sigma = 0.2 ** 2 * torch.eye(784)

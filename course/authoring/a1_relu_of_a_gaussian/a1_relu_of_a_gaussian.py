@@ -1,8 +1,22 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (netmoments)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Assignment 1: the ReLU of a Gaussian
 #
 # **Time:** about 60 minutes (running every cell takes a few seconds).
-# **Prerequisite:** {doc}`../02_one_relu_one_gaussian`.
+# **Prerequisite:** chapter 2 of the book, *One ReLU, one Gaussian*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. derive and implement the mean and variance of $q = \max(z, 0)$ for $z \sim \mathcal{N}(\mu, \sigma^2)$,
@@ -17,7 +31,7 @@
 # cases), so make your code correct, not just the visible cases. Do not call `netmoments.relu_moments` in your
 # solution: that is what you are re-deriving.
 
-# %% [code]
+# %%
 import math
 
 import torch
@@ -26,14 +40,17 @@ from netmoments.course.checks import Check
 
 torch.set_default_dtype(torch.float64)
 
+
 # %% [markdown]
 # ## Question 1: mean and variance of $\max(z, 0)$ (7 points)
 #
 # With $h = \mu/\sigma$, $\Phi$ the standard normal CDF and $\phi$ its density,
 #
-# $$\mathbb{E}[q] = \mu\,\Phi(h) + \sigma\,\phi(h), \qquad
-#   \mathbb{E}[q^2] = (\mu^2 + \sigma^2)\,\Phi(h) + \mu\sigma\,\phi(h), \qquad
-#   \operatorname{Var}[q] = \mathbb{E}[q^2] - \mathbb{E}[q]^2 .$$
+# $$\begin{aligned}
+#   \mathbb{E}[q] &= \mu\,\Phi(h) + \sigma\,\phi(h),\\
+#   \mathbb{E}[q^2] &= (\mu^2 + \sigma^2)\,\Phi(h) + \mu\sigma\,\phi(h),\\
+#   \operatorname{Var}[q] &= \mathbb{E}[q^2] - \mathbb{E}[q]^2 .
+# \end{aligned}$$
 #
 # Implement `relu_mean_var(mu, sigma)`:
 # - `mu`, `sigma`: float64 tensors that broadcast against each other; `sigma` is the **standard deviation**
@@ -44,7 +61,7 @@ torch.set_default_dtype(torch.float64)
 #
 # `torch.special.ndtr` is $\Phi$; `torch.where` picks between two branches elementwise.
 
-# %% [solution] id=relu_mean_var
+# %% nbgrader={"grade": false, "grade_id": "relu_mean_var", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def relu_mean_var(mu, sigma):
     """Mean and variance of max(z, 0), z ~ N(mu, sigma^2), elementwise; mu and sigma broadcast."""
     ### BEGIN SOLUTION
@@ -62,10 +79,11 @@ def relu_mean_var(mu, sigma):
     return mean, var
     ### END SOLUTION
 
+
 # %% [markdown]
 # Try it on a few values before running the tests:
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 mean, var = relu_mean_var(torch.tensor([-1.0, 0.0, 2.0]), torch.tensor([1.0, 1.0, 0.5]))
 print("mean:", [round(v, 4) for v in mean.tolist()])
 print("var: ", [round(v, 4) for v in var.tolist()])
@@ -73,17 +91,20 @@ print("var: ", [round(v, 4) for v in var.tolist()])
 # %% [markdown]
 # ### Tests: regular inputs (3 points)
 
-# %% [tests] id=test_relu_regular points=3
+# %% nbgrader={"grade": true, "grade_id": "test_relu_regular", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "relu_mean_var, regular inputs")
 # Visible: the standard normal, where E[q] = 1/sqrt(2 pi) and Var[q] = 1/2 - 1/(2 pi).
 out = check.call("relu_mean_var", torch.tensor(0.0), torch.tensor(1.0), case="mu = 0, sigma = 1")
 if out is not None:
     check.close("mu = 0, sigma = 1: mean", out[0], torch.tensor(1 / math.sqrt(2 * math.pi)),
                 hint="E[q] = mu Phi(h) + sigma phi(h) with h = mu / sigma")
+    # E[q^2] = 1/2 here; it is "the second moment" only if the mean beside it is right.
+    _mean_ok = bool(torch.isclose(torch.as_tensor(out[0], dtype=torch.float64),
+                                  torch.tensor(1 / math.sqrt(2 * math.pi)), rtol=1e-9, atol=0).all())
     check.close("mu = 0, sigma = 1: var", out[1], torch.tensor(0.5 - 1 / (2 * math.pi)),
                 hint="Var[q] = E[q^2] - E[q]^2",
                 diagnoses=[(torch.tensor(0.5), "you returned the second moment E[q^2], not the variance "
-                                               "E[q^2] - E[q]^2")])
+                                               "E[q^2] - E[q]^2")] if _mean_ok else [])
 ### BEGIN HIDDEN TESTS
 import netmoments as _nm
 from netmoments.course import references as _ref
@@ -118,7 +139,7 @@ check.done()
 # A Gaussian with $\sigma = 0$ is the constant $\mu$, so $q = \max(\mu, 0)$ exactly, with variance 0. The formula
 # divides by $\sigma$: handle this case explicitly.
 
-# %% [tests] id=test_relu_degenerate points=2
+# %% nbgrader={"grade": true, "grade_id": "test_relu_degenerate", "locked": true, "points": 2.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "relu_mean_var at sigma = 0")
 _hint0 = ("at sigma = 0 the ReLU of a constant is max(mu, 0) with variance 0; select it with torch.where and "
           "keep the other branch free of 0/0 (torch.where does not stop a NaN computed in the branch it discards "
@@ -150,7 +171,7 @@ check.done()
 # Far in the upper tail ($\mu \gg \sigma$) the ReLU does nothing: $q \approx z$. Far in the lower tail
 # ($\mu \ll -\sigma$) it is almost always 0. Your answer must stay finite and the variance non-negative.
 
-# %% [tests] id=test_relu_tails points=1
+# %% nbgrader={"grade": true, "grade_id": "test_relu_tails", "locked": true, "points": 1.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "relu_mean_var in the tails")
 out = check.call("relu_mean_var", torch.tensor(8.0), torch.tensor(1.0), case="mu = 8, sigma = 1")
 if out is not None:
@@ -176,7 +197,7 @@ check.done()
 # %% [markdown]
 # ### Tests: batches and broadcasting (1 point)
 
-# %% [tests] id=test_relu_broadcast points=1
+# %% nbgrader={"grade": true, "grade_id": "test_relu_broadcast", "locked": true, "points": 1.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "relu_mean_var on batches")
 _mu = torch.linspace(-1.0, 1.0, 3).reshape(3, 1)
 _sigma = torch.tensor([0.5, 1.0, 1.5, 2.0])
@@ -200,6 +221,7 @@ if out is not None:
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 2: check it against Monte Carlo (2 points)
 #
@@ -212,7 +234,7 @@ check.done()
 # Implement `relu_mean_z_score(mu, sigma, samples)`: `mu`, `sigma` are 0-d tensors, `samples` a 1-d tensor of draws
 # of $z$; return the z-score as a 0-d tensor (use your `relu_mean_var`).
 
-# %% [solution] id=relu_mean_z_score
+# %% nbgrader={"grade": false, "grade_id": "relu_mean_z_score", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def relu_mean_z_score(mu, sigma, samples):
     """(mean of relu(samples) - E[q]) / (sample std / sqrt(n)) for z ~ N(mu, sigma^2) drawn as `samples`."""
     ### BEGIN SOLUTION
@@ -222,7 +244,8 @@ def relu_mean_z_score(mu, sigma, samples):
     return (q.mean() - exact_mean) / standard_error
     ### END SOLUTION
 
-# %% [tests] id=test_relu_z_score points=2
+
+# %% nbgrader={"grade": true, "grade_id": "test_relu_z_score", "locked": true, "points": 2.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "relu_mean_z_score")
 _gen = torch.Generator().manual_seed(0)
 _samples = 0.3 + 2.0 * torch.randn(20_000, generator=_gen)
@@ -258,7 +281,7 @@ check.done()
 # With both pieces in place, z-scores over a grid should look like draws from a standard normal: mostly within
 # $\pm 2$, essentially never beyond $\pm 4$. (A wrong formula shows up as z-scores that *grow* with $n$.)
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 generator = torch.Generator().manual_seed(1)
 for mu_value, sigma_value in [(-2.0, 1.0), (0.0, 1.0), (0.5, 3.0), (4.0, 0.5)]:
     draws = mu_value + sigma_value * torch.randn(100_000, generator=generator)

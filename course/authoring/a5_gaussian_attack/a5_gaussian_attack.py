@@ -1,8 +1,22 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (netmoments)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Assignment 5: a sparse Gaussian attack
 #
 # **Time:** about 60 minutes (running every cell takes well under a minute).
-# **Prerequisite:** {doc}`../08_gaussian_attacks`.
+# **Prerequisite:** chapter 8 of the book, *Gaussian adversarial attacks*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. turn exact output moments into the mean and standard deviation of a classification margin;
@@ -14,7 +28,7 @@
 # signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases (other digits).
 # Do not call `netmoments.attacks` in your solution.
 
-# %% [code]
+# %%
 import math
 
 import torch
@@ -34,6 +48,7 @@ def runner_up(logits, label):
     others[label] = -math.inf
     return int(others.argmax())
 
+
 # %% [markdown]
 # ## Question 1: the margin's mean and standard deviation (2 points)
 #
@@ -41,7 +56,7 @@ def runner_up(logits, label):
 # output mean `(p,)` and covariance `(p, p)`, implement `margin_moments(mean, cov, label, other)`: the mean and the
 # **standard deviation** of $g_y - g_j$ (two 0-d tensors).
 
-# %% [solution] id=margin_moments
+# %% nbgrader={"grade": false, "grade_id": "margin_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def margin_moments(mean, cov, label, other):
     """Mean and standard deviation of g_label - g_other given the output mean (p,) and covariance (p, p)."""
     ### BEGIN SOLUTION
@@ -50,7 +65,8 @@ def margin_moments(mean, cov, label, other):
     return m, var.clamp(min=0).sqrt()
     ### END SOLUTION
 
-# %% [tests] id=test_margin_moments points=2
+
+# %% nbgrader={"grade": true, "grade_id": "test_margin_moments", "locked": true, "points": 2.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "margin_moments")
 _mean = torch.tensor([1.0, 3.0, -0.5])
 _cov = torch.tensor([[2.0, 0.6, 0.1], [0.6, 1.0, -0.3], [0.1, -0.3, 0.5]])
@@ -74,6 +90,7 @@ if out is not None:
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 2: the expected margin under independent pixel noise (3 points)
 #
@@ -82,7 +99,7 @@ check.done()
 # $\mathbb{E}[g] = B\,\mathbb{E}[\mathrm{relu}(y)] + c_2$. Implement `expected_margin(factors, mean_x, var_x, label, other)`
 # ($\mathbb{E}[g_y - g_j]$, a 0-d tensor, differentiable in `mean_x` and `var_x`).
 
-# %% [solution] id=expected_margin
+# %% nbgrader={"grade": false, "grade_id": "expected_margin", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def expected_margin(factors, mean_x, var_x, label, other):
     """E[g_label - g_other] for x ~ N(mean_x, diag(var_x)), g = B relu(A x + c1) + c2."""
     ### BEGIN SOLUTION
@@ -92,7 +109,8 @@ def expected_margin(factors, mean_x, var_x, label, other):
     return logits[label] - logits[other]
     ### END SOLUTION
 
-# %% [tests] id=test_expected_margin points=3
+
+# %% nbgrader={"grade": true, "grade_id": "test_expected_margin", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "expected_margin")
 _x = images[0].double().flatten()
 with torch.no_grad():
@@ -125,6 +143,7 @@ for _i, _s in ((1, 0.3), (4, 0.15)):
 ### END HIDDEN TESTS
 check.done()
 
+
 # %% [markdown]
 # ## Question 3: design the attack (4 points)
 #
@@ -140,7 +159,7 @@ check.done()
 # The tests sample the real network 2,000 times and require a fooling rate of at least 50% on at least two of
 # three digits with `k = 30`, `sigma = 0.3`.
 
-# %% [solution] id=sparse_gaussian_attack
+# %% nbgrader={"grade": false, "grade_id": "sparse_gaussian_attack", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sparse_gaussian_attack(factors, image, label, k, sigma):
     """(delta, mask), both (784,): shift and noise on at most k pixels that fool the network."""
     ### BEGIN SOLUTION
@@ -162,7 +181,8 @@ def sparse_gaussian_attack(factors, image, label, k, sigma):
     return delta, mask
     ### END SOLUTION
 
-# %% [tests] id=test_attack points=4
+
+# %% nbgrader={"grade": true, "grade_id": "test_attack", "locked": true, "points": 4.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "sparse_gaussian_attack")
 
 
@@ -214,7 +234,7 @@ check.done()
 # from `nm.AffineReLUAffine`) with the real network's sampled fooling rate. The Gaussian guess
 # $\Phi(-\mathbb{E}/\mathrm{sd})$ of the fooling rate towards $j$ is only a guide: the margin is not Gaussian.
 
-# %% [code] tags=raises-exception
+# %% tags=["raises-exception"]
 net = nm.AffineReLUAffine(*factors)
 generator = torch.Generator().manual_seed(0)
 for index in range(5):
