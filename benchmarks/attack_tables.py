@@ -1,4 +1,4 @@
-"""Markdown tables of chapter 8's per-image attack evidence, from the committed suite results.
+"""Markdown tables of chapter 9's per-image attack evidence, from the committed suite results.
 
     python benchmarks/attack_tables.py [--data book/data]
 

@@ -714,7 +714,7 @@ def plot_series_slice(summary: dict) -> Figure:
     return fig
 
 
-# ----------------------------------------------------------------------------- chapter 8: Gaussian attacks
+# ----------------------------------------------------------------------------- chapter 9: Gaussian attacks
 
 __all__ += ["plot_attack_grid", "plot_attack_budget_curves"]
 
@@ -1317,20 +1317,26 @@ def plot_cost_accuracy(data: dict, axes=None, title: str | None = None) -> Figur
 
 def plot_logit_moments(truth_mean, truth_sd, mean, sd, label: str, color: str = OUTPUT_COLOR,
                        ax: Axes | None = None) -> Figure:
-    """Ten logits: the truth's mean ± 2 sd (grey bars) against one method's (coloured), side by side.
+    """One method's logits against the truth, in the truth's standard deviations, logit by logit.
+
+    Each logit ``k`` is drawn as ``(mean_k - truth_mean_k) / truth_sd_k`` with a bar of ``±2 sd_k / truth_sd_k``,
+    beside the truth itself (0 with a bar of ±2): a point off zero is a biased mean, a short bar a variance that
+    is too small.
 
     Args:
         truth_mean, truth_sd, mean, sd: ``(K,)`` arrays; label: the method's name.
     """
     truth_mean, truth_sd, mean, sd = (np.asarray(a, float) for a in (truth_mean, truth_sd, mean, sd))
-    fig, ax = _new_axes(ax, (6.4, 3.2))
+    fig, ax = _new_axes(ax, (6.4, 3.0))
     k = np.arange(len(truth_mean))
-    ax.errorbar(k - 0.12, truth_mean, yerr=2 * truth_sd, fmt="s", color="#777777", capsize=3, markersize=4,
+    ax.errorbar(k - 0.12, np.zeros(len(k)), yerr=2.0, fmt="s", color="#777777", capsize=3, markersize=4,
                 label="truth (Monte Carlo), ±2 sd")
-    ax.errorbar(k + 0.12, mean, yerr=2 * sd, fmt="o", color=color, capsize=3, markersize=4, label=f"{label}, ±2 sd")
+    ax.errorbar(k + 0.12, (mean - truth_mean) / truth_sd, yerr=2 * sd / truth_sd, fmt="o", color=color, capsize=3,
+                markersize=4, label=f"{label}, ±2 sd")
+    ax.axhline(0.0, color="#bbbbbb", linewidth=0.8)
     ax.set_xticks(k)
     ax.set_xlabel("logit")
-    ax.set_ylabel("value")
-    ax.legend(fontsize=8, loc="best")
+    ax.set_ylabel("(value − true mean) / true sd", fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return fig

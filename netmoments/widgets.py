@@ -738,7 +738,7 @@ def series_slice_widget(n_rho: int = 801, *, grid: Mapping[str, Sequence] | None
     )
 
 
-# ----------------------------------------------------------------------------- chapter 8: Gaussian attacks
+# ----------------------------------------------------------------------------- chapter 9: Gaussian attacks
 
 __all__ += ["load_attack_browser_data", "attack_browser_summary", "attack_browser_widget"]
 

@@ -16,7 +16,7 @@
 # # Assignment 5: a sparse Gaussian attack
 #
 # **Time:** about 60 minutes (running every cell takes well under a minute).
-# **Prerequisite:** chapter 8 of the book, *Gaussian adversarial attacks*.
+# **Prerequisite:** chapter 9 of the book, *Gaussian adversarial attacks*.
 #
 # **Learning objectives.** After this assignment you can
 # 1. turn exact output moments into the mean and standard deviation of a classification margin;
