@@ -317,6 +317,10 @@ def register(subparsers):
                              "this experiment's 'truth' rows")  # fmt: skip
     parser.add_argument("--model", choices=MODELS, default="lenet", help="the shipped network (default: LeNet)")
     parser.add_argument("--truth-draws", type=int, default=10_000, help="draws of the 'truth' method")
+    parser.add_argument("--mc-draws", type=int, default=LayerwiseConfig.mc_draws,
+                        help="draws of plain Monte Carlo ('mc'), to measure it at other budgets")
+    parser.add_argument("--cv-draws", type=int, default=LayerwiseConfig.cv_draws,
+                        help="draws of control-variate Monte Carlo ('cv')")
     add_runner_arguments(parser)
     parser.set_defaults(func=main)
     return parser
@@ -359,7 +363,11 @@ def main(args) -> int:
     out = Path(args.out)
     stem = out.with_suffix("") if out.suffix == ".gz" else out
     meta_path = stem.with_suffix(".json")
-    config = LayerwiseConfig()
+    if min(args.mc_draws, args.cv_draws) < 2:
+        print(f"error: --mc-draws and --cv-draws must be at least 2, got {args.mc_draws} and {args.cv_draws}",
+              file=sys.stderr)
+        return 2
+    config = LayerwiseConfig(mc_draws=args.mc_draws, cv_draws=args.cv_draws)
     # the thread count is a setting: a row's CPU time (its cost in draws) depends on it
     settings = {"config": config.fingerprint(), "images": args.images, "sigmas": args.sigmas, "covs": args.covs,
                 "methods": args.methods, "threads": args.threads, "model": args.model,
