@@ -11,45 +11,22 @@ one), and return an :class:`AttackResult` with zero noise so :func:`evaluate_att
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
-from torch import nn
 
 from ._ops import blur, project_l0_box
-from .gaussian import AttackResult, _check_batch, _check_device
+from .common import AttackResult, check_images, margin, positive, prepare_batch
+from .metrics import PassCounter
+from .options import default_options
+from .update import Adam, mean_step, noise_step
 
 __all__ = ["pgd_attack", "sparse_pgd_attack", "smooth_pgd_attack", "margin_loss", "fmn_attack", "l0_pgd_attack",
            "eot_attack", "tune_step_size"]
 
 
-def margin_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """``(B,)`` margin to minimize: ``z_y - max_{k != y} z_k`` (untargeted) or ``max_{k != t} z_k - z_t``.
-
-    Negative exactly when the attack succeeds on that image.
-    """
-    ref = (labels if target is None else target).unsqueeze(-1)
-    z_ref = logits.gather(-1, ref).squeeze(-1)
-    others = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ref, True), float("-inf"))
-    best = others.amax(-1)
-    return z_ref - best if target is None else best - z_ref
-
-
-def _check_images(images):
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
-
-
-def _positive(name, value, *, allow_zero=False):
-    """A finite float > 0 (or >= 0 with ``allow_zero``), else a ValueError naming ``name``."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value >= 0 if allow_zero else value > 0))
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+#: The margin to minimize, ``(B,)``, negative exactly when the attack succeeds (:func:`.common.margin`).
+margin_loss = margin
 
 
 def _budget_vector(name, value, images):
@@ -61,7 +38,7 @@ def _budget_vector(name, value, images):
         if not torch.isfinite(value).all() or (value <= 0).any():
             raise ValueError(f"{name} must be finite and > 0 for every image, got {value.tolist()}")
         return value.to(device=images.device, dtype=images.dtype).expand(bsz)
-    return torch.full((bsz,), _positive(name, value), dtype=images.dtype, device=images.device)
+    return torch.full((bsz,), positive(name, value), dtype=images.dtype, device=images.device)
 
 
 def _per_image(value, like):
@@ -75,17 +52,12 @@ def _as_list(value):
 
 
 def _prepare(model, images, labels, target, steps, kappa=0.0):
-    _check_images(images)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    """The point attacks' checks: ``images``, ``steps``, ``kappa``, then :func:`~.common.prepare_batch`."""
+    check_images(images)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    _positive("kappa", kappa, allow_zero=True)
-    labels, target = _check_batch(images, labels, target)
-    _check_device(model, images)
-    with torch.no_grad():
-        num_classes = model(images[:1]).shape[-1]
-    return _check_batch(images, labels, target, num_classes)
+    positive("kappa", kappa, allow_zero=True)
+    return prepare_batch(model, images, labels, target)
 
 
 def _run(model, images, labels, target, steps, kappa, update, name, structure, options, init=None, to_delta=None):
@@ -128,11 +100,11 @@ def pgd_attack(model, images, labels, target=None, norm="linf", eps=0.3, steps=1
         norm: ``"linf"`` (sign steps) or ``"l2"`` (L2-normalized steps).
         eps: budget; step_size: default ``2.5 eps / steps``; kappa: stop pushing at margin ``-kappa``.
     """
-    _check_images(images)
+    check_images(images)
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    _positive("eps", eps)
-    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
+    positive("eps", eps)
+    step_size = 2.5 * eps / steps if step_size is None else positive("step_size", step_size)
     clean = images.detach()
     low, high = -clean, 1.0 - clean
 
@@ -156,14 +128,14 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
     Each step moves along the gradient normalized to unit L-infinity norm (scaled by ``step_size``) and
     projects onto ``{||delta||_0 <= k} & box`` exactly (:func:`netmoments.attacks._ops.project_l0_box`).
     """
-    _check_images(images)
+    check_images(images)
     clean = images.detach()
     bsz = clean.shape[0]
     if isinstance(k, int) and not isinstance(k, bool):
         k = torch.full((bsz,), k, dtype=torch.int64, device=clean.device)
     if not isinstance(k, torch.Tensor) or k.shape != (bsz,) or k.is_floating_point() or (k < 1).any():
         raise ValueError(f"k must be a positive int or a ({bsz},) integer tensor of positive budgets, got {k!r}")
-    _positive("step_size", step_size)
+    positive("step_size", step_size)
     low, high = -clean.flatten(1), 1.0 - clean.flatten(1)
 
     def update(delta, grad):
@@ -179,10 +151,10 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
 def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.5, steps=100, step_size=None,
                       kappa=1.0):
     """L2 PGD over ``v`` with ``delta = G v`` (``G`` a Gaussian blur), ``||G v||_2 <= eps`` by radial scaling."""
-    _check_images(images)
-    _positive("blur_sigma", blur_sigma)
+    check_images(images)
+    positive("blur_sigma", blur_sigma)
     eps = _budget_vector("eps", eps, images)
-    step_size = 2.5 * eps / steps if step_size is None else _positive("step_size", step_size)
+    step_size = 2.5 * eps / steps if step_size is None else positive("step_size", step_size)
     shape = tuple(images.shape[1:])
 
     def to_delta(v):
@@ -205,8 +177,6 @@ def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.
 
 def _counted(model, fn):
     """Run ``fn()`` under a :class:`~netmoments.attacks.metrics.PassCounter`; return (value, seconds, counter)."""
-    from .metrics import PassCounter
-
     start = time.perf_counter()
     with PassCounter(model) as counter:
         value = fn()
@@ -320,22 +290,19 @@ def eot_attack(model, images, labels, target=None, structure="sparse", steps=100
     as the Gaussian attack (defaults from :func:`default_options`). Cost: ``steps * samples`` forward and
     backward passes per image.
     """
-    from ._ops import soft_threshold
-    from .gaussian import _Adam, default_options
-
     labels, target = _prepare(model, images, labels, target, steps, kappa)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     if structure not in ("sparse", "smooth"):
         raise ValueError(f"structure must be 'sparse' or 'smooth', got {structure!r}")
     defaults = default_options(structure)
-    l1_weight = defaults["l1_weight"] if l1_weight is None else _positive("l1_weight", l1_weight, allow_zero=True)
-    l2_weight = defaults["l2_weight"] if l2_weight is None else _positive("l2_weight", l2_weight, allow_zero=True)
-    blur_sigma = defaults["blur_sigma"] if blur_sigma is None else _positive("blur_sigma", blur_sigma,
+    l1_weight = defaults["l1_weight"] if l1_weight is None else positive("l1_weight", l1_weight, allow_zero=True)
+    l2_weight = defaults["l2_weight"] if l2_weight is None else positive("l2_weight", l2_weight, allow_zero=True)
+    blur_sigma = defaults["blur_sigma"] if blur_sigma is None else positive("blur_sigma", blur_sigma,
                                                                               allow_zero=True)
-    _positive("lr", lr)
-    _positive("noise_scale", noise_scale)
-    noise_lr = lr if noise_lr is None else _positive("noise_lr", noise_lr)
+    positive("lr", lr)
+    positive("noise_scale", noise_scale)
+    noise_lr = lr if noise_lr is None else positive("noise_lr", noise_lr)
     clean = images.detach()
     shape = tuple(clean.shape[1:])
     flat = clean.flatten(1)
@@ -346,7 +313,7 @@ def eot_attack(model, images, labels, target=None, structure="sparse", steps=100
     def run():
         v = torch.zeros_like(flat)
         s = torch.full_like(flat, 0.0 if sparse else init_noise)
-        adam_v, adam_s = _Adam(v, lr), _Adam(s, noise_lr)
+        adam_v, adam_s = Adam(v, lr), Adam(s, noise_lr)
         weight = torch.full((bsz, 1), float(l1_weight), dtype=flat.dtype, device=flat.device)
         hinge = torch.zeros(bsz, dtype=flat.dtype, device=flat.device)
         for step in range(steps):
@@ -365,13 +332,9 @@ def eot_attack(model, images, labels, target=None, structure="sparse", steps=100
             g_v, g_s = torch.autograd.grad(total, [v_var, s_var])
             hinge = per_image.detach()
             with torch.no_grad():
-                v, lr_v = adam_v.step(v, g_v)
-                if l1_weight > 0:
-                    v = soft_threshold(v, lr_v * weight)
-                if blur_sigma <= 0:
-                    v = torch.minimum(torch.maximum(v, -flat), 1.0 - flat)
-                s, lr_s = adam_s.step(s, g_s)
-                s = (s + lr_s * noise_reward).clamp(0.0, noise_scale)
+                v = mean_step(adam_v, v, g_v, weight if l1_weight > 0 else None,
+                              (-flat, 1.0 - flat) if blur_sigma <= 0 else None)
+                s = noise_step(adam_s, s, g_s, -noise_reward, noise_scale)
                 if sparse:
                     # new support pixels start with a little noise so that its gradient is not zero
                     s = torch.where(v != 0, torch.where(s > 0, s, torch.full_like(s, init_noise)), torch.zeros_like(s))

@@ -1,4 +1,4 @@
-"""Judging an attack by sampling the REAL network (spec 7): success rates with Wilson intervals, and the
+"""Judging an attack by sampling the REAL network: success rates with Wilson intervals, and the
 perturbation's size (pixels touched, total variation, L2 / Linf of the mean shift), time per image."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._ops import total_variation, wilson_interval
-from .gaussian import AttackResult
+from .common import AttackResult
 from .metrics import judge_draws
 
 __all__ = ["evaluate_attack", "AttackEvaluation"]

@@ -29,6 +29,7 @@ from torch import nn
 from .. import stats
 from ..stats import quantile
 from ._ops import total_variation
+from .common import AttackResult, as_class_tensor, margin
 
 __all__ = [
     "L0_BUDGETS",
@@ -126,13 +127,8 @@ def timed():
 # ----------------------------------------------------------------------------------------------- per image
 
 
-def margin_of_logits(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """``(..., B)`` margin, negative exactly on success: ``z_y - max_{k != y} z_k`` or ``max_{k != t} z_k - z_t``."""
-    ref = (labels if target is None else target).expand(logits.shape[:-1]).unsqueeze(-1)
-    z_ref = logits.gather(-1, ref).squeeze(-1)
-    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, ref, True)
-    best = logits.masked_fill(mask, float("-inf")).amax(-1)
-    return z_ref - best if target is None else best - z_ref
+#: ``(..., B)`` margin of ``logits (..., B, p)``, negative exactly on success (:func:`~.common.margin`).
+margin_of_logits = margin
 
 
 @dataclass
@@ -219,8 +215,6 @@ def judge_draws(model: nn.Module, result, labels, target=None, n_draws: int = 10
         ``draws (n, B, C, H, W)`` clipped to the box, ``success (n, B)`` bool (misclassified, or classified as
         the target), and the checked ``labels`` and ``target`` as ``(B,)`` int64 on the result's device.
     """
-    from .gaussian import AttackResult, _as_class_tensor
-
     if not isinstance(result, AttackResult):
         raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
     if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
@@ -228,9 +222,9 @@ def judge_draws(model: nn.Module, result, labels, target=None, n_draws: int = 10
     bsz = result.batch_size
     device = result.clean.device
     num_classes = model(result.clean[:1]).shape[-1]
-    labels = _as_class_tensor("labels", labels, bsz, device, num_classes)
+    labels = as_class_tensor("labels", labels, bsz, device, num_classes)
     if target is not None:
-        target = _as_class_tensor("target", target, bsz, device, num_classes)
+        target = as_class_tensor("target", target, bsz, device, num_classes)
     n = 1 if result.is_point else n_draws
     draws = result.sample(n, generator=generator)
     flat = draws.reshape(n * bsz, *draws.shape[2:])
