@@ -794,7 +794,7 @@ def plot_linear_regions(model, xlim=(-3.0, 3.0), ylim=(-3.0, 3.0), resolution: i
         xlim, ylim: the plotted square; resolution: grid points per side.
         points: optional ``(K, 2)`` points to mark (e.g. linearization points).
     """
-    from .linearize import activation_pattern
+    from ..linearize import activation_pattern
 
     fig, ax = _new_axes(ax, (5.0, 4.6))
     xs = np.linspace(*xlim, resolution)

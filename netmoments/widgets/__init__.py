@@ -29,15 +29,15 @@ import torch
 from ipywidgets.widgets.widget_string import HTMLStyle
 from matplotlib.figure import Figure
 
-from . import viz
-from .affine import affine_moments
-from .gaussian import sample_gaussian
-from .montecarlo import monte_carlo_moments
-from .relu import relu_moments
+from .. import viz
+from ..affine import affine_moments
+from ..gaussian import sample_gaussian
+from ..montecarlo import monte_carlo_moments
+from ..relu import relu_moments
 # chapters 3-5
-from .affine import AffineReLUAffine
-from .relu import relu_cross_moment, zero_mean_relu_kernel
-from .special import bivariate_normal_cdf, bivariate_normal_cdf_series
+from ..affine import AffineReLUAffine
+from ..relu import relu_cross_moment, zero_mean_relu_kernel
+from ..special import bivariate_normal_cdf, bivariate_normal_cdf_series
 
 __all__ = [
     # all chapters
@@ -835,7 +835,7 @@ def noise_sensitivity_summary(model, image: torch.Tensor, logit: int, sigma: flo
         (the first-order share ``w_i^2 sigma^2``, ``w = A^T D b_logit``), ``variance`` (closed form),
         ``attribution_sum``, ``linear_variance``, ``logits`` ``(p,)`` and ``prediction``.
     """
-    from .linearize import pixel_noise_sensitivity, two_stage_linearize
+    from ..linearize import pixel_noise_sensitivity, two_stage_linearize
 
     tsl = linearization if linearization is not None else two_stage_linearize(model, image, dtype=torch.float64)
     x = image.to(torch.float64).reshape(-1)
@@ -862,7 +862,7 @@ def noise_sensitivity_widget(model, images: torch.Tensor, labels: torch.Tensor, 
     """Pick a digit, a logit and a noise level; shows the digit and which pixels' noise drives that logit's
     variance (see :func:`noise_sensitivity_summary`). Frames: ``n_digits x len(logits) x len(sigmas)``; one
     linearization per digit and one attribution pass per digit and noise level (all logits at once)."""
-    from .linearize import pixel_noise_sensitivity, two_stage_linearize
+    from ..linearize import pixel_noise_sensitivity, two_stage_linearize
 
     n_digits = min(n_digits, images.shape[0])
     logits = tuple(int(k) for k in logits)
