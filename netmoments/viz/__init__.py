@@ -30,13 +30,10 @@ __all__ = [
     "plot_relu_moment_sweep",
     "plot_zero_mean_ratio",
     # chapters 6-7: deep networks
-    "plot_variance_histograms",
     "plot_linear_regions",
     "plot_linearization_error",
     "plot_noise_sensitivity",
-    "plot_error_by_cluster",
     "plot_digits",
-    "plot_error_vs_sigma",
 ]
 
 INPUT_COLOR = "#3182bd"
@@ -367,53 +364,6 @@ def plot_zero_mean_error_maps(h, rhos, errors, levels=(-0.1, -0.03, 0.03, 0.1)) 
 # ----------------------------------------------------------------------------- chapters 6-7: deep networks
 
 
-def plot_variance_histograms(mc_var, new_var, old_var, sigma: float | None = None, bins: int = 20,
-                             class_names=None) -> Figure:
-    """NM20's tightness figure: a 2x5 grid, one panel per class (logit), histograms over images of that logit's
-    variance from Monte Carlo (the reference), the new closed form and the old (NM18 hybrid) one.
-
-    Args:
-        mc_var, new_var, old_var: ``(n_images, 10)`` per-logit variances.
-        sigma: the noise level, for the title.
-        bins: number of logarithmically spaced bins (variances span orders of magnitude).
-        class_names: optional 10 panel titles (default ``"logit c"``).
-    """
-    mc_var, new_var, old_var = to_numpy(mc_var), to_numpy(new_var), to_numpy(old_var)
-    if not (mc_var.shape == new_var.shape == old_var.shape) or mc_var.ndim != 2:
-        raise ValueError(f"mc_var, new_var, old_var must share one (n_images, n_logits) shape, got "
-                         f"{mc_var.shape}, {new_var.shape}, {old_var.shape}")
-    n_logits = mc_var.shape[1]
-    rows = 2 if n_logits > 5 else 1
-    cols = math.ceil(n_logits / rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(axes).ravel()
-    series = ((mc_var, "Monte Carlo", MC_COLOR, "stepfilled", 0.25),
-              (new_var, "new (exact)", OUTPUT_COLOR, "step", 1.0),
-              (old_var, "old (NM18)", INPUT_COLOR, "step", 1.0))
-    for c, ax in enumerate(axes):
-        if c >= n_logits:
-            ax.set_visible(False)
-            continue
-        values = np.concatenate([s[0][:, c] for s in series])
-        positive = values[values > 0]  # NaN compares False, so missing methods drop out here
-        lo, hi = (positive.min(), positive.max()) if positive.size else (1e-12, 1.0)
-        edges = np.geomspace(lo / 1.05, hi * 1.05, bins + 1)
-        for data, label, color, kind, alpha in series:
-            if np.isnan(data[:, c]).all():  # a method that was not run
-                continue
-            ax.hist(np.clip(data[:, c], edges[0], edges[-1]), bins=edges, histtype=kind, color=color, alpha=alpha,
-                    lw=1.4, label=label)
-        ax.set_xscale("log")
-        ax.set_title(class_names[c] if class_names is not None else f"logit {c}", fontsize=9)
-        ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.supxlabel("variance of the logit (log scale)", fontsize=9)
-    fig.supylabel("images", fontsize=9)
-    if sigma is not None:
-        fig.suptitle(rf"Per-logit variance over test images, $\sigma$ = {sigma:g}", fontsize=10)
-    return fig
-
-
 def plot_cross_covariance_profiles(h, rhos, exact, zero_mean, ax: Axes | None = None) -> Figure:
     """``Cov[q_i, q_j] / (sigma_i sigma_j)`` along the diagonal ``h_i = h_j = h``: the exact value as a curve per
     correlation, NM18's zero-mean value (which ignores ``h``) as a dashed line of the same colour, and the two
@@ -716,7 +666,7 @@ def plot_series_slice(summary: dict) -> Figure:
 
 # ----------------------------------------------------------------------------- chapter 9: Gaussian attacks
 
-__all__ += ["plot_attack_grid", "plot_attack_budget_curves"]
+__all__ += ["plot_attack_grid"]
 
 
 def plot_attack_grid(clean, mean, noise_std, draws, titles=None, success=None) -> Figure:
@@ -746,41 +696,6 @@ def plot_attack_grid(clean, mean, noise_std, draws, titles=None, success=None) -
         if success is not None:
             label += f"\nMC {float(success[r]):.2f}"
         axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_attack_budget_curves(curves: dict) -> Figure:
-    """Success vs budget from ``attacks_curves.json``: sparse (pixels touched) and smooth (L2 of δ) panels."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    sp = curves["sparse"]
-    px = [e["gaussian"]["pixels_touched_median"] for e in sp]
-    ax1.plot(px, [e["gaussian"]["success_rate"] for e in sp], "o-", color=OUTPUT_COLOR,
-             label="Gaussian attack (per draw)")
-    lo = [e["gaussian"]["success_ci"][0] for e in sp]
-    hi = [e["gaussian"]["success_ci"][1] for e in sp]
-    ax1.fill_between(px, lo, hi, color=OUTPUT_COLOR, alpha=0.2)
-    ax1.plot(px, [e["l0_pgd_matched"]["success_rate"] for e in sp], "s--", color=INPUT_COLOR,
-             label="L0-PGD, matched k per image")
-    fixed = curves.get("l0_pgd_fixed", [])
-    if fixed:
-        ax1.plot([e["k"] for e in fixed], [e["success_rate"] for e in fixed], "^:", color=MC_COLOR,
-                 label="L0-PGD, fixed k")
-    ax1.set_xlabel("pixels touched (median over digits)")
-    ax1.set_ylabel("success rate (real LeNet)")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.set_title("sparse, untargeted")
-    ax1.legend(fontsize=8)
-    sm = curves["smooth"]
-    l2 = [e["gaussian"]["l2_median"] for e in sm]
-    ax2.plot(l2, [e["gaussian"]["success_rate"] for e in sm], "o-", color=OUTPUT_COLOR,
-             label="Gaussian attack (per draw)")
-    ax2.plot([e["smooth_pgd"]["eps"] for e in sm], [e["smooth_pgd"]["success_rate"] for e in sm], "s--",
-             color=INPUT_COLOR, label="blurred L2-PGD at that ε")
-    ax2.set_xlabel("L2 norm of the mean shift δ (median)")
-    ax2.set_ylim(-0.02, 1.02)
-    ax2.set_title("smooth, untargeted")
-    ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -863,33 +778,6 @@ def plot_noise_sensitivity(image, maps: dict, title: str | None = None) -> Figur
     return fig
 
 
-def plot_error_by_cluster(ks, centroid_err, farthest_err, sigmas, input_err=None, ylabel: str = "error") -> Figure:
-    """NM20 Table 3 as a figure: error of linearizing at cluster centroids / farthest members against k.
-
-    Args:
-        ks: ``(K,)`` cluster counts.
-        centroid_err, farthest_err: ``(S, K)`` errors (one row per sigma).
-        sigmas: ``(S,)`` noise levels.
-        input_err: optional ``(S,)`` error at p = x, drawn as a dashed line.
-    """
-    ks = to_numpy(ks)
-    centroid_err, farthest_err = to_numpy(centroid_err), to_numpy(farthest_err)
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(3.3 * len(sigmas), 3.2), layout="constrained", sharey=True)
-    axes = np.atleast_1d(axes)
-    for s, (ax, sigma) in enumerate(zip(axes, sigmas)):
-        ax.plot(ks, centroid_err[s], "o-", color=OUTPUT_COLOR, label="centroid")
-        ax.plot(ks, farthest_err[s], "s--", color=INPUT_COLOR, label="farthest member")
-        if input_err is not None:
-            ax.axhline(to_numpy(input_err)[s], color=MC_COLOR, ls=":", label="p = x")
-        ax.set_xscale("log")
-        ax.set_xlabel("clusters k")
-        ax.set_title(rf"$\sigma$ = {sigma:g}", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel(ylabel)
-    axes[0].legend(fontsize=8)
-    return fig
-
-
 def plot_digits(images, labels=None, predictions=None, n_cols: int = 10) -> Figure:
     """A grid of digits ``(N, 1, H, W)`` titled with their labels (and predictions, red when wrong)."""
     images = to_numpy(images)
@@ -911,32 +799,6 @@ def plot_digits(images, labels=None, predictions=None, n_cols: int = 10) -> Figu
             parts.append(f"pred {int(predictions[i])}")
         wrong = labels is not None and predictions is not None and int(labels[i]) != int(predictions[i])
         ax.set_title("\n".join(parts), fontsize=7, color="#de2d26" if wrong else "black")
-    return fig
-
-
-def plot_error_vs_sigma(sigmas, curves: dict, floor=None, ax: Axes | None = None) -> Figure:
-    """Median (line) and interquartile range (band) of an error over images and logits, against the noise level.
-
-    Args:
-        sigmas: ``(S,)`` noise levels.
-        curves: ``{label: list of S arrays}``, each array the errors pooled over images and logits at one sigma.
-        floor: optional ``(S,)`` Monte Carlo noise floor, drawn dotted.
-    """
-    fig, ax = _new_axes(ax, (5.6, 3.8))
-    s = to_numpy(sigmas)
-    colors = (OUTPUT_COLOR, "#31a354", INPUT_COLOR, "#756bb1")
-    for (label, per_sigma), color in zip(curves.items(), colors):
-        q = np.array([np.nanpercentile(to_numpy(v), [25, 50, 75]) for v in per_sigma])
-        ax.plot(s, q[:, 1], "o-", color=color, label=label)
-        ax.fill_between(s, q[:, 0], q[:, 2], color=color, alpha=0.15)
-    if floor is not None:
-        ax.plot(s, to_numpy(floor), ":", color=MC_COLOR, label="Monte Carlo noise floor")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"average per-pixel noise std $\sigma$")
-    ax.set_ylabel("symmetric relative error")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
     return fig
 
 
