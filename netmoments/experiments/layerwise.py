@@ -189,7 +189,8 @@ def build_layerwise_context(config: LayerwiseConfig, n_images: int | None = None
 
 def _truth(tightness_rows) -> dict:
     """``(image, sigma, cov) -> (mc_mean, mc_var, mc_var_se, n)`` from the tightness rows at the digit itself, or
-    from this experiment's own ``"truth"`` rows (other networks, finer truths)."""
+    from this experiment's own ``"truth"`` rows (other networks, finer truths). Where both hold a task, the later
+    row wins: pass the tightness rows first and a finer truth after them to score against the finer one."""
     out = {}
     for r in tightness_rows:
         if r.get("point") == "input":
@@ -459,8 +460,9 @@ def summary_table(rows, tightness_rows, sigma: float, cov: str = "dense", refere
                if r["method"] == "tsl" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
         truth = {(r["image"]): r for r in tightness_rows
                  if r.get("point") == "input" and r["sigma"] == sigma and r["cov"] == cov}  # fmt: skip
-        cv = [control_variate_errors(budget, tsl[i], truth[i]) for i, budget in zip(ref["image"], ref["draws"])
-              if i in tsl and i in truth]  # fmt: skip
+        own = _truth(tightness_rows)  # the truth scored against: a finer one, when given, overrides the run's
+        cv = [control_variate_errors(budget, tsl[i], truth[i], truth=own[i, sigma, cov][1:])
+              for i, budget in zip(ref["image"], ref["draws"]) if i in tsl and i in truth]  # fmt: skip
         cv = [c for c in cv if c[2] > 0]
         if cv:
             lines.append({"method": f"control-variate MC at {reference}'s cost", "n": len(cv),
