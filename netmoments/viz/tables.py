@@ -1,0 +1,136 @@
+"""Closed forms against Monte Carlo, as a table (chapters 1-4).
+
+Printing helpers, kept apart from the plotting code: a chapter calls one function instead of a loop of format
+strings, and every closed-form-versus-sampling table in Part I reads the same way.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["MonteCarloTable", "bonferroni_threshold", "monte_carlo_table"]
+
+
+class MonteCarloTable(NamedTuple):
+    """What :func:`monte_carlo_table` printed: row names, ``{label: z-scores (rows,)}`` and the threshold."""
+
+    rows: list
+    z: dict
+    threshold: float
+
+
+def bonferroni_threshold(n_compared: int, level: float = 0.01) -> float:
+    """Two-sided Bonferroni threshold ``z_{1 - level / (2 k)}`` for ``k = n_compared`` z-scores.
+
+    A correct formula then fails *any* of the ``k`` comparisons with probability at most ``level``.
+    """
+    if not isinstance(n_compared, int) or n_compared < 1:
+        raise ValueError(f"n_compared must be a positive int, got {n_compared!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    quantile = torch.tensor(1.0 - level / (2 * n_compared), dtype=torch.float64)
+    return torch.special.ndtri(quantile).item()
+
+
+def monte_carlo_table(
+    mc,
+    closed_forms: dict,
+    labels=None,
+    *,
+    variances: bool = True,
+    covariances: bool = True,
+    level: float = 0.01,
+    digits: int = 4,
+    name: str = "y",
+) -> MonteCarloTable:
+    """Print closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``.
+
+    The z-scores of the means and variances are :meth:`netmoments.MonteCarloResult.z_scores`; those of the
+    off-diagonal covariances use ``mc.cov_se``. The last line gives the two-sided Bonferroni threshold for all
+    rows at once (:func:`bonferroni_threshold`) and, per closed form, how many rows exceed it.
+
+    Args:
+        mc: a :class:`netmoments.MonteCarloResult` of ``f(x)`` with outputs ``(..., p)`` (leading dimensions
+            are flattened into rows).
+        closed_forms: ``{label: (mean, second)}`` with ``mean`` shaped like ``mc.mean`` and ``second`` either
+            the variances (shaped like ``mc.var``), the covariance ``(..., p, p)``, or ``None`` (means only).
+        labels: names of the flattened outputs (default ``y1, y2, ...``).
+        variances: compare the variances.
+        covariances: compare the off-diagonal covariances (needs ``mc.cov`` and covariance ``second``).
+        level: family-wise level of the Bonferroni threshold.
+        digits: decimals printed.
+        name: stem of the default labels.
+
+    Returns:
+        :class:`MonteCarloTable` ``(rows, z, threshold)``: the row names, ``{label: z-scores (rows,)}`` and the
+        Bonferroni threshold.
+    """
+    p = mc.mean.shape[-1]
+    n_out = mc.mean.numel()
+    if labels is None:
+        labels = [f"{name}{k + 1}" for k in range(n_out)]
+    labels = list(labels)
+    if len(labels) != n_out:
+        raise ValueError(f"labels must name the {n_out} outputs, got {len(labels)}")
+    use_cov = covariances and mc.cov is not None and p > 1
+    rows, estimate, std_err = [], [], []
+    rows += [f"E[{lab}]" for lab in labels]
+    estimate.append(mc.mean.reshape(-1))
+    std_err.append(mc.mean_se.reshape(-1))
+    if variances:
+        rows += [f"Var[{lab}]" for lab in labels]
+        estimate.append(mc.var.reshape(-1))
+        std_err.append(mc.var_se.reshape(-1))
+    if use_cov:
+        iu, ju = torch.triu_indices(p, p, offset=1)
+        grouped = [labels[b * p:(b + 1) * p] for b in range(n_out // p)]
+        rows += [f"Cov[{g[i]},{g[j]}]" for g in grouped for i, j in zip(iu.tolist(), ju.tolist())]
+        estimate.append(mc.cov[..., iu, ju].reshape(-1))
+        std_err.append(mc.cov_se[..., iu, ju].reshape(-1))
+    estimate, std_err = torch.cat(estimate), torch.cat(std_err)
+
+    values, z_scores = {}, {}
+    for label, (mean, second) in closed_forms.items():
+        mean = torch.as_tensor(mean).to(mc.mean).reshape(mc.mean.shape)
+        if second is None:
+            if variances or use_cov:
+                raise ValueError(f"closed form {label!r} gives no second moment; pass variances=False, covariances=False")
+            (z_mean,) = mc.z_scores(mean)
+            values[label], z_scores[label] = mean.reshape(-1), z_mean.reshape(-1)
+            continue
+        second = torch.as_tensor(second).to(mc.mean)
+        is_cov = second.dim() == mc.var.dim() + 1  # (..., p, p) covariance rather than (..., p) variances
+        var = torch.diagonal(second, dim1=-2, dim2=-1) if is_cov else second.reshape(mc.var.shape)
+        z_mean, z_var = mc.z_scores(mean, var)
+        parts, zs = [mean.reshape(-1)], [z_mean.reshape(-1)]
+        if variances:
+            parts.append(var.reshape(-1))
+            zs.append(z_var.reshape(-1))
+        if use_cov:
+            if not is_cov:
+                raise ValueError(f"closed form {label!r} gives variances only; pass covariances=False")
+            cov_entries = second[..., iu, ju].reshape(-1)
+            tiny = torch.finfo(estimate.dtype).tiny
+            parts.append(cov_entries)
+            zs.append((cov_entries - mc.cov[..., iu, ju].reshape(-1)).abs()
+                      / mc.cov_se[..., iu, ju].reshape(-1).clamp_min(tiny))
+        values[label] = torch.cat(parts)
+        z_scores[label] = torch.cat(zs)
+
+    threshold = bonferroni_threshold(len(rows), level)
+    width = max(len(r) for r in rows) + 1
+    number = digits + 6
+    header = f"{'quantity':<{width}} {'Monte Carlo ± SE':>{2 * number + 3}}"
+    for label in closed_forms:
+        header += f" | {label:>{number}} {'|z|':>6}"
+    print(header)
+    for k, row in enumerate(rows):
+        line = f"{row:<{width}} {estimate[k].item():{number}.{digits}f} ± {std_err[k].item():<{number}.{digits}f}"
+        for label in closed_forms:
+            line += f" | {values[label][k].item():{number}.{digits}f} {z_scores[label][k].item():6.2f}"
+        print(line)
+    verdicts = ", ".join(f"{label}: {int((z > threshold).sum())} of {len(rows)} above it"
+                         for label, z in z_scores.items())
+    print(f"Bonferroni threshold for {len(rows)} numbers at level {level}: {threshold:.2f}; {verdicts}")
+    return MonteCarloTable(rows, z_scores, threshold)
