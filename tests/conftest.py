@@ -20,6 +20,17 @@ def _seed_torch_per_test():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Put torch's thread count back after every test. It is process-wide: a test that sets it (to reproduce a
+    committed one-thread result) would otherwise change the speed and summation order of every later test on
+    the same worker. A module-scoped fixture runs before this one, so it must restore the count itself."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def gen():
     """A seeded CPU generator (each test gets a fresh one)."""

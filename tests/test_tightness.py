@@ -51,8 +51,12 @@ def context():
 
 @pytest.fixture(scope="module")
 def dense_rows(context):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return tightness_task((1, 0.05, "dense"), context)
+    try:
+        return tightness_task((1, 0.05, "dense"), context)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_symmetric_relative_error():
