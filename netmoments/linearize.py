@@ -1,4 +1,4 @@
-"""Linearizing deep piecewise-linear networks around a point (spec section 6).
+"""Linearizing deep piecewise-linear networks around a point: NM20's two-stage linearization (TSL).
 
 A network built from convolutions, pooling, flattening, linear layers and ReLUs is piecewise affine: inside
 the region where every ReLU's on/off pattern and every max-pool's argmax stay fixed it *is* an affine map.
@@ -11,6 +11,9 @@ and, for the default last ReLU of a classifier, everything after it is one linea
 All maps act on *flattened* inputs (``n = C * H * W``). Jacobians are computed for a whole batch of points
 with ``torch.func.vmap`` over ``jacfwd`` / ``jacrev`` (one vectorised pass per chunk of points, never one
 backward per output row).
+
+Nothing here changes process-wide state: torch's thread count is the caller's to set (see
+:func:`two_stage_linearize`'s ``threads``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import contextlib
 import contextvars
 import copy
 import math
+import numbers
 import warnings
 from typing import Sequence
 
@@ -383,27 +387,57 @@ class _Patches:
         return out[..., :-1].reshape(Bt, C * H * W, -1)
 
 
-def _run_groups(work, items: list, device: torch.device) -> list:
-    """``work(group)`` for the items dealt into one group per free CPU thread (:func:`_cpu_workers`).
+# How many Python threads the structured CPU path may spread independent work over (the caller's ``threads``).
+# A context variable, not a global: each thread and asyncio task sees only what its own caller set.
+_WORKER_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("netmoments_worker_threads", default=1)
 
-    Each group runs on its own Python thread with one-thread operations, which never wait for each other:
-    a busy core slows a group down but does not stall the others. Elsewhere ``[work(items)]``.
+
+@contextlib.contextmanager
+def _worker_threads(threads: int):
+    """Let :func:`_run_groups` inside the block use ``threads`` Python threads (this context only)."""
+    token = _WORKER_THREADS.set(threads)
+    try:
+        yield
+    finally:
+        _WORKER_THREADS.reset(token)
+
+
+def _check_threads(threads) -> int:
+    """``threads`` as an int >= 1, else a ``TypeError`` / ``ValueError`` naming it."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"threads must be a positive int, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads}")
+    return int(threads)
+
+
+def _run_groups(work, items: list, device: torch.device) -> list:
+    """``work(group)`` for the items dealt into one group per Python thread allowed (:func:`_worker_threads`).
+
+    Each group runs on its own Python thread; with one-thread torch operations (the caller's
+    ``torch.set_num_threads(1)``) the groups never wait for each other: a busy core slows a group down but does
+    not stall the others. On other devices, or with one thread allowed, ``[work(items)]``.
     """
-    workers = min(_cpu_workers(), len(items)) if device.type == "cpu" else 1
+    workers = min(_WORKER_THREADS.get(), len(items)) if device.type == "cpu" else 1
     if workers <= 1:
         return [work(items)]
     grad = torch.is_grad_enabled()  # grad mode is per thread
 
     def run(group):
-        with torch.set_grad_enabled(grad):
-            return work(group)
+        # a group never splits again (a fresh thread's context holds the default 1; set it in case it did not)
+        token = _WORKER_THREADS.set(1)
+        try:
+            with torch.set_grad_enabled(grad):
+                return work(group)
+        finally:
+            _WORKER_THREADS.reset(token)
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return list(pool.map(run, [items[i::workers] for i in range(workers)]))
 
 
 def _accumulate(new_buffer, items: list, add, device: torch.device) -> torch.Tensor:
-    """``add(buffer, item)`` for every item into one zero ``new_buffer()``, split over free CPU threads.
+    """``add(buffer, item)`` for every item into one zero ``new_buffer()``, split over the allowed Python threads.
 
     Each thread sums its items into a buffer of its own and the buffers are then added: one extra pass over
     the buffer buys a split of the work.
@@ -422,7 +456,7 @@ def _accumulate(new_buffer, items: list, add, device: torch.device) -> torch.Ten
 
 
 def _in_slices(op, length: int, device: torch.device, pieces: int = 8) -> None:
-    """``op(rows)`` for consecutive slices ``rows`` covering ``range(length)``, spread over the free CPU threads.
+    """``op(rows)`` for consecutive slices ``rows`` covering ``range(length)``, spread over the allowed threads.
 
     For large transposing copies: they are bound by memory latency, so a second thread helps them too.
     """
@@ -568,6 +602,7 @@ class TwoStageLinearization:
             ``"autograd"`` (torch.func Jacobians) or ``"auto"`` (structured when every layer allows it).
         chunk_size: points per dense-Jacobian pass (bounds memory); ``None``: one point at a time for the
             structured method on a CPU (cache-friendly), the whole batch on a GPU, 16 for the autograd method.
+        threads: Python threads the structured method may use on a CPU (see :func:`two_stage_linearize`).
 
     ``points`` is a constant (detached; a ``UserWarning`` if it requires grad), must hold at least one point and be
     float32/float64 (or be widened by ``dtype``).
@@ -578,8 +613,9 @@ class TwoStageLinearization:
     """
 
     def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, method: str = "auto",
-                 chunk_size: int | None = None, mode: str = "auto"):
+                 chunk_size: int | None = None, mode: str = "auto", threads: int = 1):
         _check_method(method)
+        self.threads = _check_threads(threads)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         model, flat, shape, _ = _prepare(model, points, input_shape, dtype, name="points")
@@ -591,10 +627,6 @@ class TwoStageLinearization:
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _set_points(self, flat: torch.Tensor) -> None:
-        with _one_cpu_thread(flat.device):  # a few small passes: see _one_cpu_thread
-            self._set_points_unthreaded(flat)
-
-    def _set_points_unthreaded(self, flat: torch.Tensor) -> None:
         self._set_points_lazily(flat)
         self.c1 = self.pre - self.matvec(flat)
         self._A = None
@@ -604,7 +636,8 @@ class TwoStageLinearization:
         if len(self.after) == 0:
             eye = torch.eye(hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
             return eye.expand(hidden.shape[0], -1, -1), torch.zeros_like(hidden)
-        jac, values = _jacobian_at(self.after, hidden, self.hidden_shape, self.method, self.chunk_size, self.mode)
+        jac, values = _jacobian_at(self.after, hidden, self.hidden_shape, self.method, self.chunk_size, self.mode,
+                                   self.threads)
         bias = values - (jac @ hidden.unsqueeze(-1)).squeeze(-1)
         return (jac if jac.stride(0) == 0 else jac.contiguous()), bias
 
@@ -671,7 +704,7 @@ class TwoStageLinearization:
         """The dense ``(Bt, m, n)`` first stage (computed on first use, then cached)."""
         if self._A is None:
             self._A = _dense_jacobian(self.before, self.points, self.input_shape, self._pattern, self.method,
-                                      self.chunk_size, self.mode)
+                                      self.chunk_size, self.mode, self.threads)
         return self._A
 
     def network(self) -> AffineReLUAffine:
@@ -711,7 +744,7 @@ class TwoStageLinearization:
         if self._A is not None and bool(changed.any()):
             fresh = _dense_jacobian(self.before, flat[changed], self.input_shape,
                                     [p[changed] if p is not None else None for p in new._pattern],
-                                    self.method, self.chunk_size, self.mode)
+                                    self.method, self.chunk_size, self.mode, self.threads)
             new._A = self._A.clone()
             new._A[changed] = fresh
         else:
@@ -745,50 +778,14 @@ def _pattern_changed(old: list, new: list, batch: int, device) -> torch.Tensor:
     return changed
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device, enabled: bool = True):
-    """Run the structured path's many small, memory-bound CPU operations on one intra-op thread.
-
-    Each of them is a parallel region that waits for every thread: when another process holds one of the cores
-    (a shared machine, pytest-xdist workers, Dask workers) each region waits for that thread's next time slice,
-    and LeNet's linearization took 1-2.3 s instead of 70 ms on a 2-core machine. One thread loses little on an
-    idle machine, since these operations are bound by memory, not arithmetic. The threads taken away serve
-    independent pieces of work instead (:func:`_run_groups`), which never wait for each other mid-operation.
-    """
-    if not enabled or device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    token = _CPU_WORKERS.set(threads)
-    try:
-        yield
-    finally:
-        _CPU_WORKERS.reset(token)
-        torch.set_num_threads(threads)
-
-
-# The intra-op thread count that an enclosing _one_cpu_thread took away (None outside one).
-_CPU_WORKERS: contextvars.ContextVar[int | None] = contextvars.ContextVar("netmoments_cpu_workers", default=None)
-
-
-def _cpu_workers() -> int:
-    """How many Python threads may share independent work: torch's thread count before _one_cpu_thread.
-
-    A pool thread does not inherit the context variable, so there this is the 1 that _one_cpu_thread set:
-    work split over threads never splits again.
-    """
-    return _CPU_WORKERS.get() or torch.get_num_threads()
-
-
-def _jacobian_at(part, points, shape, method, chunk_size, mode="auto"):
+def _jacobian_at(part, points, shape, method, chunk_size, mode="auto", threads: int = 1):
     """(Jacobian ``(Bt, m, n)``, ``part(points) (Bt, m)``); a point-independent Jacobian is an expanded view."""
     values, pattern = _forward_pattern(part, points.reshape(-1, *shape))
-    jac = _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode)
+    jac = _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode, threads)
     return jac, values.reshape(points.shape[0], -1)
 
 
-def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto"):
+def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto", threads: int = 1):
     if method == "auto":
         method = "structured" if _structured_supported(part, shape) else "autograd"
     elif method == "structured" and not _structured_supported(part, shape):
@@ -798,7 +795,7 @@ def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto
     if Bt > 1 and not any(isinstance(layer, _PIECEWISE) for layer in part):
         # an affine part has one Jacobian for every point: compute it once, return a stride-0 view
         first = [p[:1] if p is not None else None for p in pattern]
-        return _dense_jacobian(part, points[:1], shape, first, method, chunk_size, mode).expand(Bt, -1, -1)
+        return _dense_jacobian(part, points[:1], shape, first, method, chunk_size, mode, threads).expand(Bt, -1, -1)
     if method == "autograd":
         return batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size or 16)[1].detach()
     # On a CPU one point at a time keeps the windows of a layer in cache (a batch of 16 LeNet points would
@@ -813,8 +810,8 @@ def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto
             # detach: views of a parameter made under no_grad still require grad (the B of an affine last part)
             return _structured_jacobian(part, points[start : start + step], shape, sub, prepared).detach()
 
-    with _one_cpu_thread(points.device):
-        # The first chunk may split its own work over the free threads, and fills ``prepared``, which the other
+    with _worker_threads(threads):
+        # The first chunk may split its own work over the threads, and fills ``prepared``, which the other
         # chunks then only read; those run one per thread.
         first = chunk(0)
         if len(starts) == 1:
@@ -839,6 +836,7 @@ def affine_linearize(
     method: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = None,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order Taylor expansion of the whole network at ``point``: ``model(x) ~ W x + b`` (x flattened).
 
@@ -850,7 +848,7 @@ def affine_linearize(
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
         method: ``"structured"`` (layer by layer with locality), ``"autograd"`` (torch.func) or ``"auto"``.
-        mode, chunk_size: see :func:`two_stage_linearize` (``mode`` applies to the autograd method).
+        mode, chunk_size, threads: see :func:`two_stage_linearize` (``mode`` applies to the autograd method).
 
     Returns:
         ``W (p, n)``, ``b (p,)`` for one point; ``W (B, p, n)``, ``b (B, p)`` for a batch; on ``point``'s device.
@@ -860,8 +858,9 @@ def affine_linearize(
     float16/bfloat16 point or ``dtype`` raise.
     """
     _check_method(method)
+    threads = _check_threads(threads)
     model, flat, shape, batched = _prepare(model, point, input_shape, dtype)
-    weight, values = _jacobian_at(model, flat, shape, method, chunk_size, mode)
+    weight, values = _jacobian_at(model, flat, shape, method, chunk_size, mode, threads)
     bias = values - (weight @ flat.unsqueeze(-1)).squeeze(-1)
     if not batched:
         return weight[0], bias[0]
@@ -883,6 +882,7 @@ def two_stage_linearize(
     method: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = None,
+    threads: int = 1,
 ) -> AffineReLUAffine:
     """Two-stage linearization: ``model(x) ~ B relu(A x + c1) + c2`` around ``point`` (x flattened).
 
@@ -896,11 +896,15 @@ def two_stage_linearize(
     ``mode``) and works for every supported layer; ``"auto"`` picks structured whenever the layers allow it.
     For products with ``A`` without forming it, see :class:`TwoStageLinearization`.
 
-    On a CPU the structured method uses ``torch.get_num_threads()`` Python threads, each running one-thread
-    operations: a batch's points are spread over them, and a single point splits its convolution taps and
-    fc1's positions. On an idle 2-core machine this makes LeNet's linearization about 1.5x (one point) to 1.8x
-    (a batch) faster than one thread; when other processes keep the cores busy it is slower (about 1.4x for
-    one point), as any multi-threaded PyTorch code is: there, call ``torch.set_num_threads(1)`` first.
+    Threads: this function never changes torch's (process-wide) thread count. The structured method runs many
+    small, memory-bound operations; each multi-threaded one waits for every intra-op thread, so on a CPU whose
+    cores other processes keep busy they are several times slower than on one thread (LeNet: 1-2.3 s instead
+    of 70 ms on a shared 2-core machine). There, the application should call ``torch.set_num_threads(1)``
+    and may pass ``threads=k``: the structured method then spreads independent work (a batch's points; a
+    single point's convolution taps and fc1 positions) over ``k`` Python threads, which never wait for each
+    other. On an idle 2-core machine ``threads=2`` with one torch thread makes LeNet's linearization about 1.5x
+    (one point) to 1.8x (a batch) faster than ``threads=1``. With several torch threads keep ``threads=1``
+    (the default): ``k`` Python threads would each start a team of torch threads.
     On a GPU a batch runs in one pass: on an H200, 256 LeNet digits take 90 ms (0.35 ms each), while one digit
     is bound by kernel launches (9.9 ms; ``method="autograd"`` takes 7.0 ms there). Batch points on a GPU.
 
@@ -913,6 +917,7 @@ def two_stage_linearize(
         method: ``"auto"``, ``"structured"`` or ``"autograd"`` (see above).
         mode: Jacobian mode of the autograd method (``"auto"`` picks forward or reverse by the smaller dimension).
         chunk_size: points per Jacobian pass (bounds memory); ``None`` picks a good size for the method and device.
+        threads: Python threads the structured method may use on a CPU (see above); results agree to round-off.
 
     Returns:
         :class:`netmoments.AffineReLUAffine` with ``A (m, n)``, ``c1 (m,)``, ``B (p, m)``, ``c2 (p,)``, or with a
@@ -921,8 +926,9 @@ def two_stage_linearize(
         expanded view (``stride(0) == 0``) of one matrix rather than ``B`` copies.
 
     Raises:
-        TypeError: ``point`` (or ``dtype``) is not float32/float64, e.g. float16; ``model`` has other layers.
-        ValueError: ``point`` is an empty batch ``(0, ...)``, holds NaN/inf, or has the wrong shape.
+        TypeError: ``point`` (or ``dtype``) is not float32/float64, e.g. float16; ``model`` has other layers;
+            ``threads`` is not an int.
+        ValueError: ``point`` is an empty batch ``(0, ...)``, holds NaN/inf, or has the wrong shape; ``threads < 1``.
 
     Note:
         The point is a constant of the result: ``A``, ``c1``, ``B`` and ``c2`` are piecewise constant in it (inside
@@ -934,15 +940,14 @@ def two_stage_linearize(
         raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
     _, _, _, batched = _prepare(model, point, input_shape, dtype)
     point = point.detach()  # a constant (see the Note); _prepare has warned if it required grad
-    with _one_cpu_thread(point.device, enabled=method != "autograd"):
-        lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
-                                    chunk_size=chunk_size, mode=mode)
-        A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
-        if not batched:
-            A, c1, B, c2 = A[0], c1[0], B[0], c2[0]
-        # Point-independent factors (e.g. LeNet's B = fc2.weight) stay expanded views: no per-point copies.
-        A, B = (t if t.dim() > 2 and t.stride(0) == 0 else t.contiguous() for t in (A, B))
-        return AffineReLUAffine(A, c1.contiguous(), B, c2.contiguous())
+    lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
+                                chunk_size=chunk_size, mode=mode, threads=threads)
+    A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
+    if not batched:
+        A, c1, B, c2 = A[0], c1[0], B[0], c2[0]
+    # Point-independent factors (e.g. LeNet's B = fc2.weight) stay expanded views: no per-point copies.
+    A, B = (t if t.dim() > 2 and t.stride(0) == 0 else t.contiguous() for t in (A, B))
+    return AffineReLUAffine(A, c1.contiguous(), B, c2.contiguous())
 
 
 @torch.no_grad()

@@ -346,17 +346,13 @@ def test_update_recomputes_only_points_whose_region_changed(lenet64, digits, gen
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threaded_structured_path_equals_one_thread(lenet64, digits, threads):
-    # On a CPU the structured path spreads points, conv taps and fc1 positions over Python threads (one
-    # intra-op thread each); only the order of the final sums may change, so results agree to round-off.
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        serial = [two_stage_linearize(lenet64, digits[:3]), two_stage_linearize(lenet64, digits[0])]
-        torch.set_num_threads(threads)
-        threaded = [two_stage_linearize(lenet64, digits[:3]), two_stage_linearize(lenet64, digits[0])]
-        assert torch.get_num_threads() == threads  # the one-thread section restores the caller's setting
-    finally:
-        torch.set_num_threads(before)
+    # On a CPU the structured path spreads points, conv taps and fc1 positions over `threads` Python threads
+    # (one torch thread each, as its docstring advises); only the order of the final sums may change, so results
+    # agree to round-off. tests/conftest.py puts torch's thread count back after the test.
+    torch.set_num_threads(1)
+    serial = [two_stage_linearize(lenet64, digits[:3]), two_stage_linearize(lenet64, digits[0])]
+    threaded = [two_stage_linearize(lenet64, digits[:3], threads=threads),
+                two_stage_linearize(lenet64, digits[0], threads=threads)]
     for one, many in zip(serial, threaded):
         for name in ("A", "c1", "B", "c2"):
             a, b = getattr(one, name), getattr(many, name)
@@ -373,15 +369,11 @@ def test_accumulate_sums_every_item_once_on_any_number_of_threads():
     expected = torch.zeros(5, dtype=torch.float64)
     for item in range(23):
         expected[item % 5] += item
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 4):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 4):
+        with linearize._worker_threads(threads):
             out = linearize._accumulate(lambda: torch.zeros(5, dtype=torch.float64), list(range(23)), add,
                                         torch.device("cpu"))
-            assert torch.equal(out, expected), threads
-    finally:
-        torch.set_num_threads(before)
+        assert torch.equal(out, expected), threads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
