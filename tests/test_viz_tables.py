@@ -1,4 +1,5 @@
-"""The table helpers of chapters 1-5 (netmoments.viz.monte_carlo_table, bonferroni_threshold)."""
+"""The table helpers of chapters 1-4 (netmoments.viz.monte_carlo_table and the comparison and formatter it prints,
+bonferroni_threshold)."""
 import pytest
 import torch
 from scipy import stats
@@ -49,3 +50,35 @@ def test_monte_carlo_table_means_only_and_bad_labels():
     with pytest.raises(ValueError, match="labels must name"):
         viz.monte_carlo_table(_result(), {"f": (torch.zeros(2, **f64), torch.ones(2, **f64))}, ["only one"],
                               covariances=False)
+
+
+def test_monte_carlo_comparison_computes_without_printing(capsys):
+    mean = torch.tensor([1.4, 1.0], **f64)
+    cov = torch.tensor([[6.0, 0.5], [0.5, 9.0]], **f64)
+    comparison = viz.monte_carlo_comparison(_result(), {"f": (mean, cov)}, ["a", "b"])
+    assert capsys.readouterr().out == ""
+    assert comparison.rows == ["E[a]", "E[b]", "Var[a]", "Var[b]", "Cov[a,b]"]
+    torch.testing.assert_close(comparison.estimate, torch.tensor([1.0, 2.0, 4.0, 9.0, 1.0], **f64))
+    torch.testing.assert_close(comparison.std_err, torch.tensor([0.1, 0.5, 1.0, 2.0, 0.25], **f64))
+    torch.testing.assert_close(comparison.values["f"], torch.tensor([1.4, 1.0, 6.0, 9.0, 0.5], **f64))
+    torch.testing.assert_close(comparison.z["f"], torch.tensor([4.0, 2.0, 2.0, 0.0, 2.0], **f64), rtol=1e-12,
+                               atol=1e-12)
+    assert comparison.level == 0.01
+    assert comparison.threshold == pytest.approx(stats.norm.ppf(1 - 0.01 / 10), rel=1e-12)
+
+
+def test_monte_carlo_table_prints_the_formatted_comparison(capsys):
+    forms = {"f": (torch.tensor([1.4, 1.0], **f64), torch.tensor([[6.0, 0.5], [0.5, 9.0]], **f64)),
+             "g": (torch.tensor([1.0, 2.0], **f64), torch.tensor([[4.0, 1.0], [1.0, 9.0]], **f64))}
+    table = viz.monte_carlo_table(_result(), forms, digits=3, level=0.05)
+    printed = capsys.readouterr().out
+    comparison = viz.monte_carlo_comparison(_result(), forms, level=0.05)
+    text = viz.format_monte_carlo_table(comparison, digits=3)
+    assert printed == text + "\n"
+    lines = text.splitlines()
+    assert len(lines) == 1 + len(comparison.rows) + 1  # header, one line per row, the verdict
+    assert lines[1].startswith("E[y1]") and "1.000 ± 0.100" in lines[1] and "1.400   4.00" in lines[1]
+    assert lines[-1].startswith("Bonferroni threshold for 5 numbers at level 0.05: ")
+    assert lines[-1].endswith("f: 1 of 5 above it, g: 0 of 5 above it")
+    assert table.rows == comparison.rows and table.threshold == comparison.threshold
+    assert all(torch.equal(table.z[k], comparison.z[k]) for k in ("f", "g"))

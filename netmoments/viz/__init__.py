@@ -15,7 +15,8 @@ the pure functions in :mod:`netmoments.widgets`.
 - ``ch07_tightness``: chapter 7, how tight is it;
 - ``ch08_layerwise``: chapter 8, moments layer by layer;
 - ``ch09_attacks``: chapter 9, Gaussian attacks (the chapter's result plots are in :mod:`netmoments.attacks.report`);
-- ``tables``: chapters 1-4, closed forms against Monte Carlo (:func:`monte_carlo_table`).
+- ``tables``: chapters 1-4, closed forms against Monte Carlo: :func:`monte_carlo_comparison` computes the numbers,
+  :func:`format_monte_carlo_table` writes them, :func:`monte_carlo_table` prints that.
 
 Every name is importable from here, ``viz.NAME``, as it was when this package was one module.
 
@@ -43,7 +44,8 @@ from .ch03_cross_moment import ZERO_MEAN_COLOR  # noqa: F401
 from .ch05_phi2 import ROUND_OFF  # noqa: F401
 from .ch06_linearize import KEPT_COLOR, STAGE1_COLOR, STAGE2_COLOR  # noqa: F401
 from .ch08_layerwise import METHOD_COLORS, METHOD_LABELS  # noqa: F401
-from .tables import MonteCarloTable, bonferroni_threshold, monte_carlo_table  # noqa: F401
+from .tables import (MonteCarloComparison, MonteCarloTable, bonferroni_threshold,  # noqa: F401
+                     format_monte_carlo_table, monte_carlo_comparison, monte_carlo_table)
 
 __all__ = [
     # shared

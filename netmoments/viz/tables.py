@@ -1,7 +1,9 @@
 """Closed forms against Monte Carlo, as a table (chapters 1-4).
 
-Printing helpers, kept apart from the plotting code: a chapter calls one function instead of a loop of format
-strings, and every closed-form-versus-sampling table in Part I reads the same way.
+Computing and printing are apart: :func:`monte_carlo_comparison` returns every number of the table and prints
+nothing, :func:`format_monte_carlo_table` writes those numbers as text, and :func:`monte_carlo_table`, which the
+chapters call, does both, so a chapter calls one function instead of a loop of format strings and every
+closed-form-versus-sampling table in Part I reads the same way.
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["MonteCarloTable", "bonferroni_threshold", "monte_carlo_table"]
+__all__ = ["MonteCarloTable", "MonteCarloComparison", "bonferroni_threshold", "monte_carlo_comparison",
+           "format_monte_carlo_table", "monte_carlo_table"]
 
 
 class MonteCarloTable(NamedTuple):
@@ -18,6 +21,27 @@ class MonteCarloTable(NamedTuple):
     rows: list
     z: dict
     threshold: float
+
+
+class MonteCarloComparison(NamedTuple):
+    """Every number of a closed-forms-versus-Monte-Carlo table (:func:`monte_carlo_comparison`).
+
+    Attributes:
+        rows: the row names (``E[y1]``, ..., ``Var[y1]``, ..., ``Cov[y1,y2]``, ...).
+        estimate, std_err: ``(rows,)`` the Monte Carlo estimates and their standard errors.
+        values: ``{label: (rows,) closed-form values}``.
+        z: ``{label: (rows,) |closed form - Monte Carlo| / SE}``.
+        threshold: the two-sided Bonferroni threshold for all rows at once, at ``level``.
+        level: the family-wise level of ``threshold``.
+    """
+
+    rows: list
+    estimate: torch.Tensor
+    std_err: torch.Tensor
+    values: dict
+    z: dict
+    threshold: float
+    level: float
 
 
 def bonferroni_threshold(n_compared: int, level: float = 0.01) -> float:
@@ -33,7 +57,7 @@ def bonferroni_threshold(n_compared: int, level: float = 0.01) -> float:
     return torch.special.ndtri(quantile).item()
 
 
-def monte_carlo_table(
+def monte_carlo_comparison(
     mc,
     closed_forms: dict,
     labels=None,
@@ -41,14 +65,13 @@ def monte_carlo_table(
     variances: bool = True,
     covariances: bool = True,
     level: float = 0.01,
-    digits: int = 4,
     name: str = "y",
-) -> MonteCarloTable:
-    """Print closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``.
+) -> MonteCarloComparison:
+    """Closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``; prints nothing.
 
     The z-scores of the means and variances are :meth:`netmoments.MonteCarloResult.z_scores`; those of the
-    off-diagonal covariances use ``mc.cov_se``. The last line gives the two-sided Bonferroni threshold for all
-    rows at once (:func:`bonferroni_threshold`) and, per closed form, how many rows exceed it.
+    off-diagonal covariances use ``mc.cov_se``. The threshold is the two-sided Bonferroni threshold for all rows at
+    once (:func:`bonferroni_threshold`).
 
     Args:
         mc: a :class:`netmoments.MonteCarloResult` of ``f(x)`` with outputs ``(..., p)`` (leading dimensions
@@ -59,12 +82,10 @@ def monte_carlo_table(
         variances: compare the variances.
         covariances: compare the off-diagonal covariances (needs ``mc.cov`` and covariance ``second``).
         level: family-wise level of the Bonferroni threshold.
-        digits: decimals printed.
         name: stem of the default labels.
 
     Returns:
-        :class:`MonteCarloTable` ``(rows, z, threshold)``: the row names, ``{label: z-scores (rows,)}`` and the
-        Bonferroni threshold.
+        :class:`MonteCarloComparison`.
     """
     p = mc.mean.shape[-1]
     n_out = mc.mean.numel()
@@ -119,18 +140,61 @@ def monte_carlo_table(
         z_scores[label] = torch.cat(zs)
 
     threshold = bonferroni_threshold(len(rows), level)
+    return MonteCarloComparison(rows, estimate, std_err, values, z_scores, threshold, level)
+
+
+def format_monte_carlo_table(comparison: MonteCarloComparison, digits: int = 4) -> str:
+    """The text of a :class:`MonteCarloComparison`: one line per row (the Monte Carlo estimate ``± SE``, then per
+    closed form its value and ``|z|``) and, last, the Bonferroni threshold and, per closed form, how many rows
+    exceed it.
+
+    Args:
+        comparison: what :func:`monte_carlo_comparison` returned.
+        digits: decimals written.
+    """
+    rows, estimate, std_err = comparison.rows, comparison.estimate, comparison.std_err
+    values, z_scores, threshold = comparison.values, comparison.z, comparison.threshold
     width = max(len(r) for r in rows) + 1
     number = digits + 6
     header = f"{'quantity':<{width}} {'Monte Carlo ± SE':>{2 * number + 3}}"
-    for label in closed_forms:
+    for label in values:
         header += f" | {label:>{number}} {'|z|':>6}"
-    print(header)
+    lines = [header]
     for k, row in enumerate(rows):
         line = f"{row:<{width}} {estimate[k].item():{number}.{digits}f} ± {std_err[k].item():<{number}.{digits}f}"
-        for label in closed_forms:
+        for label in values:
             line += f" | {values[label][k].item():{number}.{digits}f} {z_scores[label][k].item():6.2f}"
-        print(line)
+        lines.append(line)
     verdicts = ", ".join(f"{label}: {int((z > threshold).sum())} of {len(rows)} above it"
                          for label, z in z_scores.items())
-    print(f"Bonferroni threshold for {len(rows)} numbers at level {level}: {threshold:.2f}; {verdicts}")
-    return MonteCarloTable(rows, z_scores, threshold)
+    lines.append(f"Bonferroni threshold for {len(rows)} numbers at level {comparison.level}: {threshold:.2f}; "
+                 f"{verdicts}")
+    return "\n".join(lines)
+
+
+def monte_carlo_table(
+    mc,
+    closed_forms: dict,
+    labels=None,
+    *,
+    variances: bool = True,
+    covariances: bool = True,
+    level: float = 0.01,
+    digits: int = 4,
+    name: str = "y",
+) -> MonteCarloTable:
+    """Print closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``.
+
+    :func:`monte_carlo_comparison` computes the numbers (see there for the arguments) and
+    :func:`format_monte_carlo_table` writes them, with ``digits`` decimals; the last line gives the two-sided
+    Bonferroni threshold for all rows at once (:func:`bonferroni_threshold`) and, per closed form, how many rows
+    exceed it.
+
+    Returns:
+        :class:`MonteCarloTable` ``(rows, z, threshold)``: the row names, ``{label: z-scores (rows,)}`` and the
+        Bonferroni threshold.
+    """
+    comparison = monte_carlo_comparison(mc, closed_forms, labels, variances=variances, covariances=covariances,
+                                        level=level, name=name)
+    print(format_monte_carlo_table(comparison, digits))
+    return MonteCarloTable(comparison.rows, comparison.z, comparison.threshold)
