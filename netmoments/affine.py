@@ -1,4 +1,9 @@
-"""Affine layers and the Affine-ReLU-Affine network ``g(x) = B relu(A x + c1) + c2`` (spec sections 1 and 5)."""
+"""Affine layers and the Affine-ReLU-Affine network ``g(x) = B relu(A x + c1) + c2`` (Bibi et al. 2018).
+
+An affine map of any input distribution: ``E[A x + b] = A mu + b``, ``Cov[A x + b] = A Sigma A^T``. For
+``x ~ N(mu, Sigma)`` the hidden pre-activations are ``y = A x + c1 ~ N(A mu + c1, A Sigma A^T)``, so
+``E[g] = B E[q(y)] + c2`` and ``Cov[g] = B Cov[q(y)] B^T`` with ``q = relu`` (see :mod:`netmoments.relu`).
+"""
 from __future__ import annotations
 
 import torch

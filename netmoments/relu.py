@@ -1,4 +1,9 @@
-"""Moments of the ReLU of Gaussians: one unit (spec section 2), a correlated pair (section 3) and a whole layer.
+"""Moments of the ReLU ``q = max(y, 0)`` of Gaussians: one unit, a correlated pair and a whole layer.
+
+One unit ``z ~ N(mu, sigma^2)``, ``h = mu / sigma``: ``E[q] = mu Phi(h) + sigma phi(h)``,
+``E[q^2] = (mu^2 + sigma^2) Phi(h) + mu sigma phi(h)``; ``sigma = 0`` gives the constant ``max(mu, 0)``. A pair:
+the zero-mean arc-cosine kernel of NM18 (Bibi, Alfadly & Ghanem, CVPR 2018, Theorem 2) and the exact general-mean
+cross moment of NM20 (Alfadly et al., arXiv 2006.11776), through the bivariate normal cdf Phi2.
 
 All functions are elementwise / batched, keep their inputs' dtype and device, and are differentiable. Legal
 degenerate inputs (zero variance, correlation of exactly +-1) return their exact limits with finite gradients:
@@ -299,7 +304,8 @@ def relu_covariance(
 ) -> torch.Tensor:
     """Covariance ``Cov[q(y)]`` of ``q = max(y, 0)`` for ``y ~ N(mean, cov)``.
 
-    Methods (the diagonal is always the exact variance of section 2 except for ``"zero_mean"``):
+    Methods (the diagonal is always the exact one-unit variance ``(mu^2 + sigma^2) Phi(h) + mu sigma phi(h) -
+    E[q]^2``, ``h = mu / sigma``, except for ``"zero_mean"``):
 
     * ``"exact"``: off-diagonal from NM20's general-mean cross moment with the exact Phi2.
     * ``"series"``: the same with NM20's truncated Phi2 series (``terms`` terms).
@@ -332,22 +338,40 @@ def relu_covariance(
     cov = cov.expand(*batch, m, m)
     std = _safe_sqrt(torch.diagonal(cov, dim1=-2, dim2=-1))
     std_safe = torch.where(std > 0, std, torch.ones_like(std))
-
     if method in ("hybrid", "zero_mean"):
-        rho_full = (cov / (std_safe.unsqueeze(-1) * std_safe.unsqueeze(-2))).clamp(-1.0, 1.0)
-        outer = std.unsqueeze(-1) * std.unsqueeze(-2)
-        result = outer * (zero_mean_relu_kernel(rho_full) - _INV_2PI)
-        if method == "zero_mean":
-            return result
-        _, exact_var = _relu_moments_std(mean, std)
-        return result - torch.diag_embed(torch.diagonal(result, dim1=-2, dim2=-1)) + torch.diag_embed(exact_var)
-
+        return _kernel_covariance(mean, cov, std, std_safe, method)
     if method == "series" and mean.dtype == torch.float32:
         # E[q_i q_j] - E[q_i] E[q_j] cancels like mu_i mu_j eps: float32 lost the whole covariance at |mu|/sigma ~ 1e3.
         # The series keeps NM20's form (the exact method's reflection below would change which Phi2 it
         # approximates), so it runs in float64, good to |mu|/sigma ~ 1e6 for a float32 result.
         return relu_covariance(mean.double(), cov.double(), method, terms, chunk_elements=chunk_elements,
                                validate=False).to(mean.dtype)
+    return _pairwise_covariance(mean, cov, std, std_safe, method, terms, chunk_elements)
+
+
+def _kernel_covariance(mean, cov, std, std_safe, method: str) -> torch.Tensor:
+    """NM18's ``"hybrid"`` / ``"zero_mean"`` covariance ``(..., m, m)`` from the arc-cosine kernel.
+
+    Off the diagonal ``sigma_i sigma_j (c(rho_ij) - 1/(2 pi))`` (exact only for zero means); ``"hybrid"`` puts the
+    exact one-unit variances on the diagonal. ``mean (..., m)``, ``cov (..., m, m)``, ``std``/``std_safe (..., m)``
+    (``std_safe`` is ``std`` with zeros replaced by ones), all already broadcast to one batch shape.
+    """
+    rho_full = (cov / (std_safe.unsqueeze(-1) * std_safe.unsqueeze(-2))).clamp(-1.0, 1.0)
+    outer = std.unsqueeze(-1) * std.unsqueeze(-2)
+    result = outer * (zero_mean_relu_kernel(rho_full) - _INV_2PI)
+    if method == "zero_mean":
+        return result
+    _, exact_var = _relu_moments_std(mean, std)
+    return result - torch.diag_embed(torch.diagonal(result, dim1=-2, dim2=-1)) + torch.diag_embed(exact_var)
+
+
+def _pairwise_covariance(mean, cov, std, std_safe, method: str, terms: int, chunk_elements: int) -> torch.Tensor:
+    """The ``"exact"`` / ``"series"`` covariance ``(..., m, m)``, one pair at a time in row blocks.
+
+    Shapes as in :func:`_kernel_covariance`. Each block holds about ``chunk_elements`` pairs, so peak memory is
+    the result plus one block of temporaries.
+    """
+    batch, m = mean.shape[:-1], mean.shape[-1]
     first, exact_var = _relu_moments_std(mean, std)
     var_safe = std_safe * std_safe
     if method == "exact":

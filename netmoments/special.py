@@ -1,7 +1,7 @@
 """Standard normal special functions: univariate and bivariate, exact, batched and differentiable.
 
 All functions take tensors, broadcast over their arguments, and return a tensor of the broadcast shape with
-the inputs' dtype and device. Notation follows the project spec: phi / Phi are the standard normal pdf / cdf,
+the inputs' dtype and device. Notation (as in NM18 and NM20): phi / Phi are the standard normal pdf / cdf,
 phi2(h, k; rho) / Phi2(h, k; rho) the standard bivariate normal pdf / cdf with correlation rho.
 
 - :func:`bivariate_normal_cdf` is exact to about 1e-15 in float64 (Genz's method, written from the maths,
