@@ -307,10 +307,12 @@ def test_unreachable_scheduler_fails_fast_with_a_clear_message(tmp_path):
 def test_scattered_context_is_alive_only_if_every_future_is():
     from types import SimpleNamespace as Fake
 
+    from netmoments.experiments import runner_dask
+
     done, lost = Fake(status="finished"), Fake(status="cancelled")
-    assert runner._scattered_alive(done) and not runner._scattered_alive(lost)
-    assert runner._scattered_alive([done, done]) and not runner._scattered_alive([done, lost])
-    assert runner._scattered_alive({"a": done}) and not runner._scattered_alive({"a": done, "b": lost})
+    assert runner_dask._scattered_alive(done) and not runner_dask._scattered_alive(lost)
+    assert runner_dask._scattered_alive([done, done]) and not runner_dask._scattered_alive([done, lost])
+    assert runner_dask._scattered_alive({"a": done}) and not runner_dask._scattered_alive({"a": done, "b": lost})
 
 
 def _probe_faults(setup: str) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from netmoments.experiments import build_parser, runner
+from netmoments.experiments import build_parser, runner, runner_dask, runner_files
 from netmoments.experiments.runner import (
     OutputInUse, RunnerError, RunnerWarning, output_lock, read_rows, run_tasks, scan_file, seed_from_key, task_id,
 )
@@ -53,11 +53,11 @@ def _python(code: str, *args, **kwargs) -> subprocess.Popen:
 
 
 HOLD_LOCK = """
-    import importlib.util, sys
-    # the runner module alone (stdlib only): importing the package would import torch, seconds per holder
-    spec = importlib.util.spec_from_file_location("runner", sys.argv[1])
-    runner = sys.modules["runner"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    import sys, types
+    # the runner's modules alone (stdlib only): importing the package would import torch, seconds per holder
+    package = sys.modules["experiments"] = types.ModuleType("experiments")
+    package.__path__ = [sys.argv[1]]
+    from experiments import runner
     with runner.output_lock(*sys.argv[2:]):
         print("locked", flush=True)
         sys.stdin.read()  # until the test closes stdin (or kills this process)
@@ -70,7 +70,7 @@ def holder(tmp_path):
     procs = []
 
     def start(*paths):
-        proc = _python(HOLD_LOCK, REPO / "netmoments" / "experiments" / "runner.py", *paths)
+        proc = _python(HOLD_LOCK, REPO / "netmoments" / "experiments", *paths)
         procs.append(proc)
         assert proc.stdout.readline().strip() == "locked", proc.stderr.read()
         return proc
@@ -313,7 +313,7 @@ def _members(path: Path) -> list[tuple[int, int]]:
     raw, spans, pos = path.read_bytes(), [], 0
     view = memoryview(raw)
     while pos < len(raw):
-        _, end = runner._gzip_member(view, pos)
+        _, end = runner_files._gzip_member(view, pos)
         spans.append((pos, end))
         pos = end
     return spans
@@ -390,7 +390,7 @@ def test_a_run_checks_that_every_task_is_in_the_file_before_calling_itself_compl
 
     def meddling(key):  # something else rewrites the file behind the run's back
         if key == TASKS[-1]:
-            runner._atomic_write(out, out.read_bytes().splitlines(keepends=True)[0])
+            runner.atomic_write(out, out.read_bytes().splitlines(keepends=True)[0])
         return rows_of(key)
 
     with pytest.raises(RunnerError, match="should now hold all 8 tasks, but 7 are missing"):
@@ -486,7 +486,7 @@ def test_attack_errors_are_one_line_not_tracebacks(tmp_path, capsys):
 
 
 def test_workers_are_capped_by_the_machines_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_memory_bytes", lambda: 2 * 2**30)
+    monkeypatch.setattr(runner_dask, "_memory_bytes", lambda: 2 * 2**30)
     assert runner.max_workers() == 2
     parser = build_parser()
     assert parser.parse_args(["tightness", "--workers", "2"]).workers == 2

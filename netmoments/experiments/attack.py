@@ -91,7 +91,7 @@ def run_attack(args) -> dict:
     result = gaussian_attack(model, images, labels, target=target, structure=args.structure, **options)
     gen = torch.Generator(device=images.device).manual_seed(args.seed)
     ev = evaluate_attack(model, result, labels, target=target, n_samples=args.samples, generator=gen)
-    from .runner import _atomic_write
+    from .runner import atomic_write
 
     stem = single_stem(args.out)
     table = io.StringIO(newline="")
@@ -114,9 +114,9 @@ def run_attack(args) -> dict:
         success=ev.per_image_success.numpy(),
     )
     # each file whole or not at all (a temporary file renamed over it), never half written
-    _atomic_write(stem.with_suffix(".csv"), table.getvalue().encode())
-    _atomic_write(stem.with_suffix(".json"), json.dumps(summary, indent=2, default=str).encode())
-    _atomic_write(stem.with_suffix(".npz"), arrays.getvalue())
+    atomic_write(stem.with_suffix(".csv"), table.getvalue().encode())
+    atomic_write(stem.with_suffix(".json"), json.dumps(summary, indent=2, default=str).encode())
+    atomic_write(stem.with_suffix(".npz"), arrays.getvalue())
     print(f"success {ev.success_rate:.3f} (95% CI {ev.success_ci[0]:.3f}-{ev.success_ci[1]:.3f}) on "
           f"{len(labels)} images x {ev.n_samples} draws; median pixels touched "
           f"{float(ev.pixels_touched.float().median()):.0f}; {result.time_s / len(labels):.2f} s per image")
@@ -141,11 +141,11 @@ def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0,
     arrays = _widget(model, images, labels, gen, samples, progress)
     record = run_metadata(command or f"python -m netmoments.experiments attack --book-data {out_dir} --seed {seed}",
                           seed=seed, samples=samples, n_widget=n_widget, wall_s=round(time.perf_counter() - start, 1))
-    from .runner import _atomic_write
+    from .runner import atomic_write
 
     data = io.BytesIO()
     np.savez_compressed(data, provenance=np.array(json.dumps(record)), **arrays)
-    _atomic_write(out / WIDGET_FILE, data.getvalue())
+    atomic_write(out / WIDGET_FILE, data.getvalue())
 
 
 def _widget(model, w_images, w_labels, gen, samples, progress):
@@ -275,7 +275,7 @@ def _refuse_existing(paths, force: bool) -> None:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``attack`` subcommand to an argparse ``subparsers`` object."""
-    from .runner import RunnerError, _positive_int, _seed, add_runner_arguments, command_line
+    from .runner import RunnerError, add_runner_arguments, command_line, positive_int, seed_value
 
     parser = subparsers.add_parser(
         "attack",
@@ -291,7 +291,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                       help="tune the baselines' step size and our L1 price on --images training digits")
     mode.add_argument("--book-data", default=None, metavar="DIR",
                       help=f"regenerate chapter 8's browser data ({WIDGET_FILE}) into DIR instead of a single attack")
-    parser.add_argument("--images", type=_positive_int, default=None,
+    parser.add_argument("--images", type=positive_int, default=None,
                         help="number of correctly classified digits (default: 16)")
     parser.add_argument("--out", default=None,
                         help=f"a single attack: output stem, writes .csv, .json and .npz (default: {SINGLE_OUT}); "
@@ -307,16 +307,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     single.add_argument("--variables", choices=["mean", "noise", "both"], default=None, help="default: both")
     single.add_argument("--variance", choices=["none", "linear", "exact", "series", "hybrid"], default=None,
                         help="default: linear")
-    single.add_argument("--steps", type=_positive_int, default=None, help="optimization steps (default: 100)")
+    single.add_argument("--steps", type=positive_int, default=None, help="optimization steps (default: 100)")
     single.add_argument("--l1-weight", type=_l1_weight, default=None, help="default: the structure's default")
-    single.add_argument("--samples", type=_positive_int, default=None,
+    single.add_argument("--samples", type=positive_int, default=None,
                         help="Monte Carlo draws per image for the verdict (default: 500)")
     single.add_argument("--device", type=_device, default=None, help="cpu or cuda[:N] (default: cpu)")
-    single.add_argument("--seed", type=_seed, default=None, help="0 to 2^32 - 1 (default: 0)")
+    single.add_argument("--seed", type=seed_value, default=None, help="0 to 2^32 - 1 (default: 0)")
     suite = parser.add_argument_group("--suite")
     suite.add_argument("--split", choices=["train", "test"], default=None,
                        help="digits to attack (tune on train, report on test; default: test)")
-    suite.add_argument("--chunk", type=_positive_int, default=None, help="digits per task, one batch (default: 8)")
+    suite.add_argument("--chunk", type=positive_int, default=None, help="digits per task, one batch (default: 8)")
     add_runner_arguments(parser)
 
     def handler(args):

@@ -68,9 +68,9 @@ from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_unit
 from ..prose import format_ci, interval_sign, join_words, sig_text, sign_phrase
 from ..stats import bonferroni_z, bootstrap_ci
 from .runner import (
-    RunnerError, _atomic_write, _positive_int, _seed, add_runner_arguments, check_writable, command_line, output_in_use,
-    output_lock, read_rows, resume_metadata, run_tasks, runner_kwargs, scan_file, seed_from_key, stop_on_sigterm,
-    task_id, write_json,
+    RunnerError, add_runner_arguments, atomic_write, check_writable, command_line, output_in_use, output_lock,
+    positive_int, read_rows, resume_metadata, run_tasks, runner_kwargs, scan_file, seed_from_key, seed_value,
+    stop_on_sigterm, task_id, write_json,
 )
 
 __all__ = [
@@ -983,7 +983,7 @@ def write_per_image_csv(rows, path) -> int:
         writer.writerow({name: ("" if value is None or (isinstance(value, float) and math.isnan(value))
                                 else f"{value:.6g}" if isinstance(value, float) else value)
                          for name, value in record.items()})  # fmt: skip
-    _atomic_write(Path(path), buffer.getvalue().encode())
+    atomic_write(Path(path), buffer.getvalue().encode())
     return len(records)
 
 
@@ -1031,17 +1031,17 @@ def register(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--images", type=_positive_int, default=1000, help="number of test digits (the first N)")
+    parser.add_argument("--images", type=positive_int, default=1000, help="number of test digits (the first N)")
     parser.add_argument("--sigma", type=_positive_float, nargs="+", default=[0.01, 0.05, 0.2],
                         help="noise levels: average per-pixel std (sparse: std on each noisy pixel)")  # fmt: skip
     parser.add_argument("--cov", nargs="+", choices=COV_KINDS, default=list(COV_KINDS), help="covariance families")
     parser.add_argument("--point", nargs="+", choices=POINT_KINDS, default=list(POINT_KINDS),
                         help="linearization points under dense noise (others: input only)")  # fmt: skip
-    parser.add_argument("--clusters", type=_positive_int, nargs="+", default=None,
+    parser.add_argument("--clusters", type=positive_int, nargs="+", default=None,
                         help="Table 3's k (default: NM20's k scaled to the pool of training digits)")  # fmt: skip
-    parser.add_argument("--mc-samples", type=_positive_int, default=10_000, help="draws per task")
-    parser.add_argument("--tie-samples", type=_positive_int, default=8, help="draws for the tie-aware linearization")
-    parser.add_argument("--seed", type=_seed, default=0, help="base seed of every task (0 to 2^32 - 1)")
+    parser.add_argument("--mc-samples", type=positive_int, default=10_000, help="draws per task")
+    parser.add_argument("--tie-samples", type=positive_int, default=8, help="draws for the tie-aware linearization")
+    parser.add_argument("--seed", type=seed_value, default=0, help="base seed of every task (0 to 2^32 - 1)")
     parser.add_argument("--mnist", default=None, help="directory of the full MNIST idx files (default: shipped)")
     parser.add_argument("--out", default="tightness.jsonl", help="JSON lines output, .jsonl or gzipped .jsonl.gz (one line per task x point)")
     parser.add_argument("--metadata", default=None, help="metadata JSON path (default: beside --out, .json)")
@@ -1156,7 +1156,7 @@ def _report(args, out: Path, meta_path: Path) -> int:
     text = report_markdown(rows, meta)
     print(text)
     if args.tables:
-        _atomic_write(Path(args.tables), text.encode())
+        atomic_write(Path(args.tables), text.encode())
         _write_export_provenance(args, args.tables, out, meta_path, len(rows))
         print(f"tables written to {args.tables}", file=sys.stderr)
     if args.csv:
@@ -1192,9 +1192,9 @@ def _run_cli(args, out: Path, meta_path: Path, stop=None) -> int:
                 _check_settings(old, _settings(args.images, args.sigma, args.cov, config), out, meta_path)
             options = runner_kwargs(args)
             if options["scheduler"] is not None:  # fail fast, before minutes of k-means
-                from .runner import _dask_client
+                from .runner_dask import dask_client
 
-                with _dask_client(0, options["scheduler"], options["connect_timeout"]):
+                with dask_client(0, options["scheduler"], options["connect_timeout"]):
                     pass
             ctx = build_context(config, images=images, labels=labels, pool=pool, pool_labels=pool_labels,
                                 n_images=args.images)  # fmt: skip
