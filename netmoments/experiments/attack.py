@@ -1,4 +1,4 @@
-"""``python -m netmoments.experiments attack``: Gaussian adversarial attacks on the trained LeNet (spec 7).
+"""``python -m netmoments.experiments attack``: Gaussian adversarial attacks on the trained LeNet.
 
 Writes ``OUT.csv`` (one row per image), ``OUT.json`` (options, pooled Monte Carlo success with Wilson intervals,
 sizes, times) and ``OUT.npz`` (clean images, attack means, noise stds, labels, targets) next to each other
@@ -22,6 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import attack_suite
+from .runner import (
+    RunnerError, add_runner_arguments, atomic_write, check_writable, command_line, output_lock, positive_int,
+    runner_kwargs, seed_value, stop_on_sigterm,
+)
+
 __all__ = ["register", "run_attack", "precompute_book_data", "single_stem", "SINGLE_OUT", "suite_out"]
 
 #: ``--out`` of a single attack (a stem: ``.csv``, ``.json`` and ``.npz`` are written beside each other); a suite's
@@ -44,20 +50,6 @@ def suite_out(suite: str, out=None) -> str:
     return out if out.endswith(".csv") else out + ".csv"
 
 
-def _load(device, count, offset=0):
-    from ..data import load_mnist
-    from ..models import load_lenet
-
-    model = load_lenet().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    images, labels = load_mnist("test")
-    with torch.no_grad():
-        ok = model(images.to(device)).argmax(-1).cpu() == labels
-    idx = ok.nonzero().flatten()[offset : offset + count]
-    return model, images[idx].to(device), labels[idx].to(device)
-
-
 def _targets(spec, labels, seed):
     if spec in (None, "none"):
         return None
@@ -78,7 +70,7 @@ def run_attack(args) -> dict:
     from ..attacks import evaluate_attack, gaussian_attack
 
     torch.manual_seed(args.seed)
-    model, images, labels = _load(args.device, args.images)
+    model, images, labels, _ = attack_suite.load_digits("test", args.images, device=args.device)
     target = _targets(args.target, labels, args.seed)
     if target is not None:
         # a fixed target equal to the label is no attack: keep only the images that differ
@@ -91,8 +83,6 @@ def run_attack(args) -> dict:
     result = gaussian_attack(model, images, labels, target=target, structure=args.structure, **options)
     gen = torch.Generator(device=images.device).manual_seed(args.seed)
     ev = evaluate_attack(model, result, labels, target=target, n_samples=args.samples, generator=gen)
-    from .runner import atomic_write
-
     stem = single_stem(args.out)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
@@ -136,13 +126,11 @@ def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model, images, labels = _load(device, n_widget)
+    model, images, labels, _ = attack_suite.load_digits("test", n_widget, device=device)
     gen = lambda: torch.Generator(device=images.device).manual_seed(seed)  # noqa: E731
     arrays = _widget(model, images, labels, gen, samples, progress)
     record = run_metadata(command or f"python -m netmoments.experiments attack --book-data {out_dir} --seed {seed}",
                           seed=seed, samples=samples, n_widget=n_widget, wall_s=round(time.perf_counter() - start, 1))
-    from .runner import atomic_write
-
     data = io.BytesIO()
     np.savez_compressed(data, provenance=np.array(json.dumps(record)), **arrays)
     atomic_write(out / WIDGET_FILE, data.getvalue())
@@ -265,8 +253,6 @@ def _check_mode_options(parser, args) -> None:
 
 
 def _refuse_existing(paths, force: bool) -> None:
-    from .runner import RunnerError
-
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not force:
         raise RunnerError(f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'}; pass --force to "
@@ -275,8 +261,6 @@ def _refuse_existing(paths, force: bool) -> None:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``attack`` subcommand to an argparse ``subparsers`` object."""
-    from .runner import RunnerError, add_runner_arguments, command_line, positive_int, seed_value
-
     parser = subparsers.add_parser(
         "attack",
         help="Gaussian adversarial attacks (sparse / smooth, targeted / untargeted) on the trained LeNet",
@@ -339,17 +323,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 def _handle(args, command: str) -> int:
     """The ``attack`` subcommand once its options are checked: every output is locked and checked to be writable
     before anything is computed, and nothing is overwritten without ``--force`` (a suite resumes instead)."""
-    from .runner import check_writable, output_lock, runner_kwargs, stop_on_sigterm
-
     if args.tune:
         paths = [Path(args.tune)]
     elif args.suite:
         out = suite_out(args.suite, args.out)
-        from .attack_suite import run_suite
-
         with stop_on_sigterm() as stop:
-            meta = run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk, command=command,
-                             stop=stop, **runner_kwargs(args))
+            meta = attack_suite.run_suite(args.suite, out, split=args.split, images=args.images, chunk=args.chunk,
+                                          command=command, stop=stop, **runner_kwargs(args))
         print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {out}; metadata in {Path(out).with_suffix('.json')}")
         return 0
     elif args.book_data:
@@ -362,9 +342,9 @@ def _handle(args, command: str) -> int:
         for path in paths:
             check_writable(path)
         if args.tune:
-            from .attack_suite import tune
 
-            print(json.dumps(tune(args.tune, images=args.images, command=command), indent=1, default=str))
+            tuned = attack_suite.tune(args.tune, images=args.images, command=command)
+            print(json.dumps(tuned, indent=1, default=str))
         elif args.book_data:
             precompute_book_data(args.book_data, device=args.device, seed=args.seed, progress=not args.no_progress,
                                  command=command)

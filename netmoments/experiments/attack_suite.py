@@ -31,6 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .runner import (
+    RunnerError, check_writable, drop_tasks, output_lock, read_rows, resume_metadata, run_tasks, seed_from_key, task_id,
+    write_json,
+)
+from .sittings import end_sitting, git_commit, machine, start_sitting, versions
+
 __all__ = ["SUITES", "TUNED", "suite_task", "run_suite", "load_digits"]
 
 SUITES = ("sparse", "ablation", "smooth", "targeted")
@@ -42,21 +48,24 @@ TUNED = dict(l0_pgd_step_size=2.0, l0_pgd_restarts=2, l0_pgd_k=(10, 20, 40), eot
 
 DRAWS = 100  # draws per image for every distribution attack's metrics
 
+#: Versions a suite's sittings record beyond :data:`netmoments.experiments.sittings.PACKAGES`.
+EXTRA_VERSIONS = ("foolbox", "scikit-image")
 
-def load_digits(split: str, count: int, offset: int = 0):
+
+def load_digits(split: str, count: int, offset: int = 0, device="cpu"):
     """LeNet and the first ``count`` (after ``offset``) correctly classified digits of ``split``, with their
-    indices in the split."""
+    indices in the split: ``(model, images, labels, index)``, the model and digits on ``device``."""
     from ..data import load_mnist
     from ..models import load_lenet
 
-    model = load_lenet()
+    model = load_lenet().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     images, labels = load_mnist(split)
     with torch.no_grad():
-        ok = model(images).argmax(-1) == labels
+        ok = model(images.to(device)).argmax(-1).cpu() == labels
     idx = ok.nonzero().flatten()[offset : offset + count]
-    return model, images[idx], labels[idx], idx
+    return model, images[idx].to(device), labels[idx].to(device), idx
 
 
 class SuiteContext:
@@ -119,93 +128,126 @@ def _yardstick(model, images, labels):
 def suite_task(key, ctx: SuiteContext, only=None):
     """Rows of one chunk: ``key = (suite, chunk_id)``; ``only``: a set of method names to run (tests recompute
     slices of committed results with it; the rest are skipped)."""
-    from ..attacks import eot_attack, fmn_attack, gaussian_attack, l0_pgd_attack, smooth_pgd_attack
-    from .runner import seed_from_key
-
     suite, chunk_id = key
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
-    model = ctx.model
-    images, labels, index = ctx.batch(chunk_id)
-    seed = seed_from_key(0, suite, chunk_id) % (2**31)
-    torch.manual_seed(seed)
-    yard = _yardstick(model, images, labels) if only is None else float("nan")
-    rows = []
-    columns = _EXTRA_ABLATION if suite == "ablation" else _EXTRA
+    chunk = _Chunk(ctx, suite, chunk_id, only)
+    _SUITE_METHODS[suite](chunk)
+    return chunk.rows
 
-    def want(method):
-        return only is None or method in only
 
-    def add(method, attack, target=None, extra=None):
+class _Chunk:
+    """One task's digits, seed and yardstick, and the rows its methods add (:meth:`add`)."""
+
+    def __init__(self, ctx: SuiteContext, suite: str, chunk_id: int, only):
+        self.model, self.only, self.rows = ctx.model, only, []
+        self.images, self.labels, self.index = ctx.batch(chunk_id)
+        self.seed = seed_from_key(0, suite, chunk_id) % (2**31)
+        torch.manual_seed(self.seed)
+        self.yard = _yardstick(self.model, self.images, self.labels) if only is None else float("nan")
+        self.columns = _EXTRA_ABLATION if suite == "ablation" else _EXTRA
+
+    def add(self, method, attack, target=None, extra=None):
         """Run ``attack()`` (lazily: skipped unless wanted) and append its rows; returns the result."""
-        if not want(method):
+        if self.only is not None and method not in self.only:
             return None
         res = attack()
-        rows.extend(_rows(model, method, res, images, labels, index, target, yard, seed,
-                          extra(res) if extra else None, columns))
+        self.rows.extend(_rows(self.model, method, res, self.images, self.labels, self.index, target, self.yard,
+                               self.seed, extra(res) if extra else None, self.columns))  # fmt: skip
         return res
 
-    def ours_extra(target=None, variances=()):
-        return lambda res: _ours_extra(model, res, labels, target, seed, variances)
+    def ours_extra(self, target=None, variances=()):
+        """The surrogate check of our attack's result, as an ``extra`` of :meth:`add`."""
+        return lambda res: _ours_extra(self.model, res, self.labels, target, self.seed, variances)
 
+    def method_rows(self, method) -> list[dict]:
+        """The rows added so far by ``method``."""
+        return [r for r in self.rows if r["method"] == method]
+
+
+def _sparse_suite(c: _Chunk) -> None:
+    """Our sparse attack, its mean-only ablation, FMN (L0, L1), L0-PGD at fixed and matched ``k``, sparse EOT."""
+    from ..attacks import eot_attack, fmn_attack, gaussian_attack, l0_pgd_attack
+
+    model, images, labels, seed = c.model, c.images, c.labels, c.seed
     step, restarts = TUNED["l0_pgd_step_size"], TUNED["l0_pgd_restarts"]
-    if suite == "sparse":
-        add("gauss-sparse", lambda: gaussian_attack(model, images, labels, seed=seed), extra=ours_extra())
-        add("gauss-sparse-mean", lambda: gaussian_attack(model, images, labels, variables="mean", variance="none",
-                                                         seed=seed))
-        add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
-        add("fmn-l1", lambda: fmn_attack(model, images, labels, norm="l1", steps=100, **TUNED["fmn_l1"]))
-        for k in TUNED["l0_pgd_k"]:
-            add(f"l0-pgd-k{k}", lambda k=k: l0_pgd_attack(model, images, labels, k=k, step_size=step,
-                                                          restarts=restarts, seed=seed))
-        # matched per image: our pixel count on the draws (median over all draws), at least 1
-        ours_l0 = [r["l0_all"] for r in rows if r["method"] == "gauss-sparse"]
-        if ours_l0:
-            k_match = torch.tensor([max(1, int(math.ceil(v))) for v in ours_l0], dtype=torch.int64)
-            add("l0-pgd-matched", lambda: l0_pgd_attack(model, images, labels, k=k_match, step_size=step,
+    c.add("gauss-sparse", lambda: gaussian_attack(model, images, labels, seed=seed), extra=c.ours_extra())
+    c.add("gauss-sparse-mean", lambda: gaussian_attack(model, images, labels, variables="mean", variance="none",
+                                                       seed=seed))
+    c.add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
+    c.add("fmn-l1", lambda: fmn_attack(model, images, labels, norm="l1", steps=100, **TUNED["fmn_l1"]))
+    for k in TUNED["l0_pgd_k"]:
+        c.add(f"l0-pgd-k{k}", lambda k=k: l0_pgd_attack(model, images, labels, k=k, step_size=step,
                                                         restarts=restarts, seed=seed))
-        add("eot-sparse", lambda: eot_attack(model, images, labels, structure="sparse", samples=TUNED["eot_samples"],
-                                             steps=TUNED["eot_steps"], seed=seed))
-    elif suite == "ablation":
-        # Optimizing with the exact / series covariance costs ~10 s per step per digit here (1024^2 / 2 hidden
-        # pairs), so those two variances score the final distribution of the linear-variance attack instead.
-        ours = add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, variance="linear", seed=seed),
-                   extra=ours_extra(variances=("exact", "series")))
-        add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, variance="none",
-                                                                variables="mean", seed=seed), extra=ours_extra())
-        add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0, seed=seed),
-            extra=ours_extra())
-        add("gauss-no-final-check", lambda: gaussian_attack(model, images, labels, tighten_rounds=0, final_draws=0,
-                                                            seed=seed), extra=ours_extra())
-        if ours is not None:
-            # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
-            probe = eot_attack(model, images, labels, samples=4, steps=5, seed=seed)
-            steps = max(5, int(5 * ours.time_s / max(probe.time_s, 1e-9)))
-            add("eot-sparse-equal-time", lambda: eot_attack(model, images, labels, samples=4, steps=steps,
-                                                            seed=seed))
-    elif suite == "smooth":
-        ours = add("gauss-smooth", lambda: gaussian_attack(model, images, labels, structure="smooth", seed=seed))
-        if ours is not None:
-            # Per-image budgets, enforced before clipping: the median L2 of our draws (noise included, after
-            # clipping), i.e. the size an observer sees; and, for comparison, the L2 of our mean shift alone.
-            ours_l2 = [r["l2_all"] for r in rows if r["method"] == "gauss-smooth"]
-            eps = torch.tensor(ours_l2, dtype=images.dtype).clamp_min(1e-3)
-            add("pgd-blur-matched", lambda: smooth_pgd_attack(model, images, labels, eps=eps, blur_sigma=1.5))
-            eps_mean = ours.delta.flatten(1).norm(dim=1).clamp_min(1e-3)
-            add("pgd-blur-matched-mean", lambda: smooth_pgd_attack(model, images, labels, eps=eps_mean,
-                                                                   blur_sigma=1.5))
-        add("eot-smooth", lambda: eot_attack(model, images, labels, structure="smooth", samples=TUNED["eot_samples"],
-                                             steps=TUNED["eot_steps"], seed=seed))
-        add("gauss-sparse+smooth", lambda: gaussian_attack(model, images, labels, structure="sparse+smooth",
-                                                           seed=seed))
-    elif suite == "targeted":
-        for shift in range(1, 10):
-            target = (labels + shift) % 10
-            add("gauss-sparse", lambda: gaussian_attack(model, images, labels, target=target, seed=seed), target,
-                extra=ours_extra(target))
-            add("fmn-l0", lambda: fmn_attack(model, images, labels, target=target, norm="l0", steps=100,
-                                             **TUNED["fmn_l0"]), target)
-    return rows
+    # matched per image: our pixel count on the draws (median over all draws), at least 1
+    ours_l0 = [r["l0_all"] for r in c.method_rows("gauss-sparse")]
+    if ours_l0:
+        k_match = torch.tensor([max(1, int(math.ceil(v))) for v in ours_l0], dtype=torch.int64)
+        c.add("l0-pgd-matched", lambda: l0_pgd_attack(model, images, labels, k=k_match, step_size=step,
+                                                      restarts=restarts, seed=seed))
+    c.add("eot-sparse", lambda: eot_attack(model, images, labels, structure="sparse", samples=TUNED["eot_samples"],
+                                           steps=TUNED["eot_steps"], seed=seed))
+
+
+def _ablation_suite(c: _Chunk) -> None:
+    """Mean only vs the linear variance, no noise reward, no final check, EOT at about our wall time."""
+    from ..attacks import eot_attack, gaussian_attack
+
+    model, images, labels, seed = c.model, c.images, c.labels, c.seed
+    # Optimizing with the exact / series covariance costs ~10 s per step per digit here (1024^2 / 2 hidden
+    # pairs), so those two variances score the final distribution of the linear-variance attack instead.
+    ours = c.add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, variance="linear", seed=seed),
+                 extra=c.ours_extra(variances=("exact", "series")))
+    c.add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, variance="none",
+                                                              variables="mean", seed=seed), extra=c.ours_extra())
+    c.add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0, seed=seed),
+          extra=c.ours_extra())
+    c.add("gauss-no-final-check", lambda: gaussian_attack(model, images, labels, tighten_rounds=0, final_draws=0,
+                                                          seed=seed), extra=c.ours_extra())
+    if ours is not None:
+        # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
+        probe = eot_attack(model, images, labels, samples=4, steps=5, seed=seed)
+        steps = max(5, int(5 * ours.time_s / max(probe.time_s, 1e-9)))
+        c.add("eot-sparse-equal-time", lambda: eot_attack(model, images, labels, samples=4, steps=steps,
+                                                          seed=seed))
+
+
+def _smooth_suite(c: _Chunk) -> None:
+    """Our smooth attack, blurred PGD at budgets matched to it, smooth EOT, and our sparse + smooth attack."""
+    from ..attacks import eot_attack, gaussian_attack, smooth_pgd_attack
+
+    model, images, labels, seed = c.model, c.images, c.labels, c.seed
+    ours = c.add("gauss-smooth", lambda: gaussian_attack(model, images, labels, structure="smooth", seed=seed))
+    if ours is not None:
+        # Per-image budgets, enforced before clipping: the median L2 of our draws (noise included, after
+        # clipping), i.e. the size an observer sees; and, for comparison, the L2 of our mean shift alone.
+        ours_l2 = [r["l2_all"] for r in c.method_rows("gauss-smooth")]
+        eps = torch.tensor(ours_l2, dtype=images.dtype).clamp_min(1e-3)
+        c.add("pgd-blur-matched", lambda: smooth_pgd_attack(model, images, labels, eps=eps, blur_sigma=1.5))
+        eps_mean = ours.delta.flatten(1).norm(dim=1).clamp_min(1e-3)
+        c.add("pgd-blur-matched-mean", lambda: smooth_pgd_attack(model, images, labels, eps=eps_mean,
+                                                                 blur_sigma=1.5))
+    c.add("eot-smooth", lambda: eot_attack(model, images, labels, structure="smooth", samples=TUNED["eot_samples"],
+                                           steps=TUNED["eot_steps"], seed=seed))
+    c.add("gauss-sparse+smooth", lambda: gaussian_attack(model, images, labels, structure="sparse+smooth",
+                                                         seed=seed))
+
+
+def _targeted_suite(c: _Chunk) -> None:
+    """Our sparse attack and L0-FMN at each of the 9 targets of every digit."""
+    from ..attacks import fmn_attack, gaussian_attack
+
+    model, images, labels, seed = c.model, c.images, c.labels, c.seed
+    for shift in range(1, 10):
+        target = (labels + shift) % 10
+        c.add("gauss-sparse", lambda: gaussian_attack(model, images, labels, target=target, seed=seed), target,
+              extra=c.ours_extra(target))
+        c.add("fmn-l0", lambda: fmn_attack(model, images, labels, target=target, norm="l0", steps=100,
+                                           **TUNED["fmn_l0"]), target)
+
+
+_SUITE_METHODS = {"sparse": _sparse_suite, "ablation": _ablation_suite, "smooth": _smooth_suite,
+                  "targeted": _targeted_suite}
 
 
 def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **runner_options):
@@ -218,8 +260,6 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
     done are kept (a chunk's digits do not depend on the total), and an old last chunk that was cut short is run
     again with its full set of digits.
     """
-    from .runner import RunnerError, check_writable, output_lock, resume_metadata
-
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
@@ -247,73 +287,56 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
 
 
 def _run_suite_locked(suite, out, meta_path, old, ctx, split, images, chunk, command, runner_options):
-    from .runner import RunnerError, run_tasks
-    from .tightness import _git_commit, _load_average, _machine, _versions, _write_json
-
+    """:func:`run_suite` once its files are locked and its digits loaded: the metadata, then the chunks."""
     settings = dict(suite=suite, split=split, images=images, chunk=chunk, draws=DRAWS, tuned=TUNED)
-    meta = {"settings": json.loads(json.dumps(settings)), "sittings": []}
-    grown_from = None
-    if old is not None:
-        old_settings = dict(old["settings"])
-        old_images = old_settings.pop("images", None)
-        same_but_images = old_settings == {k: v for k, v in meta["settings"].items() if k != "images"}
-        if old["settings"] != meta["settings"] and not (
-                same_but_images and isinstance(old_images, int) and old_images <= images):
-            raise RunnerError(f"{out} was written with other settings ({meta_path}); use the same options "
-                              "(only --images may grow on --resume)")
-        if old_images != images:
-            # Chunk c holds the same digits whatever the total, except an old last chunk that was cut short:
-            # it now holds more digits under the same task id, so it is dropped and run again.
-            old_count = min(old_images, len(ctx.labels))
-            if old_count % chunk and out.exists():
-                from .runner import drop_tasks, task_id
-
-                drop_tasks(out, [task_id((suite, old_count // chunk))])
-            grown_from = old_images
-            old["settings"] = meta["settings"]
-        meta = old
-    n_chunks = math.ceil(len(ctx.labels) / chunk)
-    tasks = [(suite, c) for c in range(n_chunks)]
-    sitting = {"command": command, "git_commit": _git_commit(), "versions": _versions_plus(_versions()),
-               "machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "load_average_at_start": _load_average(),
-               "runner": {k: v for k, v in runner_options.items() if k not in ("progress", "stop")}}
+    settings = json.loads(json.dumps(settings))
+    meta, grown_from = _suite_metadata(old, settings, out, meta_path, ctx)
+    tasks = [(suite, c) for c in range(math.ceil(len(ctx.labels) / chunk))]
+    sitting = start_sitting(command, runner_options, extra_versions=EXTRA_VERSIONS)
     if grown_from is not None:
         sitting["grown_from_images"] = grown_from
     meta["sittings"].append(sitting)
 
     def count_done():
-        from .runner import read_rows
-
         rows = read_rows(out) if out.exists() else []
         meta["tasks_done"], meta["n_tasks"] = len({r["task"] for r in rows}), len(tasks)
         meta["images_done"] = len({r["image"] for r in rows})
         meta["wall_s_total"] = round(sum(s.get("wall_s", 0.0) for s in meta["sittings"]), 1)
 
     count_done()
-    _write_json(meta_path, meta)  # before the first task: whenever the run stops, a resume can check its settings
+    write_json(meta_path, meta)  # before the first task: whenever the run stops, a resume can check its settings
 
     def checkpoint(summary):
-        sitting.update(summary.as_dict())
-        sitting["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        sitting["load_average_at_end"] = _load_average()
+        end_sitting(sitting, summary)
         count_done()
-        _write_json(meta_path, meta)
+        write_json(meta_path, meta)
 
     run_tasks(tasks, suite_task, out, context=ctx, desc=f"attack {suite}", checkpoint=checkpoint,
               checkpoint_s=60.0, **runner_options)
     return meta
 
 
-def _versions_plus(base):
-    from importlib import metadata
-
-    for name in ("foolbox", "scikit-image"):
-        try:
-            base[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            base[name] = None
-    return base
+def _suite_metadata(old, settings: dict, out: Path, meta_path: Path, ctx: SuiteContext) -> tuple[dict, int | None]:
+    """The metadata a run goes on with: a new one, or ``old`` (the resumed run's), whose settings must be
+    ``settings`` except for more ``images``. Returns it and the number of digits the run grew from (``None``)."""
+    if old is None:
+        return {"settings": settings, "sittings": []}, None
+    old_settings = dict(old["settings"])
+    old_images = old_settings.pop("images", None)
+    images, chunk = settings["images"], settings["chunk"]
+    same_but_images = old_settings == {k: v for k, v in settings.items() if k != "images"}
+    if old["settings"] != settings and not (same_but_images and isinstance(old_images, int) and old_images <= images):
+        raise RunnerError(f"{out} was written with other settings ({meta_path}); use the same options "
+                          "(only --images may grow on --resume)")
+    if old_images == images:
+        return old, None
+    # Chunk c holds the same digits whatever the total, except an old last chunk that was cut short:
+    # it now holds more digits under the same task id, so it is dropped and run again.
+    old_count = min(old_images, len(ctx.labels))
+    if old_count % chunk and out.exists():
+        drop_tasks(out, [task_id((settings["suite"], old_count // chunk))])
+    old["settings"] = settings
+    return old, old_images
 
 
 L0_PGD_STEP_GRID = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -360,7 +383,6 @@ def tune(out, images=32, progress=False, command=None):
     """
     from ..attacks import gaussian_attack, sparse_pgd_attack, tune_step_size
     from ..attacks.metrics import image_metrics
-    from .tightness import _git_commit, _machine, _versions, _write_json
 
     start = time.perf_counter()
     model, x, y, idx = load_digits("train", images)
@@ -376,8 +398,8 @@ def tune(out, images=32, progress=False, command=None):
     data = dict(split="train", images=len(y), image_indices=idx.tolist(), l0_pgd_step_size=step_scores,
                 l0_pgd_best=best_step, fmn_l0=fmn["l0"][1], fmn_l0_best=fmn["l0"][0], fmn_l1=fmn["l1"][1],
                 fmn_l1_best=fmn["l1"][0], l1_weight=weights, l1_weight_best=best_w, command=command,
-                git_commit=_git_commit(),
-                versions=_versions_plus(_versions()), machine=_machine(), date=time.strftime("%Y-%m-%d %H:%M %Z"),
+                git_commit=git_commit(),
+                versions=versions(EXTRA_VERSIONS), machine=machine(), date=time.strftime("%Y-%m-%d %H:%M %Z"),
                 wall_s=round(time.perf_counter() - start, 1))
-    _write_json(Path(out), data)
+    write_json(Path(out), data)
     return data
