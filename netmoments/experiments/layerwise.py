@@ -32,7 +32,7 @@ import torch
 from .. import propagate
 from ..linearize import prune_inactive_units, two_stage_linearize
 from .runner import seed_from_key
-from .tightness import BLUR_STD, TightnessConfig, _sparse_pixels, build_context, noise_factor
+from .tightness import BLUR_STD, TightnessConfig, build_context, noise_factor, sparse_pixels
 
 __all__ = [
     "METHODS",
@@ -133,7 +133,7 @@ def task_input(ctx, image: int, sigma: float, cov_kind: str):
     cfg: LayerwiseConfig = ctx.layerwise
     x = ctx.images[image].to(torch.float64).reshape(1, 1, 28, 28)
     label = int(ctx.labels[image])
-    pixels = _sparse_pixels(ctx.model, x.reshape(-1).float(), label, cfg.sparse_pixels) if cov_kind == "sparse" else None
+    pixels = sparse_pixels(ctx.model, x.reshape(-1).float(), label, cfg.sparse_pixels) if cov_kind == "sparse" else None
     generator = torch.Generator().manual_seed(seed_from_key(cfg.seed, image, sigma, cov_kind, "cov"))
     factor = noise_factor(cov_kind, sigma, 784, generator, pixels, cfg.blur_std)
     return x, label, factor @ factor.mT
@@ -437,7 +437,7 @@ def summary_table(rows, tightness_rows, sigma: float, cov: str = "dense", refere
     over digits) with 95 % bootstrap intervals over digits, the share of variances below the truth, the CPU
     seconds and the draws they buy (medians); then plain and control-variate Monte Carlo at the cost of
     ``reference`` (expected errors against the same truth, per digit)."""
-    from .tightness import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     lines = []
     for method in methods:
@@ -503,7 +503,7 @@ def cost_accuracy(rows, truth_rows, sigma: float, cov: str = "dense", methods=ME
         bootstrap intervals; a curve holds arrays over ``budgets`` (the same statistics of the expected errors);
         ``floor`` is what a perfect method scores against this truth (its own noise).
     """
-    from .tightness import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     budgets = np.logspace(1, 5, 41) if budgets is None else np.asarray(budgets, float)
     points, per_digit = {}, None
