@@ -188,8 +188,6 @@ def test_no_import_cycle_outside_attacks():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-@pytest.mark.xfail(strict=False, reason="netmoments/attacks/ is being split into modules (gaussian.py <-> "
-                   "support.py and friends); its cycles go with that refactor, after which this must pass")
 def test_no_import_cycle_inside_attacks():
     cycles = _cycles(inside_attacks=True)
     assert not cycles, "import cycles inside netmoments/attacks/:\n" + "\n".join(cycles)
@@ -201,11 +199,7 @@ MAX_FUNCTION_LINES = 100
 # Functions that were already longer than MAX_FUNCTION_LINES when this test was written, with their length then
 # (end_lineno - lineno + 1). A listed function may shrink but never grow; once it is split, delete its line. This
 # list must go to zero.
-LONG_FUNCTIONS = {
-    "netmoments/course/wire.py::decode": 103,
-    "netmoments/experiments/runner.py::_run_locked": 107,
-    "netmoments/widgets/_frames.py::precomputed_widget": 108,
-}
+LONG_FUNCTIONS: dict[str, int] = {}
 
 
 def function_lengths() -> dict[str, int]:
@@ -235,11 +229,9 @@ def test_no_function_is_longer_than_100_lines():
 
 
 def test_the_long_function_list_only_names_long_functions():
-    # a warning, not a failure: the functions listed are being split by other work right now
     lengths = function_lengths()
     stale = {name: lengths.get(name) for name in LONG_FUNCTIONS if lengths.get(name, 0) <= MAX_FUNCTION_LINES}
-    if stale:
-        warnings.warn(f"now short (or gone), delete from LONG_FUNCTIONS: {stale}", stacklevel=1)
+    assert not stale, f"now short (or gone), delete from LONG_FUNCTIONS: {stale}"
 
 
 def test_function_lengths_count_every_line_of_a_nested_definition():
@@ -255,10 +247,7 @@ def test_function_lengths_count_every_line_of_a_nested_definition():
 UNREACHABLE = re.compile(r"spec(?:ification)?\s+sections?\b|\bspec\s+\d|maths?\s+contract|project\s+spec", re.I)
 
 # Files other work is rewriting now, with the phrase they still hold. This list must go to zero.
-UNREACHABLE_ALLOWED = {
-    ("netmoments/viz/ch05_phi2.py", "maths contract"),
-    ("netmoments/experiments/attack.py", "spec 7"),
-}
+UNREACHABLE_ALLOWED: set[tuple[str, str]] = set()
 
 
 def unreachable_citations() -> set[tuple[str, int, str]]:

@@ -132,8 +132,8 @@ def encode(value: Any) -> bytes:
     return struct.pack(">I", len(header)) + header + b"".join(blobs)
 
 
-def decode(data: bytes) -> Any:
-    """The value :func:`encode` wrote; raises :class:`WireError` on anything else (it never unpickles)."""
+def _read_header(data: bytes) -> tuple[dict, list[int], list[int]]:
+    """The JSON header of an encoded answer, its blob sizes and the blobs' byte offsets, all checked."""
     if not isinstance(data, (bytes, bytearray)):
         raise WireError(f"data must be bytes, got {type(data).__name__}")
     if len(data) < 4:
@@ -156,6 +156,12 @@ def decode(data: bytes) -> Any:
         pos += size
     if pos != len(data):
         raise WireError(f"the blobs announce {pos - 4 - hlen} bytes, {len(data) - 4 - hlen} present")
+    return header, sizes, offsets
+
+
+def decode(data: bytes) -> Any:
+    """The value :func:`encode` wrote; raises :class:`WireError` on anything else (it never unpickles)."""
+    header, sizes, offsets = _read_header(data)
     used: set[int] = set()
 
     def blob(node):

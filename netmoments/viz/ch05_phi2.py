@@ -91,7 +91,7 @@ def plot_series_error_maps(h, rho, maps: dict, terms, max_errors, quoted: dict |
     ax.semilogy(to_numpy(terms), to_numpy(max_errors), "o-", color=OUTPUT_COLOR, lw=2, label="measured maximum")
     if quoted:
         ax.semilogy(list(quoted), list(quoted.values()), "s", color=INPUT_COLOR, ms=7, ls="none",
-                    label="values quoted in the maths contract")
+                    label="published values")
     ax.set_xlabel("number of terms $N$")
     ax.set_ylabel(r"max error in $\Phi_2$")
     ax.set_title("largest error over the grid", fontsize=10)

@@ -112,6 +112,34 @@ class FrameWidget(ipywidgets.VBox):
         return self.images[self.key]
 
 
+def _check_grid(grid, initial, descriptions, formats) -> tuple[list, dict, dict]:
+    """``(names, {name: values}, {name: index of the initial value})`` of a widget grid, checked (see
+    :func:`precomputed_widget` for the errors)."""
+    if not grid:
+        raise ValueError("grid must name at least one control")
+    names = list(grid)
+    values = {name: tuple(grid[name]) for name in names}
+    for name, vals in values.items():
+        if not vals:
+            raise ValueError(f"grid[{name!r}] is empty")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"grid[{name!r}] repeats a value: {vals}")
+    initial = dict(initial or {})
+    descriptions = dict(descriptions or {})
+    formats = dict(formats or {})
+    for what, mapping in (("initial", initial), ("descriptions", descriptions), ("formats", formats)):
+        unknown = set(mapping) - set(names)
+        if unknown:
+            raise ValueError(f"{what} names controls that are not in grid: {sorted(unknown)}")
+    start = {}
+    for name in names:
+        value = initial.get(name, values[name][0])
+        if value not in values[name]:
+            raise ValueError(f"initial[{name!r}] = {value!r} is not one of grid[{name!r}] = {values[name]}")
+        start[name] = values[name].index(value)
+    return names, values, start
+
+
 def precomputed_widget(
     compute: Callable[..., dict],
     plot: Callable[[dict], Figure],
@@ -151,28 +179,8 @@ def precomputed_widget(
         ValueError: empty grid, an empty or repeated value list, an initial value not on the grid, or a control
             name that is not a grid key.
     """
-    if not grid:
-        raise ValueError("grid must name at least one control")
-    names = list(grid)
-    values = {name: tuple(grid[name]) for name in names}
-    for name, vals in values.items():
-        if not vals:
-            raise ValueError(f"grid[{name!r}] is empty")
-        if len(set(vals)) != len(vals):
-            raise ValueError(f"grid[{name!r}] repeats a value: {vals}")
-    initial = dict(initial or {})
-    descriptions = dict(descriptions or {})
-    formats = dict(formats or {})
-    for what, mapping in (("initial", initial), ("descriptions", descriptions), ("formats", formats)):
-        unknown = set(mapping) - set(names)
-        if unknown:
-            raise ValueError(f"{what} names controls that are not in grid: {sorted(unknown)}")
-    start = {}
-    for name in names:
-        value = initial.get(name, values[name][0])
-        if value not in values[name]:
-            raise ValueError(f"initial[{name!r}] = {value!r} is not one of grid[{name!r}] = {values[name]}")
-        start[name] = values[name].index(value)
+    names, values, start = _check_grid(grid, initial, descriptions, formats)
+    initial, descriptions, formats = dict(initial or {}), dict(descriptions or {}), dict(formats or {})
 
     # One Layout / style object shared by all frames and stacks: each would otherwise be a model of its own in
     # the saved widget state, ~1 kB apiece.
