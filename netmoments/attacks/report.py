@@ -1,4 +1,5 @@
-"""Tables and plots from the per-image rows of :mod:`netmoments.experiments.attack_suite` (chapter 8).
+"""Tables from the per-image rows of :mod:`netmoments.experiments.attack_suite` (chapter 9); their plots are in
+:mod:`netmoments.viz.ch09_attacks` (``plot_*`` here hand over to them).
 
 Every interval is a percentile bootstrap over *digits* (:func:`netmoments.attacks.metrics.bootstrap_ci`); a
 targeted run has one row per (digit, target) and is resampled by digit (its per-digit mean over targets).
@@ -58,8 +59,9 @@ def format_interval(ci, digits=2) -> str:
 
 def method_table(rows, methods=None, n_boot=2000, budgets=L0_BUDGETS, size="l0") -> list[dict]:
     """One dict per method: n digits, mean expected success, its 10 % quantile over digits, success at each
-    ``size`` budget (``"l0"``, ``"l2"`` or ``"tv"``, with the matching ``budgets``), median size at which a digit is fooled, SSIM, diversity, seconds and passes per digit, each an
-    ``(estimate, low, high)`` bootstrap interval over digits."""
+    ``size`` budget (``"l0"``, ``"l2"`` or ``"tv"``, with the matching ``budgets``), median size at which a digit
+    is fooled, SSIM, diversity, seconds and passes per digit, each an ``(estimate, low, high)`` bootstrap interval
+    over digits."""
     groups = by_method(rows)
     methods = methods or list(groups)
     table = []
@@ -145,79 +147,26 @@ def calibration(rows, method="gauss-sparse", bins=(0.0, 0.5, 0.9, 0.99, 0.999, 1
 
 
 # ----------------------------------------------------------------------------------------------- figures
+# The figures live in netmoments.viz.ch09_attacks (which imports matplotlib); these keep the old names, so
+# ``report.plot_...`` still draws and importing this module still loads no matplotlib.
 
 
 def plot_budget_curves(table, budgets=L0_BUDGETS, ax=None, labels=None):
-    """Expected success at each L0 budget (mean over digits, 95 % bootstrap band) for every method in ``table``
-    (from :func:`method_table`)."""
-    import matplotlib.pyplot as plt
+    """:func:`netmoments.viz.plot_budget_curves`: success at each L0 budget for every method of :func:`method_table`."""
+    from .. import viz
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 3.8))
-    for entry in table:
-        keys = [f"success_l0_{b}" for b in budgets]
-        if not all(k in entry for k in keys):
-            continue
-        est = np.array([entry[k][0] for k in keys])
-        lo = np.array([entry[k][1] for k in keys])
-        hi = np.array([entry[k][2] for k in keys])
-        name = (labels or {}).get(entry["method"], entry["method"])
-        line, = ax.plot(budgets, est, marker="o", ms=3, label=f"{name} (n={entry['n']})")
-        ax.fill_between(budgets, lo, hi, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("pixel budget k (changed pixels of the attacked image, noise included)")
-    ax.set_ylabel("expected success per digit")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    return ax.figure
+    return viz.plot_budget_curves(table, budgets=budgets, ax=ax, labels=labels)
 
 
 def plot_calibration(cal, ax=None):
-    """Surrogate ``Phi(-r)`` against Monte Carlo success of the same margin on the real network, per digit."""
-    import matplotlib.pyplot as plt
+    """:func:`netmoments.viz.plot_calibration`: :func:`calibration`'s surrogate against Monte Carlo, per digit."""
+    from .. import viz
 
-    if ax is None:
-        _, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    else:
-        axes = ax
-    a, b = axes
-    a.scatter(cal["pred"], cal["mc"], s=10, alpha=0.6)
-    for lo, hi, n, p, m in cal["bins"]:
-        a.plot([p], [m], "s", color="k", ms=5)
-    a.plot([0, 1], [0, 1], "k--", lw=0.8)
-    a.set_xlabel(r"surrogate $\Phi(-\mathbb{E}[M]/\mathrm{sd}[M])$")
-    a.set_ylabel("Monte Carlo P(M < 0), real LeNet")
-    a.set_title("calibration (squares: bin means)", fontsize=9)
-    b.scatter(cal["mc_mean"], cal["sur_mean"], s=10, alpha=0.6)
-    lim = [min(cal["mc_mean"].min(), cal["sur_mean"].min()), max(cal["mc_mean"].max(), cal["sur_mean"].max())]
-    b.plot(lim, lim, "k--", lw=0.8)
-    b.set_xlabel("Monte Carlo E[M], real LeNet")
-    b.set_ylabel("surrogate E[M]")
-    b.set_title("margin at the final distribution", fontsize=9)
-    for axis in axes:
-        axis.grid(alpha=0.3)
-    axes[0].figure.tight_layout()
-    return axes[0].figure
+    return viz.plot_calibration(cal, ax=ax)
 
 
 def plot_draws_and_points(clean, columns, titles, row_labels=None):
-    """A grid: one row per digit; column 0 the clean digit, then one column per entry of ``columns``
-    (``(B, 1, H, W)`` tensors or arrays: our draws, point attacks), titled by ``titles``."""
-    import matplotlib.pyplot as plt
+    """:func:`netmoments.viz.plot_draws_and_points`: the clean digits, then one column per attack."""
+    from .. import viz
 
-    bsz = clean.shape[0]
-    ncol = 1 + len(columns)
-    fig, axes = plt.subplots(bsz, ncol, figsize=(1.25 * ncol, 1.35 * bsz), squeeze=False)
-    for i in range(bsz):
-        images = [clean[i]] + [c[i] for c in columns]
-        for j, img in enumerate(images):
-            ax = axes[i, j]
-            ax.imshow(np.asarray(img).reshape(clean.shape[-2], clean.shape[-1]), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title((["clean"] + list(titles))[j], fontsize=7)
-        if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
-    fig.tight_layout()
-    return fig
+    return viz.plot_draws_and_points(clean, columns, titles, row_labels=row_labels)

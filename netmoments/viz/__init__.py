@@ -14,7 +14,8 @@ the pure functions in :mod:`netmoments.widgets`.
 - ``ch06_linearize``: chapter 6, linearizing deep networks;
 - ``ch07_tightness``: chapter 7, how tight is it;
 - ``ch08_layerwise``: chapter 8, moments layer by layer;
-- ``ch09_attacks``: chapter 9, Gaussian attacks (the chapter's result plots are in :mod:`netmoments.attacks.report`);
+- ``ch09_attacks``: chapter 9, Gaussian attacks (its result plots draw what :mod:`netmoments.attacks.report`
+  computes; ``report.plot_...`` still reaches them);
 - ``tables``: chapters 1-4, closed forms against Monte Carlo: :func:`monte_carlo_comparison` computes the numbers,
   :func:`format_monte_carlo_table` writes them, :func:`monte_carlo_table` prints that.
 
@@ -35,7 +36,7 @@ from .ch06_linearize import (plot_digits, plot_exact_sets, plot_linear_regions, 
                              plot_noise_sensitivity, plot_two_stage_diagram)
 from .ch07_tightness import plot_error_split, plot_intervals, plot_z_distribution
 from .ch08_layerwise import plot_clark_check, plot_cost_accuracy, plot_logit_moments
-from .ch09_attacks import plot_attack_grid
+from .ch09_attacks import plot_attack_grid, plot_budget_curves, plot_calibration, plot_draws_and_points
 
 # Outside __all__ but part of the interface, as before the split: the colours (chapters use viz.INPUT_COLOR and
 # viz.METHOD_COLORS) and the table helpers (viz.monte_carlo_table).
@@ -90,4 +91,7 @@ __all__ = [
     "plot_logit_moments",
     # chapter 9
     "plot_attack_grid",
+    "plot_draws_and_points",
+    "plot_budget_curves",
+    "plot_calibration",
 ]

@@ -1,14 +1,18 @@
-"""Chapter 9, Gaussian attacks: the figures of this package (the chapter's result plots live in
-:mod:`netmoments.attacks.report`).
+"""Chapter 9, Gaussian attacks: an attack's draws (:func:`plot_attack_grid`) and the chapter's results, drawn from
+what :mod:`netmoments.attacks.report` computes (:func:`plot_budget_curves` from its ``method_table``,
+:func:`plot_calibration` from its ``calibration``) and from the attacked images (:func:`plot_draws_and_points`).
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
+from ..attacks.metrics import L0_BUDGETS
 from ._common import to_numpy
 
-__all__ = ["plot_attack_grid"]
+__all__ = ["plot_attack_grid", "plot_draws_and_points", "plot_budget_curves", "plot_calibration"]
+
 
 def plot_attack_grid(clean, mean, noise_std, draws, titles=None, success=None) -> Figure:
     """One row per attacked digit: clean | mean shift (mean - clean) | noise std | a few clipped draws.
@@ -37,5 +41,75 @@ def plot_attack_grid(clean, mean, noise_std, draws, titles=None, success=None) -
         if success is not None:
             label += f"\nMC {float(success[r]):.2f}"
         axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_budget_curves(table, budgets=L0_BUDGETS, ax=None, labels=None) -> Figure:
+    """Expected success at each L0 budget (mean over digits, 95 % bootstrap band) for every method in ``table``
+    (from :func:`netmoments.attacks.report.method_table`)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.8))
+    for entry in table:
+        keys = [f"success_l0_{b}" for b in budgets]
+        if not all(k in entry for k in keys):
+            continue
+        est = np.array([entry[k][0] for k in keys])
+        lo = np.array([entry[k][1] for k in keys])
+        hi = np.array([entry[k][2] for k in keys])
+        name = (labels or {}).get(entry["method"], entry["method"])
+        line, = ax.plot(budgets, est, marker="o", ms=3, label=f"{name} (n={entry['n']})")
+        ax.fill_between(budgets, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("pixel budget k (changed pixels of the attacked image, noise included)")
+    ax.set_ylabel("expected success per digit")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax.figure
+
+
+def plot_calibration(cal, ax=None) -> Figure:
+    """Surrogate ``Phi(-r)`` against Monte Carlo success of the same margin on the real network, per digit."""
+    if ax is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    else:
+        axes = ax
+    a, b = axes
+    a.scatter(cal["pred"], cal["mc"], s=10, alpha=0.6)
+    for lo, hi, n, p, m in cal["bins"]:
+        a.plot([p], [m], "s", color="k", ms=5)
+    a.plot([0, 1], [0, 1], "k--", lw=0.8)
+    a.set_xlabel(r"surrogate $\Phi(-\mathbb{E}[M]/\mathrm{sd}[M])$")
+    a.set_ylabel("Monte Carlo P(M < 0), real LeNet")
+    a.set_title("calibration (squares: bin means)", fontsize=9)
+    b.scatter(cal["mc_mean"], cal["sur_mean"], s=10, alpha=0.6)
+    lim = [min(cal["mc_mean"].min(), cal["sur_mean"].min()), max(cal["mc_mean"].max(), cal["sur_mean"].max())]
+    b.plot(lim, lim, "k--", lw=0.8)
+    b.set_xlabel("Monte Carlo E[M], real LeNet")
+    b.set_ylabel("surrogate E[M]")
+    b.set_title("margin at the final distribution", fontsize=9)
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
+def plot_draws_and_points(clean, columns, titles, row_labels=None) -> Figure:
+    """A grid: one row per digit; column 0 the clean digit, then one column per entry of ``columns``
+    (``(B, 1, H, W)`` tensors or arrays: our draws, point attacks), titled by ``titles``."""
+    bsz = clean.shape[0]
+    ncol = 1 + len(columns)
+    fig, axes = plt.subplots(bsz, ncol, figsize=(1.25 * ncol, 1.35 * bsz), squeeze=False)
+    for i in range(bsz):
+        images = [clean[i]] + [c[i] for c in columns]
+        for j, img in enumerate(images):
+            ax = axes[i, j]
+            ax.imshow(np.asarray(img).reshape(clean.shape[-2], clean.shape[-1]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title((["clean"] + list(titles))[j], fontsize=7)
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
     fig.tight_layout()
     return fig
