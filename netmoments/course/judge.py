@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import grading
+from . import assignments
 
 MEMORY_LIMIT = 8 << 30  # bytes of address space for the student's process (the five reference solutions run under it)
 STARTUP_TIMEOUT = 300.0  # seconds the worker may take to import its libraries (a loaded machine is slow)
@@ -113,9 +113,9 @@ def bwrap_command(workdir: str = "/tmp") -> list[str]:
     # The source notebooks hold the solutions and the hidden tests: an empty directory in their place. A private
     # copy (NETMOMENTS_COURSE_SOURCE) is hidden the same way when it lies inside a folder the sandbox shows;
     # elsewhere the sandbox does not show it at all.
-    cmd += ["--tmpfs", str(grading.PACKAGE_SOURCE_DIR)]
-    private = grading.SOURCE_DIR
-    if private != grading.PACKAGE_SOURCE_DIR and private.is_dir() and any(
+    cmd += ["--tmpfs", str(assignments.PACKAGE_SOURCE_DIR)]
+    private = assignments.SOURCE_DIR
+    if private != assignments.PACKAGE_SOURCE_DIR and private.is_dir() and any(
             private.is_relative_to(Path(p)) for p in _readable_dirs()):
         cmd += ["--tmpfs", str(private)]
     cmd += ["--chdir", workdir]
@@ -400,31 +400,31 @@ def _feedback(exc: BaseException, cell_timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT_CELL_TIMEOUT,
-          sandbox: str = "auto") -> grading.Report:
+def grade(assignment: str, notebook: Path, cell_timeout: float = assignments.DEFAULT_CELL_TIMEOUT,
+          sandbox: str = "auto") -> assignments.Report:
     """Grade ``notebook`` (a submission of ``assignment``) in this process and one worker; see the module docstring.
 
     Args:
-        assignment: one of :data:`netmoments.course.grading.ASSIGNMENTS`.
+        assignment: one of :data:`netmoments.course.assignments.ASSIGNMENTS`.
         notebook: path to the submitted ``.ipynb``.
         cell_timeout: seconds one student cell, or the student code one graded cell calls, may run.
         sandbox: ``"bwrap"``, ``"none"`` or ``"auto"`` (bwrap when it works here).
     """
     import nbformat
 
-    if assignment not in grading.ASSIGNMENTS:
-        raise ValueError(f"assignment must be one of {grading.ASSIGNMENTS}, got {assignment!r}")
+    if assignment not in assignments.ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {assignments.ASSIGNMENTS}, got {assignment!r}")
     if not cell_timeout > 0:
         raise ValueError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
     used = resolve_sandbox(sandbox)
-    expected = grading.grade_cells(assignment)
+    expected = assignments.grade_cells(assignment)
     try:
         submission = nbformat.read(str(notebook), as_version=4)
     except Exception as exc:  # nbformat raises several types for a broken file
-        return grading.Report(assignment, 0.0, sum(p for _, p in expected),
-                              [grading.QuestionResult(g, 0.0, p, "the notebook could not be read")
-                               for g, p in expected], f"could not read {notebook}: {exc}"[:500], used)
-    source = nbformat.read(str(grading.source_notebook(assignment)), as_version=4)
+        return assignments.Report(assignment, 0.0, sum(p for _, p in expected),
+                                  [assignments.QuestionResult(g, 0.0, p, "the notebook could not be read")
+                                   for g, p in expected], f"could not read {notebook}: {exc}"[:500], used)
+    source = nbformat.read(str(assignments.source_notebook(assignment)), as_version=4)
 
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="netmoments-judge-") as scratch:
@@ -461,8 +461,8 @@ def grade(assignment: str, notebook: Path, cell_timeout: float = grading.DEFAULT
             questions = _run_tests(source, namespace, worker, cell_timeout, notes)
         finally:
             worker.close()
-    return grading.Report(assignment, sum(q.score for q in questions), sum(q.max_score for q in questions),
-                          questions, "; ".join(notes), used)
+    return assignments.Report(assignment, sum(q.score for q in questions), sum(q.max_score for q in questions),
+                              questions, "; ".join(notes), used)
 
 
 def _run_setup(source, namespace: dict) -> None:
@@ -491,7 +491,7 @@ def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, not
         text = _without_magics(cell.source)
         grade_id, points = meta["grade_id"], float(meta["points"])
         if worker.dead and not any(isinstance(v, StudentFunction) for v in namespace.values()):
-            questions.append(grading.QuestionResult(grade_id, 0.0, points, notes[-1] if notes else worker.dead))
+            questions.append(assignments.QuestionResult(grade_id, 0.0, points, notes[-1] if notes else worker.dead))
             continue
         earlier, code = plan.get(grade_id, ([], ""))
         worker.swap = ()
@@ -509,9 +509,9 @@ def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, not
         except BaseException as exc:  # every way a test cell can fail costs its points, nothing more
             if type(exc) is KeyboardInterrupt:  # the grader's operator pressed Ctrl-C
                 raise
-            questions.append(grading.QuestionResult(grade_id, 0.0, points, _feedback(exc, cell_timeout)))
+            questions.append(assignments.QuestionResult(grade_id, 0.0, points, _feedback(exc, cell_timeout)))
         else:
-            questions.append(grading.QuestionResult(grade_id, points, points, ""))
+            questions.append(assignments.QuestionResult(grade_id, points, points, ""))
         finally:
             worker.deadline = None
             worker.swap = ()
@@ -520,10 +520,10 @@ def _run_tests(source, namespace: dict, worker: Worker, cell_timeout: float, not
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m netmoments.course.judge", description=__doc__.split("\n")[0])
-    parser.add_argument("assignment", choices=grading.ASSIGNMENTS)
+    parser.add_argument("assignment", choices=assignments.ASSIGNMENTS)
     parser.add_argument("notebook", type=Path)
     parser.add_argument("out", type=Path, help="where to write the report (JSON)")
-    parser.add_argument("--cell-timeout", type=float, default=grading.DEFAULT_CELL_TIMEOUT)
+    parser.add_argument("--cell-timeout", type=float, default=assignments.DEFAULT_CELL_TIMEOUT)
     parser.add_argument("--sandbox", choices=SANDBOXES, default="auto")
     args = parser.parse_args(argv)
     report = grade(args.assignment, args.notebook, args.cell_timeout, args.sandbox)
