@@ -113,3 +113,24 @@ def check_covariance(name: str, cov: torch.Tensor, dim: int | None = None) -> to
                 f"relative {rel.min().item():.3g})"
             )
     return sym
+
+
+_UNSET = object()
+
+
+def renamed(func_name: str, old: str, new: str, old_value, new_value, default=None, stacklevel: int = 3):
+    """The value of a keyword renamed from ``old`` to ``new``: ``new_value`` unless only ``old_value`` was given.
+
+    ``old_value`` is ``_UNSET`` (or ``None``) when the caller did not pass the old keyword; otherwise a
+    ``DeprecationWarning`` names the new keyword, and passing both raises ``TypeError``. ``new_value`` equal to
+    ``default`` means the new keyword was not passed.
+    """
+    if old_value is _UNSET or old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{func_name}: '{old}=' is deprecated, use '{new}=' instead", DeprecationWarning,
+                  stacklevel=stacklevel)
+    if new_value is not default and new_value != default:
+        raise TypeError(f"{func_name}: pass '{new}=' only (got both '{new}=' and its deprecated name '{old}=')")
+    return old_value

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
-from ._validation import check_dtype
+from ._validation import check_dtype, renamed
 from .affine import AffineReLUAffine
 
 __all__ = [
@@ -598,8 +598,9 @@ class TwoStageLinearization:
         relu_index: which ReLU to keep (-1 = the last).
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (default ``points.dtype``).
-        method: how the dense ``A`` (and ``B``) are formed: ``"structured"`` (layer by layer with locality),
+        jacobian: how the dense ``A`` (and ``B``) are formed: ``"structured"`` (layer by layer with locality),
             ``"autograd"`` (torch.func Jacobians) or ``"auto"`` (structured when every layer allows it).
+            (Formerly ``method=``, still accepted with a ``DeprecationWarning``.)
         chunk_size: points per dense-Jacobian pass (bounds memory); ``None``: one point at a time for the
             structured method on a CPU (cache-friendly), the whole batch on a GPU, 16 for the autograd method.
         threads: Python threads the structured method may use on a CPU (see :func:`two_stage_linearize`).
@@ -612,17 +613,25 @@ class TwoStageLinearization:
         B ``(Bt, p, m)`` (an expanded view when it cannot depend on the point); c2 ``(Bt, p)``.
     """
 
-    def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, method: str = "auto",
-                 chunk_size: int | None = None, mode: str = "auto", threads: int = 1):
-        _check_method(method)
+    def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, jacobian: str = "auto",
+                 chunk_size: int | None = None, mode: str = "auto", threads: int = 1, method: str | None = None):
+        jacobian = renamed("TwoStageLinearization", "method", "jacobian", method, jacobian, "auto")
+        _check_jacobian(jacobian)
         self.threads = _check_threads(threads)
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         model, flat, shape, _ = _prepare(model, points, input_shape, dtype, name="points")
         self.before, self.after = split_at_relu(model, relu_index)
         self.input_shape = shape
-        self.method, self.chunk_size, self.mode = method, chunk_size, mode
+        self.jacobian, self.chunk_size, self.mode = jacobian, chunk_size, mode
         self._set_points(flat)
+
+    @property
+    def method(self) -> str:
+        """Deprecated name of :attr:`jacobian`."""
+        warnings.warn("TwoStageLinearization.method is deprecated, use .jacobian instead", DeprecationWarning,
+                      stacklevel=2)
+        return self.jacobian
 
     # -- construction -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -636,7 +645,7 @@ class TwoStageLinearization:
         if len(self.after) == 0:
             eye = torch.eye(hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
             return eye.expand(hidden.shape[0], -1, -1), torch.zeros_like(hidden)
-        jac, values = _jacobian_at(self.after, hidden, self.hidden_shape, self.method, self.chunk_size, self.mode,
+        jac, values = _jacobian_at(self.after, hidden, self.hidden_shape, self.jacobian, self.chunk_size, self.mode,
                                    self.threads)
         bias = values - (jac @ hidden.unsqueeze(-1)).squeeze(-1)
         return (jac if jac.stride(0) == 0 else jac.contiguous()), bias
@@ -703,7 +712,7 @@ class TwoStageLinearization:
     def A(self) -> torch.Tensor:
         """The dense ``(Bt, m, n)`` first stage (computed on first use, then cached)."""
         if self._A is None:
-            self._A = _dense_jacobian(self.before, self.points, self.input_shape, self._pattern, self.method,
+            self._A = _dense_jacobian(self.before, self.points, self.input_shape, self._pattern, self.jacobian,
                                       self.chunk_size, self.mode, self.threads)
         return self._A
 
@@ -744,7 +753,7 @@ class TwoStageLinearization:
         if self._A is not None and bool(changed.any()):
             fresh = _dense_jacobian(self.before, flat[changed], self.input_shape,
                                     [p[changed] if p is not None else None for p in new._pattern],
-                                    self.method, self.chunk_size, self.mode, self.threads)
+                                    self.jacobian, self.chunk_size, self.mode, self.threads)
             new._A = self._A.clone()
             new._A[changed] = fresh
         else:
@@ -778,25 +787,25 @@ def _pattern_changed(old: list, new: list, batch: int, device) -> torch.Tensor:
     return changed
 
 
-def _jacobian_at(part, points, shape, method, chunk_size, mode="auto", threads: int = 1):
+def _jacobian_at(part, points, shape, jacobian, chunk_size, mode="auto", threads: int = 1):
     """(Jacobian ``(Bt, m, n)``, ``part(points) (Bt, m)``); a point-independent Jacobian is an expanded view."""
     values, pattern = _forward_pattern(part, points.reshape(-1, *shape))
-    jac = _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode, threads)
+    jac = _dense_jacobian(part, points, shape, pattern, jacobian, chunk_size, mode, threads)
     return jac, values.reshape(points.shape[0], -1)
 
 
-def _dense_jacobian(part, points, shape, pattern, method, chunk_size, mode="auto", threads: int = 1):
-    if method == "auto":
-        method = "structured" if _structured_supported(part, shape) else "autograd"
-    elif method == "structured" and not _structured_supported(part, shape):
-        raise ValueError("method='structured' does not support this model (a Conv2d with groups/dilation/string "
-                         "padding, a ceil-mode pool, ...); use method='auto' or 'autograd'")
+def _dense_jacobian(part, points, shape, pattern, jacobian, chunk_size, mode="auto", threads: int = 1):
+    if jacobian == "auto":
+        jacobian = "structured" if _structured_supported(part, shape) else "autograd"
+    elif jacobian == "structured" and not _structured_supported(part, shape):
+        raise ValueError("jacobian='structured' does not support this model (a Conv2d with groups/dilation/string "
+                         "padding, a ceil-mode pool, ...); use jacobian='auto' or 'autograd'")
     Bt = points.shape[0]
     if Bt > 1 and not any(isinstance(layer, _PIECEWISE) for layer in part):
         # an affine part has one Jacobian for every point: compute it once, return a stride-0 view
         first = [p[:1] if p is not None else None for p in pattern]
-        return _dense_jacobian(part, points[:1], shape, first, method, chunk_size, mode, threads).expand(Bt, -1, -1)
-    if method == "autograd":
+        return _dense_jacobian(part, points[:1], shape, first, jacobian, chunk_size, mode, threads).expand(Bt, -1, -1)
+    if jacobian == "autograd":
         return batched_jacobian(_flat_fn(part, shape), points, mode=mode, chunk_size=chunk_size or 16)[1].detach()
     # On a CPU one point at a time keeps the windows of a layer in cache (a batch of 16 LeNet points would
     # stream ~150 MB per layer through memory); a GPU wants the whole batch at once.
@@ -833,10 +842,11 @@ def affine_linearize(
     *,
     input_shape: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
-    method: str = "auto",
+    jacobian: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = None,
     threads: int = 1,
+    method: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """First-order Taylor expansion of the whole network at ``point``: ``model(x) ~ W x + b`` (x flattened).
 
@@ -847,7 +857,8 @@ def affine_linearize(
         point: one point ``(C, H, W)`` or ``(n,)``, or a batch ``(B, C, H, W)`` or ``(B, n)``.
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
-        method: ``"structured"`` (layer by layer with locality), ``"autograd"`` (torch.func) or ``"auto"``.
+        jacobian: ``"structured"`` (layer by layer with locality), ``"autograd"`` (torch.func) or ``"auto"``
+            (formerly ``method=``, still accepted with a ``DeprecationWarning``).
         mode, chunk_size, threads: see :func:`two_stage_linearize` (``mode`` applies to the autograd method).
 
     Returns:
@@ -857,19 +868,20 @@ def affine_linearize(
     :func:`two_stage_linearize`): a ``point`` that requires grad gets a ``UserWarning``; an empty batch, a
     float16/bfloat16 point or ``dtype`` raise.
     """
-    _check_method(method)
+    jacobian = renamed("affine_linearize", "method", "jacobian", method, jacobian, "auto")
+    _check_jacobian(jacobian)
     threads = _check_threads(threads)
     model, flat, shape, batched = _prepare(model, point, input_shape, dtype)
-    weight, values = _jacobian_at(model, flat, shape, method, chunk_size, mode, threads)
+    weight, values = _jacobian_at(model, flat, shape, jacobian, chunk_size, mode, threads)
     bias = values - (weight @ flat.unsqueeze(-1)).squeeze(-1)
     if not batched:
         return weight[0], bias[0]
     return weight, bias
 
 
-def _check_method(method) -> None:
-    if method not in ("auto", "structured", "autograd"):
-        raise ValueError(f"method must be 'auto', 'structured' or 'autograd', got {method!r}")
+def _check_jacobian(jacobian) -> None:
+    if jacobian not in ("auto", "structured", "autograd"):
+        raise ValueError(f"jacobian must be 'auto', 'structured' or 'autograd', got {jacobian!r}")
 
 
 def two_stage_linearize(
@@ -879,10 +891,11 @@ def two_stage_linearize(
     *,
     input_shape: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
-    method: str = "auto",
+    jacobian: str = "auto",
     mode: str = "auto",
     chunk_size: int | None = None,
     threads: int = 1,
+    method: str | None = None,
 ) -> AffineReLUAffine:
     """Two-stage linearization: ``model(x) ~ B relu(A x + c1) + c2`` around ``point`` (x flattened).
 
@@ -891,8 +904,8 @@ def two_stage_linearize(
     ``point``'s linear region and the layers after it stay in ``relu(f(p))``'s.
 
     By default the Jacobians are composed layer by layer at the point's fixed ReLU masks and max-pool choices,
-    using each unit's small receptive field (``method="structured"``): for LeNet the only large product left is
-    fc1 applied to the pooled-conv Jacobian. ``method="autograd"`` uses torch.func (forward- or reverse-mode,
+    using each unit's small receptive field (``jacobian="structured"``): for LeNet the only large product left is
+    fc1 applied to the pooled-conv Jacobian. ``jacobian="autograd"`` uses torch.func (forward- or reverse-mode,
     ``mode``) and works for every supported layer; ``"auto"`` picks structured whenever the layers allow it.
     For products with ``A`` without forming it, see :class:`TwoStageLinearization`.
 
@@ -906,7 +919,7 @@ def two_stage_linearize(
     (one point) to 1.8x (a batch) faster than ``threads=1``. With several torch threads keep ``threads=1``
     (the default): ``k`` Python threads would each start a team of torch threads.
     On a GPU a batch runs in one pass: on an H200, 256 LeNet digits take 90 ms (0.35 ms each), while one digit
-    is bound by kernel launches (9.9 ms; ``method="autograd"`` takes 7.0 ms there). Batch points on a GPU.
+    is bound by kernel launches (9.9 ms; ``jacobian="autograd"`` takes 7.0 ms there). Batch points on a GPU.
 
     Args:
         model: ``nn.Sequential`` of Conv2d / MaxPool2d / AvgPool2d / Flatten / Linear / ReLU / Identity.
@@ -914,7 +927,9 @@ def two_stage_linearize(
         relu_index: which ReLU to keep (-1 = the last).
         input_shape: shape of one input as the model takes it (inferred when omitted).
         dtype: computation dtype (e.g. ``torch.float64``); default ``point.dtype``.
-        method: ``"auto"``, ``"structured"`` or ``"autograd"`` (see above).
+        jacobian: the Jacobian algorithm, ``"auto"``, ``"structured"`` or ``"autograd"`` (see above; formerly
+            ``method=``, still accepted with a ``DeprecationWarning``; ``method=`` elsewhere names a covariance
+            formula).
         mode: Jacobian mode of the autograd method (``"auto"`` picks forward or reverse by the smaller dimension).
         chunk_size: points per Jacobian pass (bounds memory); ``None`` picks a good size for the method and device.
         threads: Python threads the structured method may use on a CPU (see above); results agree to round-off.
@@ -935,12 +950,13 @@ def two_stage_linearize(
         a linear region ``c1 = f(p) - J p`` does not move), so their derivative is 0 wherever it exists and no
         autograd graph is built back to ``point``. A ``point`` that requires grad gets a ``UserWarning`` saying so.
     """
-    _check_method(method)
+    jacobian = renamed("two_stage_linearize", "method", "jacobian", method, jacobian, "auto")
+    _check_jacobian(jacobian)
     if mode not in ("auto", "fwd", "rev"):
         raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
     _, _, _, batched = _prepare(model, point, input_shape, dtype)
     point = point.detach()  # a constant (see the Note); _prepare has warned if it required grad
-    lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, method=method,
+    lin = TwoStageLinearization(model, point, relu_index, input_shape=input_shape, dtype=dtype, jacobian=jacobian,
                                 chunk_size=chunk_size, mode=mode, threads=threads)
     A, c1, B, c2 = lin.A, lin.c1, lin.B, lin.c2
     if not batched:

@@ -239,8 +239,8 @@ def odd_convnet(seed=0):
 
 
 def _assert_linearizations_agree(net, x, relu_index, atol=1e-12):
-    fast = two_stage_linearize(net, x, relu_index, method="structured")
-    slow = two_stage_linearize(net, x, relu_index, method="autograd")
+    fast = two_stage_linearize(net, x, relu_index, jacobian="structured")
+    slow = two_stage_linearize(net, x, relu_index, jacobian="autograd")
     for name in ("A", "c1", "B", "c2"):
         a, b = getattr(fast, name), getattr(slow, name)
         assert not a.requires_grad, f"{name} is tied to the model's parameters"
@@ -269,8 +269,8 @@ def test_structured_equals_autograd_on_the_mlp(digits):
 def test_structured_affine_linearization_matches_autograd(gen):
     net = odd_convnet(seed=2)
     x = torch.randn(2, 2, 11, 9, generator=gen, dtype=torch.float64)
-    W, b = affine_linearize(net, x, method="structured")
-    W_ref, b_ref = affine_linearize(net, x, method="autograd")
+    W, b = affine_linearize(net, x, jacobian="structured")
+    W_ref, b_ref = affine_linearize(net, x, jacobian="autograd")
     assert torch.allclose(W, W_ref, rtol=0, atol=1e-12) and torch.allclose(b, b_ref, rtol=0, atol=1e-12)
     with torch.no_grad():
         assert torch.allclose((W @ x.reshape(2, -1, 1)).squeeze(-1) + b, net(x), rtol=0, atol=1e-12)
@@ -281,12 +281,12 @@ def test_unsupported_layers_fall_back_to_autograd(gen):
     net = net.double()
     x = torch.rand(1, 8, 8, generator=gen, dtype=torch.float64)
     auto = two_stage_linearize(net, x)
-    ref = two_stage_linearize(net, x, method="autograd")
+    ref = two_stage_linearize(net, x, jacobian="autograd")
     assert torch.allclose(auto.A, ref.A, rtol=0, atol=0)
     with pytest.raises(ValueError, match="structured"):
-        two_stage_linearize(net, x, method="structured")
-    with pytest.raises(ValueError, match="method"):
-        two_stage_linearize(net, x, method="fast")
+        two_stage_linearize(net, x, jacobian="structured")
+    with pytest.raises(ValueError, match="jacobian"):
+        two_stage_linearize(net, x, jacobian="fast")
 
 
 @pytest.mark.numerics
@@ -296,7 +296,7 @@ def test_matrix_free_products_match_the_dense_matrix(gen):
     net = odd_convnet(seed=1)
     x = torch.randn(3, 2, 11, 9, generator=gen, dtype=torch.float64)
     lin = TwoStageLinearization(net, x, relu_index=-1)
-    A = two_stage_linearize(net, x, method="autograd").A  # an independent reference
+    A = two_stage_linearize(net, x, jacobian="autograd").A  # an independent reference
     n, m = A.shape[-1], A.shape[-2]
     v = torch.randn(3, 5, n, generator=gen, dtype=torch.float64)
     u = torch.randn(3, 4, m, generator=gen, dtype=torch.float64)
@@ -384,9 +384,9 @@ def test_structured_path_on_cuda_equals_autograd_and_the_cpu(lenet64, digits, ge
     from netmoments.linearize import TwoStageLinearization
 
     net, x = copy.deepcopy(lenet64).to("cuda"), digits.to("cuda")  # the module-scoped fixture stays on the CPU
-    fast = two_stage_linearize(net, x, method="structured")
-    slow = two_stage_linearize(net, x, method="autograd")
-    cpu = two_stage_linearize(lenet64, digits, method="structured")
+    fast = two_stage_linearize(net, x, jacobian="structured")
+    slow = two_stage_linearize(net, x, jacobian="autograd")
+    cpu = two_stage_linearize(lenet64, digits, jacobian="structured")
     for name in ("A", "c1", "B", "c2"):
         a = getattr(fast, name)
         assert a.device.type == "cuda", name
