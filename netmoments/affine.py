@@ -145,12 +145,13 @@ class AffineReLUAffine(nn.Module):
         cov: torch.Tensor,
         method: str = "exact",
         output: str = "cov",
-        terms: int = 5,
+        terms: int | None = 5,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and covariance (or variance) of ``g(x)`` for ``x ~ N(mean, cov)``.
 
         The mean is exact for every ``method``; ``method`` picks the hidden covariance (see
-        :func:`netmoments.relu_covariance`): ``"exact"``, ``"series"``, ``"hybrid"`` (NM18) or ``"zero_mean"``.
+        :func:`netmoments.relu_covariance`): ``"exact"``, ``"series"``, ``"hybrid"`` (NM18) or ``"zero_mean"``;
+        ``terms``: the series' terms, ``None`` for no truncation (the exact Phi2).
 
         Args:
             mean: ``(..., n)``.

@@ -250,7 +250,7 @@ def relu_cross_moment(
     var_j: torch.Tensor,
     rho: torch.Tensor,
     method: str = "exact",
-    terms: int = 5,
+    terms: int | None = 5,
 ) -> torch.Tensor:
     """``E[max(y_i, 0) max(y_j, 0)]`` for a bivariate Gaussian pair, elementwise.
 
@@ -258,7 +258,8 @@ def relu_cross_moment(
     :func:`relu_moments`, it takes *variances* (not standard deviations).
 
     ``method="exact"`` is NM20's general-mean closed form with the exact Phi2; ``"series"`` replaces Phi2 by
-    NM20's truncated series with ``terms`` terms; ``"zero_mean"`` is NM18's arc-cosine formula, which
+    NM20's truncated series with ``terms`` terms (``terms=None``: no truncation, the exact Phi2, as in
+    :func:`netmoments.bivariate_normal_cdf_series`); ``"zero_mean"`` is NM18's arc-cosine formula, which
     *ignores the means* (exact only when both means are zero).
 
     Args:
@@ -286,18 +287,19 @@ def relu_cross_moment(
     return _cross_moment(mi, mj, _safe_sqrt(vi), _safe_sqrt(vj), r, method, terms)
 
 
-def _check_method(method: str, terms: int) -> None:
+def _check_method(method: str, terms: int | None) -> None:
     if method not in RELU_COVARIANCE_METHODS:
         raise ValueError(f"method must be one of {RELU_COVARIANCE_METHODS}, got {method!r}")
-    if not isinstance(terms, int) or terms < 1:
-        raise ValueError(f"terms must be a positive int, got {terms!r}")
+    # terms=None means what it means in netmoments.special: no truncation, the exact Phi2.
+    if terms is not None and (not isinstance(terms, int) or terms < 1):
+        raise ValueError(f"terms must be a positive int or None (exact), got {terms!r}")
 
 
 def relu_covariance(
     mean: torch.Tensor,
     cov: torch.Tensor,
     method: str = "exact",
-    terms: int = 5,
+    terms: int | None = 5,
     *,
     chunk_elements: int = 1 << 18,
     validate: bool = True,
@@ -317,7 +319,9 @@ def relu_covariance(
 
     The exact off-diagonals are computed without forming ``E[q_i q_j] - E[q_i] E[q_j]`` (which cancels like
     ``eps mu_i mu_j``): their error is ``~eps sigma_i sigma_j`` for any means, in float32 too. The series method
-    keeps NM20's form and runs in float64 for float32 inputs. ``terms`` may be any positive int.
+    keeps NM20's form and runs in float64 for float32 inputs. ``terms`` may be any positive int, or ``None``
+    for no truncation (the exact Phi2, as in :mod:`netmoments.special`): ``method="series", terms=None`` is
+    ``method="exact"``.
 
     Args:
         mean: ``(..., m)`` pre-activation means, float32 or float64; ``m = 0`` gives an empty ``(..., 0, 0)``.
@@ -332,6 +336,8 @@ def relu_covariance(
         cov = check_covariance("cov", cov, dim=mean.shape[-1])
         check_compatible(mean=mean, cov=cov)
     _check_method(method, terms)
+    if method == "series" and terms is None:
+        method = "exact"  # the untruncated series is the exact Phi2
     m = mean.shape[-1]
     batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
     mean = mean.expand(*batch, m)
