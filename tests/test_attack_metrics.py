@@ -70,7 +70,7 @@ def test_image_metrics_on_a_known_distribution():
                        blur_sigma=0.0, structure="sparse", time_s=2.0,
                        options=dict(seed=3, forward_passes=10.0, backward_passes=5.0))
     n = 1500
-    m = image_metrics(model, res, torch.tensor([0, 0]), n_draws=n, ssim_draws=2)
+    m = image_metrics(model, res, torch.tensor([0, 0]), n_samples=n, ssim_draws=2)
     truth = np.array([0.5, 0.5 * (1 + math.erf(2 / math.sqrt(2)))])
     se = np.sqrt(truth * (1 - truth) / n)
     assert np.all(np.abs(m.success - truth) < 4 * se)
@@ -98,14 +98,14 @@ def test_point_attack_metrics_and_never_fooled_is_infinite():
     v[1, 0] = 0.4  # not enough: never fooled
     res = AttackResult(clean=clean, labels=torch.tensor([0, 0]), target=None, delta_param=v,
                        noise_var=torch.zeros_like(v), blur_sigma=0.0, structure="sparse")
-    m = image_metrics(model, res, torch.tensor([0, 0]), n_draws=50)
+    m = image_metrics(model, res, torch.tensor([0, 0]), n_samples=50)
     assert m.n_draws == 1 and list(m.success) == [1.0, 0.0]
     assert m.l0[0] == 2 and math.isinf(m.l0[1]) and m.l0_all[1] == 1
     assert m.l2[0] == pytest.approx(math.hypot(0.7, 0.2)) and m.diversity[0] == 0.0
     assert list(m.success_l0[0]) == [1.0] * 7 and list(m.success_l2[0][:2]) == [0.0, 1.0]
     assert m.ssim[1] < 1.0
-    with pytest.raises(ValueError, match="n_draws"):
-        image_metrics(model, res, torch.tensor([0, 0]), n_draws=0)
+    with pytest.raises(ValueError, match="n_samples"):
+        image_metrics(model, res, torch.tensor([0, 0]), n_samples=0)
     with pytest.raises(TypeError, match="AttackResult"):
         image_metrics(model, "attack", torch.tensor([0, 0]))
 
@@ -126,7 +126,7 @@ def test_pass_counter_counts_images_forward_and_backward():
 def test_surrogate_check_agrees_with_monte_carlo_where_the_surrogate_is_exact():
     # One hidden ReLU layer (the layers before the kept ReLU are affine, so the two-stage linearization is the
     # network), pixels far from the box edges (no clipping): the closed-form margin mean and, with
-    # variance="exact", its variance are the truth, so Monte Carlo must agree within its standard errors.
+    # method="exact", its variance are the truth, so Monte Carlo must agree within its standard errors.
     from netmoments.attacks.support import surrogate_check
     from netmoments.models import load_mlp
 
@@ -145,8 +145,8 @@ def test_surrogate_check_agrees_with_monte_carlo_where_the_surrogate_is_exact():
     res = AttackResult(clean=clean, labels=labels, target=None, delta_param=v, noise_var=w, blur_sigma=0.0,
                        structure="sparse", options=dict(seed=0))
     n = 4000
-    chk = surrogate_check(model, res, labels, n_draws=n, generator=torch.Generator().manual_seed(1),
-                          variance="exact")
+    chk = surrogate_check(model, res, labels, n_samples=n, generator=torch.Generator().manual_seed(1),
+                          method="exact")
     assert (chk["margin_z"].abs() < 4.5).all(), chk["margin_z"]
     se_var = chk["mc_var"] * math.sqrt(2.0 / (n - 1))
     assert ((chk["sur_var"] - chk["mc_var"]).abs() < 4.5 * se_var).all()

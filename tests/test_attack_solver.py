@@ -93,7 +93,7 @@ def test_the_default_solvers_reproduce_the_recorded_results(tiny, case, kwargs):
     assert sums == pytest.approx(want["histories"], rel=1e-10)
     assert res.n_linearizations == want["n_linearizations"] and res.loss_history.shape == (want["steps"], 3)
     assert {k: res.options[k] for k in want["options"]} == want["options"]
-    assert res.method == "gaussian"
+    assert res.attack == "gaussian"
 
 
 def test_an_explicit_surrogate_source_and_options_object_are_the_defaults(tiny):
@@ -111,8 +111,8 @@ def test_a_sampled_gradient_source_plugs_into_the_support_solver(tiny):
     kwargs = dict(mean_steps=4, support_steps=5, relinearize_every=2, final_draws=6, tighten_rounds=0,
                   init_noise=0.05)
     surrogate = gaussian_attack(model, images, labels, **kwargs)
-    sampled = gaussian_attack(model, images, labels, gradients=SampledGradients(samples=3), **kwargs)
-    assert sampled.method == "eot-support" and sampled.options["gradient_samples"] == 3
+    sampled = gaussian_attack(model, images, labels, gradients=SampledGradients(n_samples=3), **kwargs)
+    assert sampled.attack == "eot-support" and sampled.options["gradient_samples"] == 3
     # phase 1 and the support are shared; only phase 2's gradients differ
     assert sampled.options["support_size"] == surrogate.options["support_size"]
     assert not torch.equal(sampled.delta_param, surrogate.delta_param)
@@ -124,14 +124,14 @@ def test_a_sampled_gradient_source_plugs_into_the_support_solver(tiny):
     assert sampled.options["backward_passes"] == 4 + 3 * 5
     assert sampled.options["forward_passes"] == 4 + 3 * 5 + 6 and sampled.options["jvp_passes"] == 0
     assert len(sampled.options["final_check_success"]) == 3
-    again = gaussian_attack(model, images, labels, gradients=SampledGradients(samples=3), **kwargs)
+    again = gaussian_attack(model, images, labels, gradients=SampledGradients(n_samples=3), **kwargs)
     assert torch.equal(again.delta_param, sampled.delta_param)  # the draws are seeded
 
 
 def test_gradient_sources_are_checked(tiny):
     model, images, labels = tiny
     with pytest.raises(ValueError, match="samples must be"):
-        SampledGradients(samples=0)
+        SampledGradients(n_samples=0)
     with pytest.raises(ValueError, match="gradients is a support-solver setting"):
         gaussian_attack(model, images, labels, solver="dense", gradients=SampledGradients())
     with pytest.raises(TypeError, match="gradients must be a gradient source"):
@@ -172,8 +172,8 @@ def test_attack_options_derive_their_defaults_and_stay_frozen():
     noise_only = AttackOptions(variables="noise")
     assert (noise_only.noise_support, noise_only.noise_l1_weight, noise_only.noise_reward) == ("all", 0.3, 0.0)
     assert AttackOptions(variables="noise", noise_reward=0.2).noise_reward == 0.2
-    assert AttackOptions(variance="none").noise_reward == 0.0
-    assert AttackOptions(variance="none", variables="mean").noise_reward == 0.1
+    assert AttackOptions(method="none").noise_reward == 0.0
+    assert AttackOptions(method="none", variables="mean").noise_reward == 0.1
     assert AttackOptions(structure="smooth").solver == "dense"
     opts = AttackOptions(lr=0.1)
     with pytest.raises(dataclasses.FrozenInstanceError):

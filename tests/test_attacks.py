@@ -153,7 +153,7 @@ def test_linear_covariance_is_exact_when_every_unit_is_active(gen):
     clean = torch.rand(2, 16, generator=gen, dtype=torch.float64) * 0.5 + 0.25
     w = torch.rand(2, 16, generator=gen, dtype=torch.float64) * 1e-3
     v = torch.zeros_like(w)
-    obj = LinearizedAttackObjective(net, clean, torch.tensor([0, 1]), False, (1, 4, 4), variance="linear",
+    obj = LinearizedAttackObjective(net, clean, torch.tensor([0, 1]), False, (1, 4, 4), method="linear",
                                     clip_aware=False)
     mean, cov = obj.output_moments(v, w)
     exact_mean, exact_cov = net.moments(clean, torch.diag_embed(w), method="exact")
@@ -169,7 +169,7 @@ def test_gradients_flow_to_mean_and_noise(gen, variance, blur_sigma):
     v = (0.05 * torch.randn(2, 16, generator=gen, dtype=torch.float64)).requires_grad_(True)
     s = (0.1 * torch.rand(2, 16, generator=gen, dtype=torch.float64) + 0.05).requires_grad_(True)
     obj = LinearizedAttackObjective(net, clean, torch.tensor([0, 2]), False, (1, 4, 4), blur_sigma=blur_sigma,
-                                    variance=variance, goal=0.999, kappa=100.0)
+                                    method=variance, goal=0.999, kappa=100.0)
     loss, r = obj(v, s * s)
     assert (loss > 0).all()
     gv, gs = torch.autograd.grad(loss.sum(), [v, s])
@@ -255,7 +255,7 @@ def test_sample_shape_range_and_statistics(gen):
     [
         (dict(structure="blurry"), ValueError, "structure"),
         (dict(variables="weights"), ValueError, "variables"),
-        (dict(variance="exactish"), ValueError, "variance"),
+        (dict(method="exactish"), ValueError, "method"),
         (dict(steps=0), ValueError, "steps"),
         (dict(lr=-1.0), ValueError, "lr"),
         (dict(goal=1.0), ValueError, "goal"),
@@ -455,7 +455,7 @@ def test_tuned_baselines_respect_budgets_and_count_passes(mlp, mnist):
     assert (smooth.delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
     best, scores = tune_step_size(sparse_pgd_attack, mlp, images, labels, (0.1, 0.3), k=5, steps=5)
     assert best in scores and set(scores) == {0.1, 0.3}
-    eot = eot_attack(mlp, images, labels, steps=6, samples=3)
+    eot = eot_attack(mlp, images, labels, steps=6, n_samples=3)
     assert ((eot.noise_var > 0) <= (eot.delta_param != 0)).all() and eot.noise_var.max() <= 0.3**2 + 1e-7
     assert eot.options["forward_passes"] == 18 and eot.options["backward_passes"] == 18
     fmn = fmn_attack(mlp, images, labels, norm="l1", steps=10)
@@ -463,6 +463,6 @@ def test_tuned_baselines_respect_budgets_and_count_passes(mlp, mnist):
     with pytest.raises(ValueError, match="norm must be"):
         fmn_attack(mlp, images, labels, norm="l2")
     with pytest.raises(ValueError, match="samples must be"):
-        eot_attack(mlp, images, labels, samples=0)
+        eot_attack(mlp, images, labels, n_samples=0)
     with pytest.raises(ValueError, match="eps must be finite and > 0 for every image"):
         smooth_pgd_attack(mlp, images, labels, eps=torch.tensor([1.0, 0.0, 1.0, 1.0]))

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from .._validation import renamed
 from ._ops import blur, project_l0_box
 from .common import AttackResult, check_images, margin, positive, prepare_batch
 from .metrics import PassCounter
@@ -88,7 +89,7 @@ def _run(model, images, labels, target, steps, kappa, update, name, structure, o
         delta = torch.where(fooled | ~ever, adv - clean, best)
     return AttackResult(
         clean=clean.clone(), labels=labels, target=target, delta_param=delta.flatten(1),
-        noise_var=torch.zeros_like(delta.flatten(1)), blur_sigma=0.0, structure=structure, method=name,
+        noise_var=torch.zeros_like(delta.flatten(1)), blur_sigma=0.0, structure=structure, attack=name,
         loss_history=history, time_s=time.perf_counter() - start, options=dict(options, steps=steps, kappa=kappa),
     )
 
@@ -188,7 +189,7 @@ def _point_result(clean, labels, target, delta, name, structure, seconds, counte
     opts = dict(options, forward_passes=counter.forward / bsz, backward_passes=counter.backward / bsz)
     return AttackResult(clean=clean.clone(), labels=labels, target=target, delta_param=delta.flatten(1),
                         noise_var=torch.zeros_like(delta.flatten(1)), blur_sigma=0.0, structure=structure,
-                        method=name, time_s=seconds, options=opts)
+                        attack=name, time_s=seconds, options=opts)
 
 
 def fmn_attack(model, images, labels, target=None, norm="l0", steps=100, **fmn_options):
@@ -277,22 +278,24 @@ def tune_step_size(attack, model, images, labels, grid, **kwargs):
     return best, scores
 
 
-def eot_attack(model, images, labels, target=None, structure="sparse", steps=100, samples=8, lr=0.05,
+def eot_attack(model, images, labels, target=None, structure="sparse", steps=100, n_samples=8, lr=0.05,
                noise_lr=None, l1_weight=None, l1_decay=0.5, decay_every=20, noise_reward=0.1, noise_scale=0.3,
-               init_noise=0.05, kappa=1.0, blur_sigma=None, l2_weight=None, seed=0):
+               init_noise=0.05, kappa=1.0, blur_sigma=None, l2_weight=None, seed=0, *, samples=None):
     """EOT-PGD over the *same* Gaussian family as :func:`gaussian_attack`, with sampled gradients through the
     real network instead of the closed-form moments.
 
     The distribution is ``N(clean + G v, G diag(s^2) G^T)`` clipped to ``[0, 1]`` (``G = I`` for ``"sparse"``,
-    noise only where ``v != 0``; a blur for ``"smooth"``, noise anywhere). Each step draws ``samples``
+    noise only where ``v != 0``; a blur for ``"smooth"``, noise anywhere). Each step draws ``n_samples``
     reparametrized images ``clip(clean + G (v + s * eps))``, averages the hinge ``relu(margin + kappa)`` over
     them, and takes an Adam step on ``(v, s)`` followed by the same proximal L1 step, noise reward and noise cap
-    as the Gaussian attack (defaults from :func:`default_options`). Cost: ``steps * samples`` forward and
-    backward passes per image.
+    as the Gaussian attack (defaults from :func:`default_options`). Cost: ``steps * n_samples`` forward and
+    backward passes per image. (``n_samples`` was ``samples=``, still accepted with a ``DeprecationWarning``; the
+    result's ``options`` keep the key ``"samples"``.)
     """
+    samples = renamed("eot_attack", "samples", "n_samples", samples, n_samples, 8)
     labels, target = _prepare(model, images, labels, target, steps, kappa)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+        raise ValueError(f"n_samples must be a positive int, got {samples!r}")
     if structure not in ("sparse", "smooth"):
         raise ValueError(f"structure must be 'sparse' or 'smooth', got {structure!r}")
     defaults = default_options(structure)
@@ -343,7 +346,7 @@ def eot_attack(model, images, labels, target=None, structure="sparse", steps=100
     (v, s), seconds, counter = _counted(model, run)
     res = AttackResult(clean=clean.clone(), labels=labels, target=target, delta_param=v.detach(),
                        noise_var=(s * s).detach(), blur_sigma=float(blur_sigma), structure=structure,
-                       method=f"eot-{structure}", time_s=seconds,
+                       attack=f"eot-{structure}", time_s=seconds,
                        options=dict(steps=steps, samples=samples, lr=lr, l1_weight=l1_weight, l2_weight=l2_weight,
                                     noise_reward=noise_reward, noise_scale=noise_scale, kappa=kappa, seed=seed,
                                     forward_passes=counter.forward / bsz, backward_passes=counter.backward / bsz))

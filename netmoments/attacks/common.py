@@ -5,7 +5,8 @@ Nothing here knows about a particular attack; every other module of :mod:`netmom
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 
 import torch
 from torch import nn
@@ -43,7 +44,9 @@ class AttackResult:
         blur_sigma: std (pixels) of the blur ``G``; 0 means ``G = I``.
         loss_history, success_prob_history: ``(steps, B)`` surrogate loss and surrogate ``Phi(-r)`` per step.
         time_s: wall time of the whole attack (all images); ``n_linearizations``: TSLs computed per image.
-        method: ``"gaussian"`` or the baseline's name; ``options``: every option used.
+        attack: ``"gaussian"`` or the baseline's name (formerly ``method``, still accepted by the constructor and
+            readable as ``.method`` with a ``DeprecationWarning``; ``method`` now names a covariance formula);
+        options: every option used.
     """
 
     clean: torch.Tensor
@@ -53,13 +56,20 @@ class AttackResult:
     noise_var: torch.Tensor
     blur_sigma: float
     structure: str
-    method: str = "gaussian"
+    attack: str = "gaussian"
     loss_history: torch.Tensor | None = None
     success_prob_history: torch.Tensor | None = None
     time_s: float = 0.0
     time_linearize_s: float = 0.0
     n_linearizations: int = 0
     options: dict = field(default_factory=dict)
+    method: InitVar[str | None] = None  # deprecated name of ``attack``; see the ``method`` property below
+
+    def __post_init__(self, method=None):
+        if method is not None:
+            from .._validation import renamed
+
+            self.attack = renamed("AttackResult", "method", "attack", method, self.attack, "gaussian", stacklevel=4)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -113,6 +123,16 @@ class AttackResult:
         eps = torch.randn((n, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
         noise = blur(eps * self.noise_var.sqrt(), self.image_shape, self.blur_sigma)
         return (mean + noise).clamp(0.0, 1.0).reshape(n, *self.clean.shape)
+
+
+def _deprecated_attack_method(self) -> str:
+    """Deprecated name of :attr:`AttackResult.attack`."""
+    warnings.warn("AttackResult.method is deprecated, use .attack instead", DeprecationWarning, stacklevel=2)
+    return self.attack
+
+
+# after the dataclass is made: its __init__ keeps ``method=None`` as the deprecated keyword's default
+AttackResult.method = property(_deprecated_attack_method)
 
 
 # ----------------------------------------------------------------------------------------------- the margin

@@ -151,7 +151,7 @@ def _dense_attack(model, images, labels, target, opts: AttackOptions) -> AttackR
                 s = noise_step(adam_s, s, grad_s, opts.noise_l1_weight - opts.noise_reward, opts.noise_scale, support)
     return AttackResult(
         clean=images.detach().clone(), labels=labels, target=target, delta_param=v.detach(),
-        noise_var=(s * s).detach(), blur_sigma=float(opts.blur_sigma), structure=opts.structure, method="gaussian",
+        noise_var=(s * s).detach(), blur_sigma=float(opts.blur_sigma), structure=opts.structure, attack="gaussian",
         loss_history=loss_hist, success_prob_history=prob_hist, time_s=time.perf_counter() - start,
         time_linearize_s=lin_time, n_linearizations=n_lin, options=opts.as_dict(),
     )
@@ -172,7 +172,7 @@ def _linearized_objective(model, linearize, clean, v, s, labels, target, shape, 
         surrogate = linearize(model, point.reshape(clean.shape[0], *shape))
     targeted = target is not None
     return LinearizedAttackObjective(
-        surrogate, clean, target if targeted else labels, targeted, shape, opts.blur_sigma, opts.variance,
+        surrogate, clean, target if targeted else labels, targeted, shape, opts.blur_sigma, opts.method,
         opts.kappa, opts.temperature, opts.goal, opts.clip_aware, opts.series_terms,
     )
 

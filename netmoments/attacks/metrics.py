@@ -1,7 +1,7 @@
 """Per-image evidence for an attack: success at fixed budgets, sizes measured on the actual draws, perceptual
 measures, draw diversity and cost, and bootstrap intervals over images (never over pooled draws).
 
-A *point* attack (zero noise) is one draw per image. A *distribution* attack is judged on ``n_draws`` draws per
+A *point* attack (zero noise) is one draw per image. A *distribution* attack is judged on ``n_samples`` draws per
 image from ``N(mean, Sigma)`` clipped to ``[0, 1]``: every size (L0, L2, TV, SSIM) is measured on the draw itself,
 noise included and after clipping, because that is the image the network sees. Success of a draw is judged by
 the REAL network (misclassified, or classified as the target). "Success at budget b" of a draw means: the draw
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import stats
+from .._validation import renamed
 from ..stats import quantile
 from ._ops import total_variation
 from .common import AttackResult, as_class_tensor, margin
@@ -164,6 +165,13 @@ class ImageMetrics:
     tv_budgets: tuple = TV_BUDGETS
     extra: dict = field(default_factory=dict)
 
+    def success_within_l0(self, budget) -> np.ndarray:
+        """``(B,)`` expected success within ``budget`` changed pixels, one of :attr:`l0_budgets`
+        (``success_within_l0(20)`` is the rows' ``success_l0_20``)."""
+        if budget not in self.l0_budgets:
+            raise ValueError(f"budget must be one of l0_budgets {tuple(self.l0_budgets)}, got {budget!r}")
+        return self.success_l0[:, list(self.l0_budgets).index(budget)]
+
     def rows(self) -> list[dict]:
         """One flat dict per image (for CSV)."""
         out = []
@@ -204,12 +212,13 @@ def _median_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_draws(model: nn.Module, result, labels, target=None, n_draws: int = 100, generator=None,
-                batch_size: int = 4096, name: str = "n_draws"):
+def judge_draws(model: nn.Module, result, labels, target=None, n_samples: int = 100, generator=None,
+                batch_size: int = 4096, name: str = "n_samples", *, n_draws: int | None = None):
     """Draw from an attack and classify the draws with the real ``model`` (shared by every evaluator).
 
-    Checks ``result`` (an :class:`~netmoments.attacks.AttackResult`), ``n_draws`` (positive int; a point attack
-    is one draw whatever it says), and ``labels``/``target`` (``(B,)`` or int class indices of the model).
+    Checks ``result`` (an :class:`~netmoments.attacks.AttackResult`), ``n_samples`` (positive int; a point
+    attack is one draw whatever it says; formerly ``n_draws=``, still accepted with a ``DeprecationWarning``),
+    and ``labels``/``target`` (``(B,)`` or int class indices of the model).
 
     Returns:
         ``draws (n, B, C, H, W)`` clipped to the box, ``success (n, B)`` bool (misclassified, or classified as
@@ -217,15 +226,16 @@ def judge_draws(model: nn.Module, result, labels, target=None, n_draws: int = 10
     """
     if not isinstance(result, AttackResult):
         raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
-    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-        raise ValueError(f"{name} must be a positive int, got {n_draws!r}")
+    n_samples = renamed("judge_draws", "n_draws", "n_samples", n_draws, n_samples, 100, stacklevel=4)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"{name} must be a positive int, got {n_samples!r}")
     bsz = result.batch_size
     device = result.clean.device
     num_classes = model(result.clean[:1]).shape[-1]
     labels = as_class_tensor("labels", labels, bsz, device, num_classes)
     if target is not None:
         target = as_class_tensor("target", target, bsz, device, num_classes)
-    n = 1 if result.is_point else n_draws
+    n = 1 if result.is_point else n_samples
     draws = result.sample(n, generator=generator)
     flat = draws.reshape(n * bsz, *draws.shape[2:])
     preds = torch.cat([model(flat[i : i + batch_size]).argmax(-1) for i in range(0, flat.shape[0], batch_size)])
@@ -240,9 +250,10 @@ def image_metrics(
     result,
     labels: torch.Tensor,
     target: torch.Tensor | None = None,
-    n_draws: int = 100,
+    n_samples: int = 100,
     generator: torch.Generator | None = None,
     *,
+    n_draws: int | None = None,
     ssim_draws: int = 8,
     l0_budgets=L0_BUDGETS,
     l2_budgets=L2_BUDGETS,
@@ -253,9 +264,10 @@ def image_metrics(
     """Per-image metrics of an :class:`~netmoments.attacks.AttackResult` judged on the real ``model``.
 
     Args:
-        result: the attack (point attacks are one draw per image whatever ``n_draws`` says).
+        result: the attack (point attacks are one draw per image whatever ``n_samples`` says).
         labels: ``(B,)`` int64; target: ``None`` or ``(B,)`` int64 (success = classified as the target).
-        n_draws: draws per image of a distribution attack; generator: for the draws (default: the result's seed).
+        n_samples: draws per image of a distribution attack (formerly ``n_draws=``, still accepted with a
+            ``DeprecationWarning``); generator: for the draws (default: the result's seed).
         ssim_draws: SSIM is averaged over the first this many draws (it runs on the CPU, one image at a time).
         cost: optional ``dict(time_s=, forward=, backward=)`` totals for the whole batch (divided by ``B``);
             default: ``result.time_s`` and the pass counts the result carries (``result.options`` keys
@@ -266,7 +278,8 @@ def image_metrics(
     """
     if isinstance(ssim_draws, bool) or not isinstance(ssim_draws, int) or ssim_draws < 1:
         raise ValueError(f"ssim_draws must be a positive int, got {ssim_draws!r}")
-    draws, ok, labels, target = judge_draws(model, result, labels, target, n_draws, generator, batch_size)
+    n_samples = renamed("image_metrics", "n_draws", "n_samples", n_draws, n_samples, 100, stacklevel=4)
+    draws, ok, labels, target = judge_draws(model, result, labels, target, n_samples, generator, batch_size)
     n, bsz = ok.shape
     diff = (draws - result.clean.unsqueeze(0)).flatten(2)  # (n, B, npix)
     changed = diff.abs() > L0_THRESHOLD

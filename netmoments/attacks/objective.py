@@ -7,8 +7,11 @@ standardized, ``r_k = (E[M_k] + kappa) / sqrt(Var[M_k] + T^2)``; the objective i
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
+from .._validation import renamed
 from ..affine import AffineReLUAffine
 from ..relu import relu_moments
 from ._ops import blur, blur_squared, clipped_gaussian_moments
@@ -57,7 +60,8 @@ class LinearizedAttackObjective:
         reference: ``(B,)`` int64: the label (untargeted) or the target (targeted).
         targeted: which margin to use (see the module docstring).
         image_shape: ``(C, H, W)`` with ``C H W = n``; ``blur_sigma``: the blur of ``G`` (0: identity).
-        variance, temperature, goal, clip_aware, series_terms: as in :class:`~netmoments.attacks.AttackOptions`.
+        method, temperature, goal, clip_aware, series_terms: as in :class:`~netmoments.attacks.AttackOptions`
+            (``method`` was ``variance=``, still accepted with a ``DeprecationWarning``).
         kappa: the margin offset, a float or ``(B,)`` (one per image, as the support solver raises it).
 
     Calling it with ``v (B, n)`` and ``w (B, n)`` returns ``(loss (B,), r (B,))``: the per-image hinge
@@ -72,22 +76,25 @@ class LinearizedAttackObjective:
         targeted: bool,
         image_shape: tuple[int, int, int],
         blur_sigma: float = 0.0,
-        variance: str = "linear",
+        method: str = "linear",
         kappa: float | torch.Tensor = 0.0,
         temperature: float = 1.0,
         goal: float = 0.99,
         clip_aware: bool = True,
         series_terms: int = 5,
+        *,
+        variance: str | None = None,
     ):
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        method = renamed("LinearizedAttackObjective", "variance", "method", variance, method, "linear")
+        if method not in VARIANCES:
+            raise ValueError(f"method must be one of {VARIANCES}, got {method!r}")
         self.net = surrogate
         self.clean = clean
         self.reference = reference
         self.targeted = targeted
         self.shape = image_shape
         self.blur_sigma = float(blur_sigma)
-        self.variance = variance
+        self.method = method
         self.kappa = kappa.unsqueeze(-1) if isinstance(kappa, torch.Tensor) else float(kappa)
         self.temperature = float(temperature)
         self.z_goal = goal_z(goal)
@@ -107,27 +114,34 @@ class LinearizedAttackObjective:
         # contiguous (n, m) copy than with (A G) itself; one copy per linearization.
         self.AG_t = self.AG.mT.contiguous()
 
+    @property
+    def variance(self) -> str:
+        """Deprecated name of :attr:`method`."""
+        warnings.warn("LinearizedAttackObjective.variance is deprecated, use .method instead", DeprecationWarning,
+                      stacklevel=2)
+        return self.method
+
     def pixel_moments(self, v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pixel mean ``(B, n)`` of the (clip-aware) input and the variance vector that scales ``(A G)^2``."""
         return pixel_moments(self.clean, v, w, self.shape, self.blur_sigma, self.clip_aware)
 
     def output_moments(self, v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E[g]`` ``(B, p)`` and ``Cov[g]`` ``(B, p, p)`` (zeros for ``variance="none"``)."""
+        """``E[g]`` ``(B, p)`` and ``Cov[g]`` ``(B, p, p)`` (zeros for ``method="none"``)."""
         net = self.net
         mean, var_vec = self.pixel_moments(v, w)
-        if self.variance in ("exact", "series", "hybrid"):
+        if self.method in ("exact", "series", "hybrid"):
             # G diag(w) G^T without a square root (its gradient at w = 0, e.g. pixels without noise, is infinite)
             cov_in = torch.diag_embed(var_vec.clamp_min(0.0))
             if not self.diagonal:
                 cov_in = blur(blur(cov_in, self.shape, self.blur_sigma).mT, self.shape, self.blur_sigma).mT
-            return net.moments(mean, 0.5 * (cov_in + cov_in.mT), method=self.variance, output="cov",
+            return net.moments(mean, 0.5 * (cov_in + cov_in.mT), method=self.method, output="cov",
                                terms=self.series_terms)
         y_mean = _matvec(self.A, mean) + net.c1
         y_var = _matvec(self.AG2, var_vec)
         q_mean, _ = relu_moments(y_mean, y_var)
         g_mean = _matvec(net.B, q_mean) + net.c2
         p = g_mean.shape[-1]
-        if self.variance == "none":
+        if self.method == "none":
             return g_mean, g_mean.new_zeros(*g_mean.shape, p)
         # Stein: dE[q_i]/dmu_i = P(y_i > 0) = Phi(mu_i / sigma_i) (a step at sigma_i = 0).
         positive = y_var > 0

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from typing import Callable
 
+from .._validation import renamed
 from .common import check_float, check_int
 
 __all__ = ["AttackOptions", "default_options", "STRUCTURES", "VARIABLES", "VARIANCES", "SOLVERS"]
@@ -52,8 +54,10 @@ class AttackOptions:
         structure: ``"sparse"`` (``G = I``, L1 on ``v``, noise only where ``v != 0``), ``"smooth"`` (``G`` a
             Gaussian blur, L2 energy penalty, noise anywhere) or ``"sparse+smooth"`` (a few blurred blobs).
         variables: ``"mean"`` (only ``delta``), ``"noise"`` (only ``Sigma``, mean = clean) or ``"both"``.
-        variance: how ``Var[M_k]`` enters: ``"none"``, ``"linear"`` (Stein lower bound, cheap), ``"exact"``,
-            ``"series"`` or ``"hybrid"`` (the full hidden covariance of ``AffineReLUAffine.moments``).
+        method: the formula by which ``Var[M_k]`` enters: ``"none"``, ``"linear"`` (Stein lower bound, cheap),
+            ``"exact"``, ``"series"`` or ``"hybrid"`` (the ``method`` of ``AffineReLUAffine.moments``, the full
+            hidden covariance). Formerly ``variance=``, still accepted (and readable as ``.variance``) with a
+            ``DeprecationWarning``.
         steps, lr, noise_lr: Adam steps and step sizes for ``v`` and for the noise stds ``s = sqrt(w)`` (both in
             pixel units; ``noise_lr`` defaults to ``lr``).
         relinearize_every: recompute the TSL at the current (clip-aware) mean every this many steps.
@@ -61,7 +65,7 @@ class AttackOptions:
         noise_l1_weight, noise_reward: a price and a reward per unit of noise std ``sqrt(w)`` (default 0 and 0.1).
             The noise is *rewarded*: the attack looks for the widest distribution (the most diverse adversarial
             draws) whose success probability still meets ``goal``, and the variance in ``r`` holds it back. With
-            ``variance="none"`` the surrogate cannot see the noise, so the reward defaults to 0.
+            ``method="none"`` the surrogate cannot see the noise, so the reward defaults to 0.
         noise_support: ``"mean"`` (noise only on pixels the mean shift touches: sparse variants) or ``"all"``.
             With ``variables="noise"`` it is ``"all"``, priced by ``noise_l1_weight = l1_weight``, no reward.
         l1_budget: hard budget ``||delta||_1 <= l1_budget`` (sparse only; exact projection with the box).
@@ -88,7 +92,7 @@ class AttackOptions:
 
     structure: str = "sparse"
     variables: str = "both"
-    variance: str = "linear"
+    method: str = "linear"
     steps: int = 100
     lr: float = 0.05
     noise_lr: float | None = None
@@ -122,10 +126,15 @@ class AttackOptions:
     blur_sigma: float | None = None
     l1_weight: float | None = None
     l2_weight: float | None = None
+    # deprecated name of ``method`` (accepted by the constructor only; see the ``variance`` property below)
+    variance: InitVar[str | None] = None
     # the fields as given, so that replace() derives the None ones afresh
     _given: dict = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self, variance=None):
+        if variance is not None:
+            self._set("method", renamed("AttackOptions", "variance", "method", variance, self.method, "linear",
+                                        stacklevel=4))
         given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         self._set("_given", given)
         if not isinstance(self.structure, str) or self.structure not in STRUCTURES:
@@ -146,6 +155,10 @@ class AttackOptions:
         """``AttackOptions(structure=structure, **options)`` with a TypeError naming every unknown option."""
         if not isinstance(structure, str) or structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        if options.get("variance") is not None:
+            options["method"] = renamed("gaussian_attack", "variance", "method", options.pop("variance"),
+                                        options.get("method", "linear"), "linear", stacklevel=5)
+        options.pop("variance", None)
         valid = sorted(default_options(structure))
         unknown = sorted(set(options) - set(valid))
         if unknown:
@@ -170,8 +183,8 @@ class AttackOptions:
     def _check_choices(self):
         if self.variables not in VARIABLES:
             raise ValueError(f"variables must be one of {VARIABLES}, got {self.variables!r}")
-        if self.variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        if self.method not in VARIANCES:
+            raise ValueError(f"method must be one of {VARIANCES}, got {self.method!r}")
         if self.noise_support not in ("mean", "all"):
             raise ValueError(f"noise_support must be 'mean' or 'all', got {self.noise_support!r}")
         if self.solver not in SOLVERS:
@@ -193,7 +206,7 @@ class AttackOptions:
             self._set("noise_l1_weight", self.l1_weight if noise_alone else _NOISE_L1_WEIGHT)
         if self.noise_reward is None:
             # without a variance the surrogate cannot see the noise: a reward would push it to its cap unchecked
-            blind = self.variance == "none" and self.variables != "mean"
+            blind = self.method == "none" and self.variables != "mean"
             self._set("noise_reward", 0.0 if noise_alone or blind else _NOISE_REWARD)
 
     def _check_numbers(self):
@@ -231,3 +244,13 @@ class AttackOptions:
             if self.linearizer is not None or self.l1_budget is not None or self.l2_budget is not None:
                 raise ValueError("solver='support' supports neither linearizer nor l1_budget/l2_budget; "
                                  "use solver='dense'")
+
+
+def _deprecated_variance(self) -> str:
+    """Deprecated name of :attr:`AttackOptions.method`."""
+    warnings.warn("AttackOptions.variance is deprecated, use .method instead", DeprecationWarning, stacklevel=2)
+    return self.method
+
+
+# after the dataclass is made: its __init__ keeps ``variance=None`` as the deprecated keyword's default
+AttackOptions.variance = property(_deprecated_variance)

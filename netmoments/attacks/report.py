@@ -3,6 +3,9 @@
 
 Every interval is a percentile bootstrap over *digits* (:func:`netmoments.attacks.metrics.bootstrap_ci`); a
 targeted run has one row per (digit, target) and is resampled by digit (its per-digit mean over targets).
+
+The rows name their attack in a ``"method"`` column (a stored data format, kept); the functions here take it as
+``attack`` (``method`` is the package's word for a covariance formula).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import math
 
 import numpy as np
 
+from .._validation import renamed
 from ..prose import format_ci, interval_sign
 from .metrics import L0_BUDGETS, bootstrap_ci
 
@@ -57,15 +61,18 @@ def format_interval(ci, digits=2) -> str:
     return format_ci(est, lo, hi, digits)
 
 
-def method_table(rows, methods=None, n_boot=2000, budgets=L0_BUDGETS, size="l0") -> list[dict]:
-    """One dict per method: n digits, mean expected success, its 10 % quantile over digits, success at each
-    ``size`` budget (``"l0"``, ``"l2"`` or ``"tv"``, with the matching ``budgets``), median size at which a digit
-    is fooled, SSIM, diversity, seconds and passes per digit, each an ``(estimate, low, high)`` bootstrap interval
+def method_table(rows, attacks=None, n_boot=2000, budgets=L0_BUDGETS, size="l0", *,
+                 methods=None) -> list[dict]:
+    """One dict per attack (``attacks``: which, in order; default all, first seen first; formerly ``methods=``,
+    still accepted with a ``DeprecationWarning``; the dict's ``method`` key is the rows' attack name): n digits,
+    mean expected success, its 10 % quantile over digits, success at each ``size`` budget (``"l0"``, ``"l2"`` or
+    ``"tv"``, with the matching ``budgets``), median size at which a digit is fooled, SSIM, diversity, seconds and passes per digit, each an ``(estimate, low, high)`` bootstrap interval
     over digits."""
+    attacks = renamed("method_table", "methods", "attacks", methods, attacks, None)
     groups = by_method(rows)
-    methods = methods or list(groups)
+    attacks = attacks or list(groups)
     table = []
-    for name in methods:
+    for name in attacks:
         if name not in groups:
             continue
         g = groups[name]
@@ -114,10 +121,12 @@ def compare(ci, higher="higher", lower="lower", same="not distinguishable", digi
     return f"{word} ({fmt.format(est, lo, hi)})"
 
 
-def cost_ratio(rows, method="gauss-sparse", n_boot=2000):
-    """Our time per digit over the 100-step-PGD yardstick timed on the same chunk: ``(est, lo, hi)`` of the
-    ratio of means, bootstrapped over chunks (a chunk's digits share one timing)."""
-    g = [r for r in rows if r["method"] == method]
+def cost_ratio(rows, attack="gauss-sparse", n_boot=2000, *, method=None):
+    """``attack``'s time per digit over the 100-step-PGD yardstick timed on the same chunk: ``(est, lo, hi)`` of
+    the ratio of means, bootstrapped over chunks (a chunk's digits share one timing). ``attack`` (the rows'
+    ``"method"`` column) was ``method=``, still accepted with a ``DeprecationWarning``."""
+    attack = renamed("cost_ratio", "method", "attack", method, attack, "gauss-sparse")
+    g = [r for r in rows if r["method"] == attack]
     chunks: dict = {}
     for r in g:
         chunks.setdefault(r["task"], (float(r["time_s"]), float(r["yardstick_s"])))
@@ -130,10 +139,12 @@ def cost_ratio(rows, method="gauss-sparse", n_boot=2000):
     return float(ours.mean() / yard.mean()), float(lo), float(hi)
 
 
-def calibration(rows, method="gauss-sparse", bins=(0.0, 0.5, 0.9, 0.99, 0.999, 1.0)):
-    """Predicted ``Phi(-r)`` of the surrogate against Monte Carlo success on the real network, per digit, and
-    binned means: returns ``dict(pred, mc, margin_z, bins=[(lo, hi, n, mean pred, mean mc)])``."""
-    g = [r for r in rows if r["method"] == method and math.isfinite(float(r["pred_success"]))]
+def calibration(rows, attack="gauss-sparse", bins=(0.0, 0.5, 0.9, 0.99, 0.999, 1.0), *, method=None):
+    """Predicted ``Phi(-r)`` of the surrogate against Monte Carlo success on the real network, per digit of
+    ``attack`` (the rows' ``"method"`` column; formerly ``method=``, still accepted with a ``DeprecationWarning``),
+    and binned means: returns ``dict(pred, mc, margin_z, bins=[(lo, hi, n, mean pred, mean mc)])``."""
+    attack = renamed("calibration", "method", "attack", method, attack, "gauss-sparse")
+    g = [r for r in rows if r["method"] == attack and math.isfinite(float(r["pred_success"]))]
     pred = np.array([float(r["pred_success"]) for r in g])
     mc = np.array([float(r["mc_success_kstar"]) for r in g])
     z = np.array([float(r["margin_z"]) for r in g])

@@ -13,15 +13,19 @@ source* supplies it:
 A source has ``prepare(problem, v_S, s_S)`` (once, before phase 2), ``begin_round(kappa)`` (at the start of
 each round, with the per-image margin offsets), ``tighten(v_S, s_S, behind)`` (before a tightening round, for
 the images ``behind``), ``__call__(step, v_S, s_S, active) -> (loss, success_prob, grad_v, grad_s)`` and
-``describe() -> dict`` (entries for the result's options), plus a ``method`` name for the result.
+``describe() -> dict`` (entries for the result's options), plus an ``attack`` name for the result
+(:attr:`AttackResult.attack`; a source that has only the older ``method`` name still works, with a
+``DeprecationWarning``).
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from .._validation import renamed
 from ._ops import clipped_gaussian_moments
 from .common import goal_z, hinge, margin
 from .linearization import SupportLinearization, put_support
@@ -29,6 +33,12 @@ from .objective import LinearizedAttackObjective
 from .options import AttackOptions
 
 __all__ = ["SolverCost", "SupportProblem", "SurrogateGradients", "SampledGradients"]
+
+
+def _deprecated_method(source) -> str:
+    warnings.warn(f"{type(source).__name__}.method is deprecated, use .attack instead", DeprecationWarning,
+                  stacklevel=3)
+    return source.attack
 
 
 @dataclass
@@ -113,7 +123,8 @@ class SurrogateGradients:
     forward pass; each new linearization one more, plus its column passes.
     """
 
-    method = "gaussian"
+    attack = "gaussian"
+    method = property(lambda self: _deprecated_method(self))
 
     def prepare(self, problem: SupportProblem, v_S: torch.Tensor, s_S: torch.Tensor) -> None:
         self.problem = problem
@@ -149,7 +160,7 @@ class SurrogateGradients:
         p, o = self.problem, self.problem.opts
         self.objective = LinearizedAttackObjective(
             self.lin.network(), p.clean_S, p.labels if p.target is None else p.target, p.target is not None,
-            (1, 1, p.k), 0.0, variance=o.variance, kappa=self.kappa, temperature=o.temperature, goal=o.goal,
+            (1, 1, p.k), 0.0, method=o.method, kappa=self.kappa, temperature=o.temperature, goal=o.goal,
             clip_aware=o.clip_aware, series_terms=o.series_terms,
         )
 
@@ -174,24 +185,34 @@ class SurrogateGradients:
 
 
 class SampledGradients:
-    """Expectation-over-transformation gradients: ``samples`` reparametrized draws per image and step through
+    """Expectation-over-transformation gradients: ``n_samples`` reparametrized draws per image and step through
     the real network.
 
     A draw is what :meth:`AttackResult.sample` draws on the support, ``clip(clip(clean + v) + s * eps, 0, 1)``
     with ``eps ~ N(0, I)``; the loss is the real-margin hinge ``relu((M + kappa) / T + Phi^-1(goal))`` averaged
-    over the draws, and the success probability the fraction of draws that succeed. Each step costs ``samples``
+    over the draws, and the success probability the fraction of draws that succeed. Each step costs ``n_samples``
     forward and backward passes per optimized image. The draws are seeded by ``seed + 2000``.
 
     Args:
-        samples: draws per image and step, a positive int.
+        n_samples: draws per image and step, a positive int (formerly ``samples=``, still accepted with a
+            ``DeprecationWarning``).
     """
 
-    method = "eot-support"
+    attack = "eot-support"
+    method = property(lambda self: _deprecated_method(self))
 
-    def __init__(self, samples: int = 8):
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be a positive int, got {samples!r}")
-        self.samples = samples
+    def __init__(self, n_samples: int = 8, *, samples: int | None = None):
+        n_samples = renamed("SampledGradients", "samples", "n_samples", samples, n_samples, 8)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        self.n_samples = n_samples
+
+    @property
+    def samples(self) -> int:
+        """Deprecated name of :attr:`n_samples`."""
+        warnings.warn("SampledGradients.samples is deprecated, use .n_samples instead", DeprecationWarning,
+                      stacklevel=2)
+        return self.n_samples
 
     def prepare(self, problem: SupportProblem, v_S: torch.Tensor, s_S: torch.Tensor) -> None:
         self.problem = problem
@@ -207,15 +228,15 @@ class SampledGradients:
     def __call__(self, step: int, v_S: torch.Tensor, s_S: torch.Tensor, active: torch.Tensor):
         p = self.problem
         v_var, s_var = p.leaves(v_S, s_S)
-        eps = torch.randn(self.samples, *v_S.shape, generator=self.generator, dtype=v_S.dtype, device=v_S.device)
+        eps = torch.randn(self.n_samples, *v_S.shape, generator=self.generator, dtype=v_S.dtype, device=v_S.device)
         x_S = ((p.clean_S + v_var).clamp(0.0, 1.0) + eps * s_var).clamp(0.0, 1.0)
-        logits = p.model(p.put(x_S).view(-1, *p.shape)).view(self.samples, v_S.shape[0], -1)
+        logits = p.model(p.put(x_S).view(-1, *p.shape)).view(self.n_samples, v_S.shape[0], -1)
         m = margin(logits, p.labels, p.target)
         loss = hinge(m, self.kappa, p.opts.temperature, self.z_goal).mean(0)
         grad_v, grad_s = _gradients(loss, v_var, s_var)
-        p.cost.forward += self.samples * active.to(v_S.dtype)
-        p.cost.backward += self.samples * active.to(v_S.dtype)
+        p.cost.forward += self.n_samples * active.to(v_S.dtype)
+        p.cost.backward += self.n_samples * active.to(v_S.dtype)
         return loss.detach(), (m.detach() < 0).to(v_S.dtype).mean(0), grad_v, grad_s
 
     def describe(self) -> dict:
-        return {"gradient_samples": self.samples}
+        return {"gradient_samples": self.n_samples}

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validation import renamed
 from ._ops import clipped_gaussian_moments
 from .common import AttackResult, goal_z, hinge, margin
 from .linearization import SupportLinearization, put_support
@@ -90,11 +91,24 @@ def _as_source(gradients):
     if gradients is None:
         return SurrogateGradients()
     missing = [name for name in _SOURCE_METHODS if not callable(getattr(gradients, name, None))]
-    if missing or not callable(gradients) or not isinstance(getattr(gradients, "method", None), str):
-        raise TypeError(f"gradients must be a gradient source (see netmoments.attacks.sources) with a method name "
+    if missing or not callable(gradients) or _attack_name(gradients) is None:
+        raise TypeError(f"gradients must be a gradient source (see netmoments.attacks.sources) with an attack name "
                         f"and {', '.join(_SOURCE_METHODS)} and __call__; {type(gradients).__name__} lacks "
-                        f"{missing or 'method or __call__'}")
+                        f"{missing or 'attack or __call__'}")
     return gradients
+
+
+def _attack_name(source) -> str | None:
+    """The source's ``attack`` name; a source with only the older ``method`` name gets a DeprecationWarning."""
+    name = getattr(source, "attack", None)
+    if isinstance(name, str):
+        return name
+    name = getattr(source, "method", None)
+    if not isinstance(name, str):
+        return None
+    warnings.warn(f"{type(source).__name__}: a gradient source's 'method' name is deprecated, use 'attack' instead",
+                  DeprecationWarning, stacklevel=4)
+    return name
 
 
 def _find_support(model, clean, shape, labels, target, opts, cost):
@@ -237,13 +251,15 @@ def _support_result(images, problem: SupportProblem, source, fit: _Fit, counts, 
     return AttackResult(
         clean=images.detach().clone(), labels=problem.labels, target=problem.target,
         delta_param=problem.put(fit.v_S, zeros).detach(), noise_var=problem.put(fit.s_S * fit.s_S, zeros).detach(),
-        blur_sigma=0.0, structure="sparse", method=source.method, loss_history=losses, success_prob_history=probs,
+        blur_sigma=0.0, structure="sparse", attack=_attack_name(source), loss_history=losses,
+        success_prob_history=probs,
         time_s=seconds, time_linearize_s=cost.linearize_s, n_linearizations=cost.linearizations, options=options,
     )
 
 
 @torch.no_grad()
-def surrogate_check(model, result, labels, target=None, n_draws=200, generator=None, variance=None):
+def surrogate_check(model, result, labels, target=None, n_samples=200, generator=None, method=None, *,
+                    n_draws=None, variance=None):
     """The surrogate's margin against the real network's, at an attack's *final* distribution (sparse, G = I).
 
     The two-stage linearization is taken afresh at the final (clip-aware) mean; the margin class ``k*`` is the
@@ -251,13 +267,18 @@ def surrogate_check(model, result, labels, target=None, n_draws=200, generator=N
     ``M_k = g_y - g_k`` untargeted, ``g_k - g_t`` targeted; success means ``M < 0``.
 
     Returns a dict of ``(B,)`` tensors: ``pred_success`` = ``Phi(-E/sd)`` of ``M_k*`` under the surrogate (no
-    ``kappa``, no temperature), ``sur_mean``, ``sur_var``, and on ``n_draws`` draws through the real network
+    ``kappa``, no temperature), ``sur_mean``, ``sur_var``, and on ``n_samples`` draws through the real network
     ``mc_mean``, ``mc_var``, ``mc_success_kstar`` (fraction with ``M_k* < 0``) and ``margin_z`` =
     ``(sur_mean - mc_mean) / SE(mc_mean)``.
+
+    ``method`` is the surrogate's variance formula (:attr:`AttackOptions.method`; default: the attack's own).
+    ``n_samples`` and ``method`` were ``n_draws=`` and ``variance=``, still accepted with a ``DeprecationWarning``.
     """
+    n_samples = renamed("surrogate_check", "n_draws", "n_samples", n_draws, n_samples, 200, stacklevel=4)
+    method = renamed("surrogate_check", "variance", "method", variance, method, None, stacklevel=4)
     if result.blur_sigma > 0:
         raise ValueError("surrogate_check needs a sparse (G = I) attack result")
-    variance = variance or result.options.get("variance", "linear")
+    method = method or result.options.get("method", result.options.get("variance", "linear"))
     clean = result.clean.flatten(1)
     bsz, n = clean.shape
     w = result.noise_var
@@ -276,7 +297,7 @@ def surrogate_check(model, result, labels, target=None, n_draws=200, generator=N
     targeted = target is not None
     reference = target if targeted else labels
     obj = LinearizedAttackObjective(lin.network(), clean_S, reference, targeted, (1, 1, k), 0.0,
-                                    variance=variance, kappa=0.0, temperature=1.0, clip_aware=True)
+                                    method=method, kappa=0.0, temperature=1.0, clip_aware=True)
     g_mean, g_cov = obj.output_moments(v_S, w_S)
     ref = reference.unsqueeze(-1)
     diag = torch.diagonal(g_cov, dim1=-2, dim2=-1)
@@ -292,13 +313,13 @@ def surrogate_check(model, result, labels, target=None, n_draws=200, generator=N
         kstar = score.masked_fill(is_ref, float("inf")).argmin(-1)
     sur_mean = m_mean.gather(-1, kstar[:, None]).squeeze(-1)
     sur_var = m_var.gather(-1, kstar[:, None]).squeeze(-1)
-    draws = result.sample(n_draws, generator=generator)
-    logits = model(draws.flatten(0, 1)).view(n_draws, bsz, -1)
-    z_ref = logits.gather(-1, ref.unsqueeze(0).expand(n_draws, -1, -1)).squeeze(-1)
-    z_k = logits.gather(-1, kstar.view(1, -1, 1).expand(n_draws, -1, -1)).squeeze(-1)
+    draws = result.sample(n_samples, generator=generator)
+    logits = model(draws.flatten(0, 1)).view(n_samples, bsz, -1)
+    z_ref = logits.gather(-1, ref.unsqueeze(0).expand(n_samples, -1, -1)).squeeze(-1)
+    z_k = logits.gather(-1, kstar.view(1, -1, 1).expand(n_samples, -1, -1)).squeeze(-1)
     mc = z_k - z_ref if targeted else z_ref - z_k
     mc_mean, mc_var = mc.mean(0), mc.var(0)
-    se = (mc_var / n_draws).sqrt().clamp_min(1e-12)
+    se = (mc_var / n_samples).sqrt().clamp_min(1e-12)
     pred = torch.special.ndtr(-sur_mean / sur_var.clamp_min(1e-12).sqrt())
     return dict(pred_success=pred, sur_mean=sur_mean, sur_var=sur_var, mc_mean=mc_mean, mc_var=mc_var,
                 mc_success_kstar=(mc < 0).to(mc.dtype).mean(0), margin_z=(sur_mean - mc_mean) / se)

@@ -76,7 +76,7 @@ def run_attack(args) -> dict:
         # a fixed target equal to the label is no attack: keep only the images that differ
         keep = target != labels
         images, labels, target = images[keep], labels[keep], target[keep]
-    options = dict(steps=args.steps, variables=args.variables, variance=args.variance, seed=args.seed,
+    options = dict(steps=args.steps, variables=args.variables, method=args.variance, seed=args.seed,
                    progress=not args.no_progress)
     if args.l1_weight is not None:
         options["l1_weight"] = args.l1_weight
@@ -113,16 +113,20 @@ def run_attack(args) -> dict:
     return summary
 
 
-def precompute_book_data(out_dir, device="cpu", n_widget=3, samples=200, seed=0, progress=True, command=None):
+def precompute_book_data(out_dir, device="cpu", n_widget=3, n_samples=200, seed=0, progress=True, command=None, *,
+                         samples=None):
     """The targeted-attack browser of chapter 8 (``attacks_widget.npz``, about a minute on a 2-core CPU): for
     ``n_widget`` test digits x 2 targets (label + 1, + 4) x 3 fixed L1 weights, the clean digit, attack mean, noise
-    std, three draws and the Monte Carlo success; browsed by :func:`netmoments.widgets.attack_browser_widget`.
+    std, three draws and the Monte Carlo success (on ``n_samples`` draws; formerly ``samples=``, still accepted
+    with a ``DeprecationWarning``); browsed by :func:`netmoments.widgets.attack_browser_widget`.
 
     (The chapter's tables come from ``--suite``; the old pooled-draw sweeps were dropped.) The file carries its
     provenance record (:func:`netmoments.provenance.run_metadata`) as a JSON string in its ``provenance`` entry.
     """
+    from .._validation import renamed
     from ..provenance import run_metadata
 
+    samples = renamed("precompute_book_data", "samples", "n_samples", samples, n_samples, 200)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

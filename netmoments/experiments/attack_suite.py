@@ -90,7 +90,7 @@ def _rows(model, method, res, images, labels, index, target, yard_s, seed, extra
     from ..attacks.metrics import image_metrics
 
     gen = torch.Generator().manual_seed(seed)
-    m = image_metrics(model, res, labels, target, n_draws=DRAWS, generator=gen)
+    m = image_metrics(model, res, labels, target, n_samples=DRAWS, generator=gen)
     rows = []
     for i, r in enumerate(m.rows()):
         row = dict(image=int(index[i]), label=int(labels[i]), target=-1 if target is None else int(target[i]),
@@ -105,10 +105,10 @@ def _rows(model, method, res, images, labels, index, target, yard_s, seed, extra
 def _ours_extra(model, res, labels, target, seed, variances=()):
     from ..attacks.support import surrogate_check
 
-    chk = surrogate_check(model, res, labels, target, n_draws=DRAWS, generator=torch.Generator().manual_seed(seed))
+    chk = surrogate_check(model, res, labels, target, n_samples=DRAWS, generator=torch.Generator().manual_seed(seed))
     out = {k: v.cpu().numpy() for k, v in chk.items()}
     for variance in variances:
-        other = surrogate_check(model, res, labels, target, n_draws=2, variance=variance,
+        other = surrogate_check(model, res, labels, target, n_samples=2, method=variance,
                                 generator=torch.Generator().manual_seed(seed))
         out[f"pred_success_{variance}"] = other["pred_success"].cpu().numpy()
         out[f"sur_var_{variance}"] = other["sur_var"].cpu().numpy()
@@ -172,7 +172,7 @@ def _sparse_suite(c: _Chunk) -> None:
     model, images, labels, seed = c.model, c.images, c.labels, c.seed
     step, restarts = TUNED["l0_pgd_step_size"], TUNED["l0_pgd_restarts"]
     c.add("gauss-sparse", lambda: gaussian_attack(model, images, labels, seed=seed), extra=c.ours_extra())
-    c.add("gauss-sparse-mean", lambda: gaussian_attack(model, images, labels, variables="mean", variance="none",
+    c.add("gauss-sparse-mean", lambda: gaussian_attack(model, images, labels, variables="mean", method="none",
                                                        seed=seed))
     c.add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
     c.add("fmn-l1", lambda: fmn_attack(model, images, labels, norm="l1", steps=100, **TUNED["fmn_l1"]))
@@ -185,7 +185,7 @@ def _sparse_suite(c: _Chunk) -> None:
         k_match = torch.tensor([max(1, int(math.ceil(v))) for v in ours_l0], dtype=torch.int64)
         c.add("l0-pgd-matched", lambda: l0_pgd_attack(model, images, labels, k=k_match, step_size=step,
                                                       restarts=restarts, seed=seed))
-    c.add("eot-sparse", lambda: eot_attack(model, images, labels, structure="sparse", samples=TUNED["eot_samples"],
+    c.add("eot-sparse", lambda: eot_attack(model, images, labels, structure="sparse", n_samples=TUNED["eot_samples"],
                                            steps=TUNED["eot_steps"], seed=seed))
 
 
@@ -196,9 +196,9 @@ def _ablation_suite(c: _Chunk) -> None:
     model, images, labels, seed = c.model, c.images, c.labels, c.seed
     # Optimizing with the exact / series covariance costs ~10 s per step per digit here (1024^2 / 2 hidden
     # pairs), so those two variances score the final distribution of the linear-variance attack instead.
-    ours = c.add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, variance="linear", seed=seed),
+    ours = c.add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, method="linear", seed=seed),
                  extra=c.ours_extra(variances=("exact", "series")))
-    c.add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, variance="none",
+    c.add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, method="none",
                                                               variables="mean", seed=seed), extra=c.ours_extra())
     c.add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0, seed=seed),
           extra=c.ours_extra())
@@ -206,9 +206,9 @@ def _ablation_suite(c: _Chunk) -> None:
                                                           seed=seed), extra=c.ours_extra())
     if ours is not None:
         # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
-        probe = eot_attack(model, images, labels, samples=4, steps=5, seed=seed)
+        probe = eot_attack(model, images, labels, n_samples=4, steps=5, seed=seed)
         steps = max(5, int(5 * ours.time_s / max(probe.time_s, 1e-9)))
-        c.add("eot-sparse-equal-time", lambda: eot_attack(model, images, labels, samples=4, steps=steps,
+        c.add("eot-sparse-equal-time", lambda: eot_attack(model, images, labels, n_samples=4, steps=steps,
                                                           seed=seed))
 
 
@@ -227,7 +227,7 @@ def _smooth_suite(c: _Chunk) -> None:
         eps_mean = ours.delta.flatten(1).norm(dim=1).clamp_min(1e-3)
         c.add("pgd-blur-matched-mean", lambda: smooth_pgd_attack(model, images, labels, eps=eps_mean,
                                                                  blur_sigma=1.5))
-    c.add("eot-smooth", lambda: eot_attack(model, images, labels, structure="smooth", samples=TUNED["eot_samples"],
+    c.add("eot-smooth", lambda: eot_attack(model, images, labels, structure="smooth", n_samples=TUNED["eot_samples"],
                                            steps=TUNED["eot_steps"], seed=seed))
     c.add("gauss-sparse+smooth", lambda: gaussian_attack(model, images, labels, structure="sparse+smooth",
                                                          seed=seed))
@@ -339,6 +339,8 @@ def _suite_metadata(old, settings: dict, out: Path, meta_path: Path, ctx: SuiteC
     return old, old_images
 
 
+#: the L0 budget (changed pixels, one of :data:`netmoments.attacks.metrics.L0_BUDGETS`) that tuning scores by
+SPARSE_BUDGET = 20
 L0_PGD_STEP_GRID = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 FMN_GRID = dict(max_stepsize=(0.3, 1.0, 3.0), gamma=(0.05, 0.3))
 
@@ -361,9 +363,10 @@ def tune_fmn(model, images, labels, norm, grid=FMN_GRID, steps=100):
                 # (large gamma): such a setting cannot be used, so it is recorded and never chosen.
                 scores[name] = dict(max_stepsize=max_stepsize, gamma=gamma, error=f"IndexError: {err}")
                 continue
-            m = image_metrics(model, res, labels, n_draws=1, generator=torch.Generator().manual_seed(0))
+            m = image_metrics(model, res, labels, n_samples=1, generator=torch.Generator().manual_seed(0))
             scores[name] = dict(
-                max_stepsize=max_stepsize, gamma=gamma, success_l0_20=float(m.success_l0[:, 3].mean()),
+                max_stepsize=max_stepsize, gamma=gamma,
+                success_l0_20=float(m.success_within_l0(SPARSE_BUDGET).mean()),
                 success=float(m.success.mean()), l0_median=float(np.median(m.l0)),  # inf where not fooled
                 time_per_image_s=res.time_s / len(labels))
     usable = [v for v in scores.values() if "error" not in v]
@@ -386,13 +389,14 @@ def tune(out, images=32, progress=False, command=None):
 
     start = time.perf_counter()
     model, x, y, idx = load_digits("train", images)
-    best_step, step_scores = tune_step_size(sparse_pgd_attack, model, x, y, L0_PGD_STEP_GRID, k=20)
+    best_step, step_scores = tune_step_size(sparse_pgd_attack, model, x, y, L0_PGD_STEP_GRID, k=SPARSE_BUDGET)
     fmn = {norm: tune_fmn(model, x, y, norm) for norm in ("l0", "l1")}
     weights = {}
     for w in (0.1, 0.3, 1.0):
         res = gaussian_attack(model, x, y, l1_weight=w)
-        m = image_metrics(model, res, y, n_draws=DRAWS, generator=torch.Generator().manual_seed(0))
-        weights[w] = dict(success_l0_20=float(m.success_l0[:, 3].mean()), success=float(m.success.mean()),
+        m = image_metrics(model, res, y, n_samples=DRAWS, generator=torch.Generator().manual_seed(0))
+        weights[w] = dict(success_l0_20=float(m.success_within_l0(SPARSE_BUDGET).mean()),
+                          success=float(m.success.mean()),
                           l0_median=float(np.median(m.l0)), time_per_image_s=res.time_s / len(y))
     best_w = max(weights, key=lambda w: (weights[w]["success_l0_20"], weights[w]["success"]))
     data = dict(split="train", images=len(y), image_indices=idx.tolist(), l0_pgd_step_size=step_scores,
