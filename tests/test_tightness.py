@@ -154,7 +154,7 @@ def test_task_is_deterministic_and_keyed(context, dense_rows):
 
 
 def test_recheck_formula_agrees_with_the_closed_form_and_with_the_row(context, dense_rows):
-    checked = recheck_formula((1, 0.05, "dense"), context, "input", draws=10_000)
+    checked = recheck_formula((1, 0.05, "dense"), context, "input", n_samples=10_000)
     row = {c: np.array(dense_rows[0][c], dtype=float) for c in ("mean", "var_exact", "lin_var", "lin_var_se")}
     # the same closed form as the task's row (rounded there to 6 significant digits: relative error <= 5e-6)
     assert np.allclose(checked["mean"].numpy(), row["mean"], rtol=5.01e-6, atol=0)
@@ -165,8 +165,12 @@ def test_recheck_formula_agrees_with_the_closed_form_and_with_the_row(context, d
     both_se = np.sqrt(checked["mc_var_se"].numpy() ** 2 + row["lin_var_se"] ** 2)
     assert np.all(np.abs(checked["mc_var"].numpy() - row["lin_var"]) <= z * both_se)
     # the draws are fresh: another seed gives other draws
-    other = recheck_formula((1, 0.05, "dense"), context, "input", draws=10_000, seed=2)
+    other = recheck_formula((1, 0.05, "dense"), context, "input", n_samples=10_000, seed=2)
     assert not torch.equal(other["mc_var"], checked["mc_var"]) and torch.equal(other["var"], checked["var"])
+    # the count was draws= (issue 23 item 6): still accepted, with a DeprecationWarning naming n_samples
+    with pytest.warns(DeprecationWarning, match="use 'n_samples='"):
+        old = recheck_formula((1, 0.05, "dense"), context, "input", draws=10_000)
+    assert all(torch.equal(old[name], checked[name]) for name in checked)
 
 
 def test_recheck_formula_detects_a_wrong_closed_form_and_rejects_bad_arguments(context, monkeypatch):
@@ -174,12 +178,12 @@ def test_recheck_formula_detects_a_wrong_closed_form_and_rejects_bad_arguments(c
 
     exact = tightness._exact_moments
     monkeypatch.setattr(tightness, "_exact_moments", lambda *a: (lambda m, v: (m, 1.1 * v))(*exact(*a)))
-    wrong = recheck_formula((1, 0.05, "dense"), context, "dither", draws=10_000)
+    wrong = recheck_formula((1, 0.05, "dense"), context, "dither", n_samples=10_000)
     assert torch.all(wrong["z_var"] > bonferroni_z(10))  # a 10 % variance error is ~7 SEs at 10^4 draws
     with pytest.raises(ValueError, match=r"no row point='centroid', k=100; its rows are \[\('input', None\)"):
         recheck_formula((1, 0.05, "dense"), context, "centroid", k=100)
-    with pytest.raises(ValueError, match="draws must be an int >= 2"):
-        recheck_formula((1, 0.05, "dense"), context, draws=1)
+    with pytest.raises(ValueError, match="n_samples must be an int >= 2"):
+        recheck_formula((1, 0.05, "dense"), context, n_samples=1)
     with pytest.raises(ValueError, match="batch must be an int >= 1"):
         recheck_formula((1, 0.05, "dense"), context, batch=0.5)
 

@@ -61,7 +61,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._validation import renamed
 from ..affine import AffineReLUAffine
+from ..data import MNIST_SHAPE
 from ..linearize import TwoStageLinearization, maxpool_ties, prune_inactive_units
 from .runner import output_lock, read_rows, resume_metadata, run_tasks, seed_from_key, write_json
 from . import tightness_cli
@@ -263,15 +265,15 @@ def _task_linearizations(key, ctx: TightnessContext):
     # The linearizations: (name, k, A, c1, which mean, ties at the point)
     lin = []
     point_batch = [x.float()] + ([means["dither"].float()] if "dither" in points else [])
-    A, c1, B, c2, pre = _linearize(ctx.model, torch.stack(point_batch).reshape(-1, 1, 28, 28))
-    ties = [sum(t for t, _ in maxpool_ties(ctx.model, p.reshape(1, 28, 28))) for p in point_batch]
+    A, c1, B, c2, pre = _linearize(ctx.model, torch.stack(point_batch).reshape(-1, *MNIST_SHAPE))
+    ties = [sum(t for t, _ in maxpool_ties(ctx.model, p.reshape(MNIST_SHAPE))) for p in point_batch]
     lin.append(("input", None, A[0], c1[0], "x", ties[0]))
     if "dither" in points:
         lin.append(("dither", None, A[1], c1[1], "dither", ties[1]))
     if "tie_aware" in points:
         half = torch.randn(cfg.tie_samples // 2, n, generator=gen("tie_aware"), dtype=torch.float64) @ factor.mT
         eps = torch.cat([half, -half])  # antithetic: the draws average to exactly zero
-        A_s, _, _, _, pre_s = _linearize(ctx.model, (x + eps).float().reshape(-1, 1, 28, 28))
+        A_s, _, _, _, pre_s = _linearize(ctx.model, (x + eps).float().reshape(-1, *MNIST_SHAPE))
         A_bar = A_s.to(torch.float64).mean(0)
         c_bar = pre_s.to(torch.float64).mean(0) - A_bar @ x
         lin.append(("tie_aware", None, A_bar.to(A.dtype), c_bar.to(c1.dtype), "x", ties[0]))
@@ -279,7 +281,7 @@ def _task_linearizations(key, ctx: TightnessContext):
         if kind not in points or not ctx.cluster_points:
             continue
         ks = sorted(ctx.cluster_points)
-        pts = torch.stack([torch.as_tensor(ctx.cluster_points[k][kind][image]) for k in ks]).reshape(-1, 1, 28, 28)
+        pts = torch.stack([torch.as_tensor(ctx.cluster_points[k][kind][image]) for k in ks]).reshape(-1, *MNIST_SHAPE)
         A_k, c1_k, _, _, _ = _linearize(ctx.model, pts)
         for j, k in enumerate(ks):
             lin.append((kind, k, A_k[j], c1_k[j], "x", sum(t for t, _ in maxpool_ties(ctx.model, pts[j]))))
@@ -310,7 +312,7 @@ def _draw_outputs(key, ctx: TightnessContext, factor, means, lin, B, c2) -> tupl
             size = min(cfg.mc_batch, cfg.mc_samples - done)
             eps = torch.randn(size, n, generator=draw_gen, dtype=torch.float64) @ factor.mT
             for name, m in means.items():
-                inputs = (m + eps).float().reshape(-1, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+                inputs = (m + eps).float().reshape(-1, *MNIST_SHAPE).contiguous(memory_format=torch.channels_last)
                 outs_f[name].append(ctx.mc_model(inputs).to(torch.float64))
             for j, (_, _, A_p, c1_p, mean_name, _) in enumerate(lin):
                 inputs = (means[mean_name] + eps).to(A_p.dtype)
@@ -348,28 +350,31 @@ def _point_row(key, ctx: TightnessContext, label: int, point, m, sigma_cov, B64,
     return row
 
 
-def recheck_formula(key, ctx: TightnessContext, point: str = "input", k: int | None = None, draws: int = 200_000,
-                    batch: int = 10_000, seed: int = 1) -> dict:  # fmt: skip
-    """Re-measure one row's formula error (a) on ``draws`` fresh draws, in float64 throughout.
+def recheck_formula(key, ctx: TightnessContext, point: str = "input", k: int | None = None,
+                    n_samples: int = 200_000, batch: int = 10_000, seed: int = 1, *,
+                    draws: int | None = None) -> dict:  # fmt: skip
+    """Re-measure one row's formula error (a) on ``n_samples`` fresh draws, in float64 throughout.
 
     A run decides "within SE" from each task's own draws (``mc_samples``, float32 networks) for every row, logit
     and moment at once, so its largest formula ``|Δ|/SE`` is the extreme of up to ~10^6 comparisons. Measuring that
     one comparison again, on independent and more numerous draws, tells a chance extreme (``|Δ|/SE`` falls back to
-    O(1)) from an error in the closed form (``|Δ|/SE`` grows like ``sqrt(draws)``).
+    O(1)) from an error in the closed form (``|Δ|/SE`` grows like ``sqrt(n_samples)``).
 
     Args:
         key: the task ``(image, sigma, cov)``.
         ctx: a context holding the task's digit and, for a cluster point, its ``k``
             (``build_context(TightnessConfig(clusters=(k,)), n_images=image + 1)`` gives the run's points).
         point, k: the row, as in the rows' ``point`` and ``k`` columns.
-        draws: fresh draws of the input (``>= 2``); batch: how many go through the network at once (memory only).
+        n_samples: fresh draws of the input (``>= 2``; formerly ``draws=``, still accepted with a
+            ``DeprecationWarning``); batch: how many go through the network at once (memory only).
         seed: picks the fresh draws; they are seeded apart from the task's own.
 
     Returns:
         float64 ``(p,)`` tensors: ``mean``, ``var`` (the closed form), ``mc_mean``, ``mc_mean_se``, ``mc_var``,
         ``mc_var_se`` (Monte Carlo of the same linearized network) and ``z_mean``, ``z_var`` (difference / SE).
     """
-    for name, value, low in (("draws", draws, 2), ("batch", batch, 1)):
+    n_samples = renamed("recheck_formula", "draws", "n_samples", draws, n_samples, 200_000)
+    for name, value, low in (("n_samples", n_samples, 2), ("batch", batch, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     _, _, factor, means, lin, B, c2 = _task_linearizations(key, ctx)
@@ -384,8 +389,8 @@ def recheck_formula(key, ctx: TightnessContext, point: str = "input", k: int | N
     gen = _task_generator(ctx, key, "recheck", int(seed))
     outputs, done = [], 0
     with torch.no_grad():
-        while done < draws:
-            size = min(batch, draws - done)
+        while done < n_samples:
+            size = min(batch, n_samples - done)
             outputs.append(net(m + torch.randn(size, m.numel(), generator=gen, dtype=torch.float64) @ factor.mT))
             done += size
     mc = _truth_stats(torch.cat(outputs))

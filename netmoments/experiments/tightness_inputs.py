@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data import MNIST_SHAPE
 from ..gaussian import random_spd
 from .tightness_settings import BLUR_STD, COV_KINDS, NM20_CLUSTER_FRACTIONS
 
@@ -62,7 +63,7 @@ def sparse_pixels(model, x: torch.Tensor, label: int, count: int) -> torch.Tenso
     """The ``count`` pixels with the largest |d logit_label / d x| at ``x`` (where a sparse attack puts noise)."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        logit = model(x.reshape(1, 1, 28, 28))[0, label]
+        logit = model(x.reshape(1, *MNIST_SHAPE))[0, label]
         (grad,) = torch.autograd.grad(logit, x)
     # argsort on (-|g|, index) so equal gradients pick the lower index on every machine
     return torch.argsort(-grad.abs().to(torch.float64), stable=True)[:count]
