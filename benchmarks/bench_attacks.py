@@ -49,7 +49,7 @@ def bench_p10(model, images, labels, repeats=3):
         t_pgd.append((time.perf_counter() - start) / bsz)
     ours, pgd = min(t_ours), min(t_pgd)
     ratio = ours / pgd
-    metrics = image_metrics(model, result, labels, n_draws=100, generator=torch.Generator().manual_seed(0))
+    metrics = image_metrics(model, result, labels, n_samples=100, generator=torch.Generator().manual_seed(0))
     est, lo, hi = bootstrap_ci(metrics.success, "mean")
     opts = result.options
     threads = f"{torch.get_num_threads()} threads"

@@ -137,7 +137,7 @@ def bench_p12(model, device, quick) -> list[dict]:
         pooled_batch = torch.randn(batch, fc1.shape[1], 784, generator=gen, device=device)
         fns["floor_batch"] = lambda: fc1 @ pooled_batch
     if not quick:
-        fns["autograd"] = lambda: two_stage_linearize(model, images[:1], method="autograd")
+        fns["autograd"] = lambda: two_stage_linearize(model, images[:1], jacobian="autograd")
     rounds = 3 if quick else 5
     measured = {"wall clock": _interleaved_best(fns, device, rounds)}
     if torch.device(device).type == "cpu":
