@@ -169,3 +169,31 @@ def test_cost_accuracy_places_points_and_curves_against_one_truth():
     assert np.all(cv["zmu"][1:] < mc["zmu"][1:])  # the paired spread 0.002 is far below the plain 0.01
     with pytest.raises(ValueError, match="no rows"):
         layerwise.cost_accuracy(rows, truth, 0.2)
+
+
+def test_sigterm_stops_a_run_after_whole_tasks_and_it_resumes(tmp_path):
+    """kill (SIGTERM) ends a run cleanly: whole tasks on disk, no lock left behind, and --resume finishes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from netmoments.experiments.runner import read_rows, scan_file
+
+    out = tmp_path / "t.jsonl.gz"
+    command = [sys.executable, "-m", "netmoments.experiments", "layerwise", "--model", "mlp", "--images", "0:8",
+               "--sigmas", "0.05", "--methods", "truth", "--truth-draws", "20000", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and read_rows(out)):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    scan = scan_file(out)
+    assert scan.damage is None and scan.torn_tail is None
+    done = len(read_rows(out))
+    assert 0 < done < 8
+    assert not list(tmp_path.glob(".*.lock"))
+    subprocess.run(command[:-1] + ["--resume", "--no-progress"], check=True, capture_output=True)
+    assert sorted(r["image"] for r in read_rows(out)) == list(range(8))

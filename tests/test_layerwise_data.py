@@ -19,6 +19,9 @@ DEEP_RUN, DEEP_TRUTH = DATA / "layerwise_deep_cnn.jsonl.gz", DATA / "layerwise_d
 MLP_RUN, MLP_TRUTH = DATA / "layerwise_mlp.jsonl.gz", DATA / "layerwise_mlp_truth.jsonl.gz"
 FINE_TRUTH = DATA / "layerwise_dense_truth1e5.jsonl.gz"  # 10^5 draws of LeNet at sigma = 0.05
 ALL_RUNS = [RUN, TSL_RUN, REF_RUN, MC_RUN, ATTACK_RUN, DEEP_RUN, DEEP_TRUTH, MLP_RUN, MLP_TRUTH, FINE_TRUTH]
+# Runs that continue over sittings: committed with the tasks done so far, every one of them a task of the run's
+# settings; chapter 8 uses their complete digits only.
+GROWING = {FINE_TRUTH}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,12 @@ def test_the_run_is_complete_undamaged_and_described(run):
 
     settings = json.loads(run.with_suffix("").with_suffix(".json").read_text())["settings"]
     expected = layerwise.task_list(settings["images"], settings["sigmas"], settings["covs"], settings["methods"])
-    assert len(rows) == len(expected)
-    assert {(r["image"], r["sigma"], r["cov"], r["method"]) for r in rows} == set(expected)
+    done = {(r["image"], r["sigma"], r["cov"], r["method"]) for r in rows}
+    assert len(rows) == len(done)  # no task twice
+    if run in GROWING:
+        assert rows and done <= set(expected)
+    else:
+        assert done == set(expected)
 
 
 @pytest.mark.parametrize("method", ["diag", "lowrank", "lowrank32", "tsl", "unscented", "mc", "cv"])

@@ -359,7 +359,8 @@ def main(args) -> int:
         return 0
 
     from ..provenance import run_metadata
-    from .runner import RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs, write_json
+    from .runner import (RunnerError, command_line, output_lock, resume_metadata, run_tasks, runner_kwargs,
+                         stop_on_sigterm, write_json)
 
     out = Path(args.out)
     stem = out.with_suffix("") if out.suffix == ".gz" else out
@@ -394,8 +395,13 @@ def main(args) -> int:
                 sitting.update(summary.as_dict())
                 write_json(meta_path, meta)
 
-            run_tasks(tasks, layerwise_task, out, context=ctx, desc="layerwise", checkpoint=checkpoint,
-                      checkpoint_s=60.0, **runner_kwargs(args))  # fmt: skip
+            # SIGTERM (kill, a batch system) stops after the task in progress, as Ctrl-C does
+            with stop_on_sigterm() as stop:
+                run_tasks(tasks, layerwise_task, out, context=ctx, desc="layerwise", checkpoint=checkpoint,
+                          checkpoint_s=60.0, stop=stop, **runner_kwargs(args))  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"stopped; the finished tasks are in {out}, continue with --resume", file=sys.stderr)
+        return 130
     except (RunnerError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
