@@ -197,3 +197,31 @@ def test_sigterm_stops_a_run_after_whole_tasks_and_it_resumes(tmp_path):
     assert not list(tmp_path.glob(".*.lock"))
     subprocess.run(command[:-1] + ["--resume", "--no-progress"], check=True, capture_output=True)
     assert sorted(r["image"] for r in read_rows(out)) == list(range(8))
+
+
+def test_a_resumed_run_may_add_digits_but_not_change_anything_else(tmp_path):
+    """--resume with more digits grows the run (its settings record the union); fewer digits or another setting
+    is refused with a message naming what differs, and the file is left as it was."""
+    import json
+    import subprocess
+    import sys
+
+    from netmoments.experiments.runner import read_rows
+
+    out = tmp_path / "g.jsonl.gz"
+    base = [sys.executable, "-m", "netmoments.experiments", "layerwise", "--model", "mlp", "--sigmas", "0.05",
+            "--methods", "diag", "--out", str(out), "--no-progress"]
+
+    def run(*extra):
+        return subprocess.run(base + list(extra), capture_output=True, text=True)
+
+    assert run("--images", "0:2").returncode == 0
+    assert run("--images", "0:4", "--resume").returncode == 0
+    assert sorted(r["image"] for r in read_rows(out)) == [0, 1, 2, 3]
+    meta = json.loads(out.with_suffix("").with_suffix(".json").read_text())
+    assert meta["settings"]["images"] == [0, 1, 2, 3] and len(meta["sittings"]) == 2
+    for extra, named in ((("--images", "0:3"), "images"), (("--images", "0:5", "--sigmas", "0.01"), "sigmas")):
+        proc = run(*extra, "--resume")
+        assert proc.returncode == 2 and named in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(r["image"] for r in read_rows(out)) == [0, 1, 2, 3]
+    assert json.loads(out.with_suffix("").with_suffix(".json").read_text())["settings"]["images"] == [0, 1, 2, 3]

@@ -18,7 +18,11 @@ ATTACK_RUN = DATA / "layerwise_sparse_blur.jsonl.gz"  # LeNet at the attacks' co
 DEEP_RUN, DEEP_TRUTH = DATA / "layerwise_deep_cnn.jsonl.gz", DATA / "layerwise_deep_cnn_truth.jsonl.gz"
 MLP_RUN, MLP_TRUTH = DATA / "layerwise_mlp.jsonl.gz", DATA / "layerwise_mlp_truth.jsonl.gz"
 FINE_TRUTH = DATA / "layerwise_dense_truth1e5.jsonl.gz"  # 10^5 draws of LeNet at sigma = 0.05
-ALL_RUNS = [RUN, TSL_RUN, REF_RUN, MC_RUN, ATTACK_RUN, DEEP_RUN, DEEP_TRUTH, MLP_RUN, MLP_TRUTH, FINE_TRUTH]
+FULL_RUN = DATA / "layerwise_dense_full.jsonl.gz"  # the full closure on more digits at sigma = 0.05
+UNSCENTED_RUN = DATA / "layerwise_dense_unscented.jsonl.gz"
+MC_BUDGETS = [DATA / "layerwise_dense_mc300.jsonl.gz", DATA / "layerwise_dense_mc3000.jsonl.gz"]
+ALL_RUNS = [RUN, TSL_RUN, REF_RUN, MC_RUN, ATTACK_RUN, DEEP_RUN, DEEP_TRUTH, MLP_RUN, MLP_TRUTH, FINE_TRUTH,
+            FULL_RUN, UNSCENTED_RUN, *MC_BUDGETS]
 # Runs that continue over sittings: committed with the tasks done so far, every one of them a task of the run's
 # settings; chapter 8 uses their complete digits only.
 GROWING = {FINE_TRUTH}

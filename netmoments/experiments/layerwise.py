@@ -380,9 +380,14 @@ def main(args) -> int:
             meta = {"settings": settings, "sittings": []}
             if old is not None:
                 differ = sorted(k for k in settings if old["settings"].get(k, _SETTING_DEFAULTS.get(k)) != settings[k])
-                if differ:
+                # a run may grow to more digits (every task already done stays a task of the new settings);
+                # any other change would mix two experiments in one file
+                if differ == ["images"] and set(old["settings"]["images"]) <= set(settings["images"]):
+                    old["settings"]["images"] = settings["images"]
+                elif differ:
                     raise RunnerError(f"{out} was written with other settings ({', '.join(differ)} differ; see "
-                                      f"{meta_path}); use the same options, or another --out")  # fmt: skip
+                                      f"{meta_path}); use the same options (--images may only add digits), or "
+                                      "another --out")  # fmt: skip
                 meta = old
             sitting = run_metadata(command_line(args))
             meta["sittings"].append(sitting)
