@@ -11,11 +11,16 @@ sentences. Two kinds of text have slipped into them before and are caught here, 
   (``/work/main/netmoments/widgets.py:891: UserWarning``); committed, it shows the reader a directory of the
   machine that executed the notebook. The same outputs, tracebacks included, and the text values of saved widgets
   must not hold one.
+
+A third check concerns a chapter downloaded on its own and opened outside the repository: its first code cell
+imports netmoments through ``IMPORT_GUARD``, which, when the import fails, stops the notebook with one message
+saying how to install the package, and no traceback.
 """
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +45,17 @@ NOT_TEXT = re.compile(r"^(image/|application/vnd\.jupyter\.widget-view)")
 # Saved widget models whose "value" is text shown on the page.
 TEXT_WIDGETS = {"HTMLModel", "HTMLMathModel", "LabelModel", "TextModel", "TextareaModel"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# The lines each chapter's first code cell opens with. IPython (and so Jupyter) prints what an exception's
+# _render_traceback_ returns instead of the traceback: a reader without the package sees one message.
+IMPORT_GUARD = """\
+try:
+    import netmoments as nm
+except ImportError as err:  # IPython prints _render_traceback_, no traceback
+    class Missing(ImportError): _render_traceback_ = lambda e: [str(e)]
+    fix = "`pip install -e .` in a clone of the netmoments repository"
+    raise Missing(f"{err}. Run {fix}, then restart the kernel.") from None
+"""
 
 
 def notebooks() -> list[Path]:
@@ -164,3 +180,74 @@ def test_the_path_detector_catches(text):
 ])
 def test_the_path_detector_lets_through(text):
     assert _hit(ABSOLUTE_PATH, text) is None
+
+
+# A chapter opened outside the repository: the import guard.
+CHAPTERS = sorted([*BOOK.glob("[0-9]*.ipynb"), *BOOK.glob("A*.ipynb")])
+
+
+def first_code_cell(path: Path) -> str:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return next(_text(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_the_chapters_are_found():
+    names = {p.name for p in CHAPTERS}
+    assert {"01_gaussians_through_affine_layers.ipynb", "09_gaussian_attacks.ipynb",
+            "A1_phi2_quadrature.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_each_chapter_imports_netmoments_through_the_guard(path):
+    source = first_code_cell(path)
+    assert IMPORT_GUARD in source, (f"{path.name}: the first code cell must open with the import guard "
+                                    f"(tests/test_book_text.py, IMPORT_GUARD):\n{IMPORT_GUARD}")
+    # Any import of the package must come after the guard, or a reader without it gets a traceback first.
+    before = source[:source.index(IMPORT_GUARD)]
+    assert "netmoments" not in before, f"{path.name}: netmoments is imported before the guard"
+
+
+def _run_guard_without_the_package(code: str) -> dict:
+    """Run ``code`` in a fresh IPython kernel where ``import netmoments`` fails; the cells' outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook(cells=[
+        # None in sys.modules makes any import of the package raise ImportError, wherever it is installed.
+        nbformat.v4.new_code_cell("import sys\nsys.modules['netmoments'] = None"),
+        nbformat.v4.new_code_cell(code),
+        nbformat.v4.new_code_cell("print('the notebook went on')"),
+    ])
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=False)
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        client.execute()
+    return nb
+
+
+def test_the_guard_shows_one_message_and_stops_the_notebook():
+    nb = _run_guard_without_the_package(first_code_cell(CHAPTERS[0]))
+    errors = nb.cells[1].outputs
+    assert [o["output_type"] for o in errors] == ["error"], errors
+    shown = [ANSI.sub("", line) for line in errors[0]["traceback"]]
+    assert len(shown) == 1, "expected one message line, the kernel rendered:\n" + "\n".join(shown)
+    message = shown[0]
+    assert "No module named" in message or "import of netmoments halted" in message, message
+    assert "pip install -e ." in message and "clone" in message and "restart the kernel" in message, message
+    for traceback_text in ("Traceback", "File ", "Cell In[", "---->", "raise Missing"):
+        assert traceback_text not in message, f"traceback text {traceback_text!r} in {message!r}"
+    assert nb.cells[2].outputs == [], "the notebook must stop at the guard"
+
+
+def test_the_guard_is_silent_when_the_package_is_there():
+    namespace: dict = {}
+    exec(IMPORT_GUARD, namespace)  # noqa: S102 - the guard is this file's own constant
+    assert namespace["nm"] is sys.modules["netmoments"]
+    assert "Missing" not in namespace
+
+
+def test_the_guard_names_the_failed_import_outside_ipython(monkeypatch):
+    # Plain Python (a chapter exported to a script) has no _render_traceback_ hook: the message is the exception's.
+    monkeypatch.setitem(sys.modules, "netmoments", None)
+    with pytest.raises(ImportError) as raised:
+        exec(IMPORT_GUARD, {})  # noqa: S102
+    assert "pip install -e ." in str(raised.value)
+    assert raised.value.__suppress_context__ and raised.value._render_traceback_() == [str(raised.value)]
