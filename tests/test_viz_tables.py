@@ -82,3 +82,13 @@ def test_monte_carlo_table_prints_the_formatted_comparison(capsys):
     assert lines[-1].endswith("f: 1 of 5 above it, g: 0 of 5 above it")
     assert table.rows == comparison.rows and table.threshold == comparison.threshold
     assert all(torch.equal(table.z[k], comparison.z[k]) for k in ("f", "g"))
+
+
+def test_the_formula_check_table_has_one_row_per_budget_in_order():
+    check = {(0.05, 300): (((0.051, 0.05, 0.0526), (0.04, 0.038, 0.042)), (0.0512, 0.0391)),
+             (0.2, 3000): (((0.0181, 0.017, 0.019), (0.0123, 0.011, 0.013)), (0.018, 0.0124))}
+    lines = viz.format_formula_check(check).split("\n")
+    columns = [line.replace("\\|", "").count("|") for line in lines]  # escaped pipes are text
+    assert len(lines) == 4 and columns == [7, 7, 7, 7]
+    assert lines[2] == "| 0.05 | 300 | 0.051 [0.050, 0.053] | 0.051 | 0.040 [0.038, 0.042] | 0.039 |"
+    assert lines[3].startswith("| 0.2 | 3,000 | 0.018 [0.017, 0.019] | 0.018 |")

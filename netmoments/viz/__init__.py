@@ -35,7 +35,7 @@ from .ch05_phi2 import (plot_quadrature_convergence, plot_series_error_maps, plo
 from .ch06_linearize import (plot_digits, plot_exact_sets, plot_linear_regions, plot_linearization_error,
                              plot_noise_sensitivity, plot_two_stage_diagram)
 from .ch07_tightness import plot_error_split, plot_intervals, plot_z_distribution
-from .ch08_layerwise import plot_clark_check, plot_cost_accuracy, plot_logit_moments
+from .ch08_layerwise import format_formula_check, plot_clark_check, plot_cost_accuracy, plot_logit_moments
 from .ch09_attacks import plot_attack_grid, plot_budget_curves, plot_calibration, plot_draws_and_points
 
 # Outside __all__ but part of the interface, as before the split: the colours (chapters use viz.INPUT_COLOR and
@@ -88,6 +88,7 @@ __all__ = [
     # chapter 8
     "plot_clark_check",
     "plot_cost_accuracy",
+    "format_formula_check",
     "plot_logit_moments",
     # chapter 9
     "plot_attack_grid",

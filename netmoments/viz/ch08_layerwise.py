@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from ._common import INPUT_COLOR, OUTPUT_COLOR, _new_axes
 
-__all__ = ["plot_clark_check", "plot_cost_accuracy", "plot_logit_moments"]
+__all__ = ["plot_clark_check", "plot_cost_accuracy", "plot_logit_moments", "format_formula_check"]
 
 #: One colour per method of chapter 8, so every figure and widget frame names a method the same way.
 METHOD_COLORS = {"diag": "#9ecae1", "lowrank": "#3182bd", "lowrank32": "#08519c", "full": "#31a354",
@@ -93,3 +93,22 @@ def plot_logit_moments(truth_mean, truth_sd, mean, sd, label: str, color: str = 
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return fig
+
+
+def format_formula_check(check: dict) -> str:
+    """A Markdown table: the sampling errors measured at a few budgets beside the formula's.
+
+    Args:
+        check: ``{(sigma, draws): ((var_ci, zmu_ci), (var_formula, zmu_formula))}``, each ``*_ci`` a
+            ``(median or mean, low, high)`` triple over digits (the variance error's mean, the median |Δμ|/sd).
+
+    Returns:
+        One row per ``(sigma, draws)`` in the dict's order, three decimals.
+    """
+    lines = ["| σ | draws | variance error, measured [95 % interval] | formula "
+             "| median \|Δμ\|/sd, measured [95 % interval] | formula |",
+             "|---:|---:|---|---:|---|---:|"]  # fmt: skip
+    for (sigma, draws), ((var_ci, zmu_ci), (var_f, zmu_f)) in check.items():
+        measured = [f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]" for ci in (var_ci, zmu_ci)]
+        lines.append(f"| {sigma:g} | {draws:,} | {measured[0]} | {var_f:.3f} | {measured[1]} | {zmu_f:.3f} |")
+    return "\n".join(lines)
