@@ -16,7 +16,7 @@ BOOK_INPUTS := _config.yml _toc.yml requirements.txt $(wildcard book/*.ipynb boo
                book/_static/* netmoments/*.py netmoments/*/*.py) scripts/check_book.py scripts/vendor_js.sh
 CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 
-.PHONY: setup book test test-numerics test-fast bench vendor lab clean assignments assignments-sync grade
+.PHONY: setup book pdf test test-numerics test-fast bench vendor lab clean assignments assignments-sync grade
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,15 +32,34 @@ setup: $(STAMP)
 vendor: setup
 	bash scripts/vendor_js.sh
 
+# `make book REPOSITORY_URL=https://github.com/OWNER/REPO [REPOSITORY_BRANCH=main]` builds the book for publishing:
+# repository and issues buttons, and Binder and Colab launch buttons on every notebook page, from a generated
+# copy of _config.yml (scripts/book_config.py). Without it the build uses _config.yml as committed, buttons off.
+# Either way the build is offline: the buttons are links.
+REPOSITORY_URL    ?=
+REPOSITORY_BRANCH ?= main
+LAUNCH_CONFIG     := _build/launch/_config.yml
+
 book: setup vendor
 	rm -rf _build/html _build/.doctrees
+ifneq ($(strip $(REPOSITORY_URL)),)
+	$(PY) scripts/book_config.py --repository-url '$(REPOSITORY_URL)' --branch '$(REPOSITORY_BRANCH)' --out $(LAUNCH_CONFIG)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going --config $(LAUNCH_CONFIG)
+else
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+endif
 	$(PY) scripts/check_book.py _build/html
 	touch $(BOOK_STAMP)
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
 
 $(BOOK_STAMP): $(STAMP) $(BOOK_INPUTS)
 	$(MAKE) --no-print-directory book
+
+# The whole book as one PDF (_build/pdf/netmoments.pdf), printed from the built HTML by headless Chromium with
+# the maths typeset and the widgets drawn (scripts/make_pdf.py; apt-get install -y chromium). The book is
+# rebuilt first only when it is stale.
+pdf: $(BOOK_STAMP)
+	$(PY) scripts/make_pdf.py --html _build/html --out _build/pdf/netmoments.pdf
 
 ifneq ($(CHROMIUM),)
 test: setup $(BOOK_STAMP)
