@@ -102,7 +102,8 @@ class Chapter:
 def toc_outline(toc_path: Path) -> list[tuple[str, str]]:
     """(document, part caption) for every file in a jb-book ``_toc.yml``, root first, in reading order.
 
-    Sections nested under a chapter follow it, with the chapter's part. The root has the caption "".
+    Sections nested under a chapter follow it, with the chapter's part; a part without a caption counts as the
+    part before it. The root has the caption "".
     """
     toc = yaml.safe_load(toc_path.read_text(encoding="utf8"))
     out = [(_strip_suffix(toc["root"]), "")]
@@ -114,8 +115,11 @@ def toc_outline(toc_path: Path) -> list[tuple[str, str]]:
             walk(entry.get("sections"), caption)
             walk(entry.get("chapters"), caption)
 
+    caption = ""
     for part in toc.get("parts") or []:
-        walk(part.get("chapters"), part.get("caption", ""))
+        # A part without a caption only keeps its chapters out of the numbering: they close the part before it.
+        caption = part.get("caption") or caption
+        walk(part.get("chapters"), caption)
     walk(toc.get("chapters"), "")
     return out
 
