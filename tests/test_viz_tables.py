@@ -84,6 +84,22 @@ def test_monte_carlo_table_prints_the_formatted_comparison(capsys):
     assert all(torch.equal(table.z[k], comparison.z[k]) for k in ("f", "g"))
 
 
+def test_a_width_moves_the_verdicts_to_their_own_line(capsys):
+    forms = {"f": (torch.tensor([1.4, 1.0], **f64), torch.tensor([[6.0, 0.5], [0.5, 9.0]], **f64)),
+             "g": (torch.tensor([1.0, 2.0], **f64), torch.tensor([[4.0, 1.0], [1.0, 9.0]], **f64))}
+    comparison = viz.monte_carlo_comparison(_result(), forms, level=0.05)
+    one_line = viz.format_monte_carlo_table(comparison, digits=3).splitlines()
+    wrapped = viz.format_monte_carlo_table(comparison, digits=3, width=76).splitlines()
+    assert len(one_line[-1]) > 76 and wrapped[:-2] == one_line[:-1]
+    assert wrapped[-2].startswith("Bonferroni threshold for 5 numbers") and wrapped[-2].endswith(";")
+    assert wrapped[-1] == "f: 1 of 5 above it, g: 0 of 5 above it"
+    assert all(len(line) <= 76 for line in wrapped[-2:])
+    # wide enough: unchanged; and monte_carlo_table passes the width on
+    assert viz.format_monte_carlo_table(comparison, digits=3, width=200).splitlines() == one_line
+    viz.monte_carlo_table(_result(), forms, digits=3, level=0.05, width=76)
+    assert capsys.readouterr().out.splitlines() == wrapped
+
+
 def test_the_formula_check_table_has_one_row_per_budget_in_order():
     check = {(0.05, 300): (((0.051, 0.05, 0.0526), (0.04, 0.038, 0.042)), (0.0512, 0.0391)),
              (0.2, 3000): (((0.0181, 0.017, 0.019), (0.0123, 0.011, 0.013)), (0.018, 0.0124))}

@@ -177,3 +177,60 @@ def test_png_frame_is_a_closed_deterministic_png():
     assert 100 <= image.size[0] <= 3 * 50 and image.size[1] <= 2 * 50
     full = Image.open(io.BytesIO(widgets.png_frame(figure(), dpi=50, colors=None)))
     assert full.mode in ("RGB", "RGBA")
+
+
+def test_the_precompute_note_counts_frames_and_is_emptied(monkeypatch):
+    """In a notebook, a note says what is being drawn while the frames are computed, and is emptied afterwards
+    (the saved notebook and the HTML page keep no leftover line)."""
+    import IPython.display
+
+    shown = []
+
+    class Handle:
+        def update(self, data, raw=False):
+            assert raw
+            shown.append(data["text/plain"])
+
+    def display(data, raw=False, display_id=False):
+        assert raw and display_id
+        shown.append(data["text/plain"])
+        return Handle()
+
+    monkeypatch.setattr(widgets._frames, "_in_ipython", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    compute, plot, calls = _toy()
+    widgets.precomputed_widget(compute, plot, GRID, title="a toy")
+    assert len(calls) == 6
+    assert shown[0] == "precomputing 6 frames of a toy (3 a x 2 b): 0 of 6 drawn"
+    assert shown[1:-1] == [f"precomputing 6 frames of a toy (3 a x 2 b): {k} of 6 drawn" for k in range(1, 7)]
+    assert shown[-1] == ""
+
+
+def test_the_precompute_note_is_emptied_when_a_frame_fails(monkeypatch):
+    import IPython.display
+
+    last = {}
+
+    class Handle:
+        def update(self, data, raw=False):
+            last["text"] = data["text/plain"]
+
+    monkeypatch.setattr(widgets._frames, "_in_ipython", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False, display_id=False: Handle())
+
+    def compute(a, b):
+        raise RuntimeError("broken frame")
+
+    with pytest.raises(RuntimeError, match="broken frame"):
+        widgets.precomputed_widget(compute, lambda r: plt.figure(), GRID)
+    assert last["text"] == ""
+
+
+def test_no_note_outside_ipython(monkeypatch):
+    import IPython.display
+
+    monkeypatch.setattr(widgets._frames, "_in_ipython", lambda: False)
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: pytest.fail("displayed outside IPython"))
+    compute, plot, calls = _toy()
+    widgets.precomputed_widget(compute, plot, GRID)
+    assert len(calls) == 6

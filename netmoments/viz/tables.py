@@ -143,7 +143,7 @@ def monte_carlo_comparison(
     return MonteCarloComparison(rows, estimate, std_err, values, z_scores, threshold, level)
 
 
-def format_monte_carlo_table(comparison: MonteCarloComparison, digits: int = 4) -> str:
+def format_monte_carlo_table(comparison: MonteCarloComparison, digits: int = 4, width: int | None = None) -> str:
     """The text of a :class:`MonteCarloComparison`: one line per row (the Monte Carlo estimate ``± SE``, then per
     closed form its value and ``|z|``) and, last, the Bonferroni threshold and, per closed form, how many rows
     exceed it.
@@ -151,24 +151,29 @@ def format_monte_carlo_table(comparison: MonteCarloComparison, digits: int = 4) 
     Args:
         comparison: what :func:`monte_carlo_comparison` returned.
         digits: decimals written.
+        width: if given, the verdicts move to a line of their own when the last line would be longer (a page
+            whose code blocks are that many characters wide).
     """
     rows, estimate, std_err = comparison.rows, comparison.estimate, comparison.std_err
     values, z_scores, threshold = comparison.values, comparison.z, comparison.threshold
-    width = max(len(r) for r in rows) + 1
+    label_width = max(len(r) for r in rows) + 1
     number = digits + 6
-    header = f"{'quantity':<{width}} {'Monte Carlo ± SE':>{2 * number + 3}}"
+    header = f"{'quantity':<{label_width}} {'Monte Carlo ± SE':>{2 * number + 3}}"
     for label in values:
         header += f" | {label:>{number}} {'|z|':>6}"
     lines = [header]
     for k, row in enumerate(rows):
-        line = f"{row:<{width}} {estimate[k].item():{number}.{digits}f} ± {std_err[k].item():<{number}.{digits}f}"
+        line = (f"{row:<{label_width}} {estimate[k].item():{number}.{digits}f} ± "
+                f"{std_err[k].item():<{number}.{digits}f}")
         for label in values:
             line += f" | {values[label][k].item():{number}.{digits}f} {z_scores[label][k].item():6.2f}"
         lines.append(line)
     verdicts = ", ".join(f"{label}: {int((z > threshold).sum())} of {len(rows)} above it"
                          for label, z in z_scores.items())
-    lines.append(f"Bonferroni threshold for {len(rows)} numbers at level {comparison.level}: {threshold:.2f}; "
-                 f"{verdicts}")
+    last = f"Bonferroni threshold for {len(rows)} numbers at level {comparison.level}: {threshold:.2f}; {verdicts}"
+    if width is not None and len(last) > width:
+        last = last.replace("; ", ";\n", 1)
+    lines.append(last)
     return "\n".join(lines)
 
 
@@ -182,6 +187,7 @@ def monte_carlo_table(
     level: float = 0.01,
     digits: int = 4,
     name: str = "y",
+    width: int | None = None,
 ) -> MonteCarloTable:
     """Print closed-form moments beside Monte Carlo estimates, their standard errors and ``|diff| / SE``.
 
@@ -196,5 +202,5 @@ def monte_carlo_table(
     """
     comparison = monte_carlo_comparison(mc, closed_forms, labels, variances=variances, covariances=covariances,
                                         level=level, name=name)
-    print(format_monte_carlo_table(comparison, digits))
+    print(format_monte_carlo_table(comparison, digits, width))
     return MonteCarloTable(comparison.rows, comparison.z, comparison.threshold)

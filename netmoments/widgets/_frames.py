@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets
@@ -112,6 +113,43 @@ class FrameWidget(ipywidgets.VBox):
         return self.images[self.key]
 
 
+def _in_ipython() -> bool:
+    """Whether the code runs in IPython (a notebook's kernel), where a display can be shown and updated."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+class _Progress:
+    """A one-line note in the running notebook while the frames are drawn, emptied once they are done.
+
+    The note is a display with an id, updated in place; at the end it is updated to empty text, so the saved
+    notebook and the HTML page built from it show no leftover line. Outside IPython it does nothing.
+    """
+
+    def __init__(self, text: str, total: int):
+        self.text, self.total, self.done, self.handle = text, total, 0, None
+        if _in_ipython():
+            from IPython.display import display
+
+            self.handle = display(self._data(), raw=True, display_id=True)
+
+    def _data(self) -> dict:
+        line = f"{self.text}: {self.done} of {self.total} drawn"
+        return {"text/plain": line, "text/html": f"<pre>{html.escape(line)}</pre>"}
+
+    def step(self):
+        self.done += 1
+        if self.handle is not None:
+            self.handle.update(self._data(), raw=True)
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.update({"text/plain": "", "text/html": ""}, raw=True)
+
+
 def _check_grid(grid, initial, descriptions, formats) -> tuple[list, dict, dict]:
     """``(names, {name: values}, {name: index of the initial value})`` of a widget grid, checked (see
     :func:`precomputed_widget` for the errors)."""
@@ -151,6 +189,7 @@ def precomputed_widget(
     describe: Callable[[dict], str] | None = None,
     dpi: int = FRAME_DPI,
     colors: int | None = 256,
+    title: str = "the widget",
 ) -> FrameWidget:
     """A widget that answers its sliders with no kernel: every frame precomputed, switched in the browser.
 
@@ -171,6 +210,8 @@ def precomputed_widget(
             default: the value written exactly (floats with the fewest common decimals).
         describe: optional ``describe(result) -> str``, a few lines of numbers shown under each frame.
         dpi, colors: passed to :func:`png_frame`.
+        title: what the frames show, for the note displayed while they are drawn ("precomputing 180 frames
+            of <title> ..."); the note is emptied when the widget is built.
 
     Returns:
         a :class:`FrameWidget`.
@@ -211,6 +252,7 @@ def precomputed_widget(
                                    layout=frame_layout, style=text_style)
             frame = ipywidgets.VBox([image, text], layout=frame_layout)
         results[key], frames[key], images[key] = result, frame, image
+        progress.step()
         return frame
 
     def level(depth: int, prefix: tuple):
@@ -221,7 +263,13 @@ def precomputed_widget(
         stacks[depth].append(stack)
         return stack
 
-    outer = level(0, ())
+    sizes = [len(values[name]) for name in names]
+    shape = " x ".join(f"{len(values[name])} {name}" for name in names)
+    progress = _Progress(f"precomputing {math.prod(sizes)} frames of {title} ({shape})", math.prod(sizes))
+    try:
+        outer = level(0, ())
+    finally:
+        progress.close()
     links = [ipywidgets.jslink((sliders[name], "index"), (stack, "selected_index"))
              for name, level_stacks in zip(names, stacks) for stack in level_stacks]
     widget = FrameWidget([*sliders.values(), outer])

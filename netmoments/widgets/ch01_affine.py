@@ -8,7 +8,7 @@ import torch
 from .. import viz
 from ..affine import affine_moments
 from ..gaussian import sample_gaussian
-from ._frames import FRAME_DPI, FrameWidget, _on_grid, precomputed_widget
+from ._frames import FrameWidget, _on_grid, precomputed_widget
 
 __all__ = ["affine_gaussian_summary", "affine_gaussian_widget", "AFFINE_GRID"]
 
@@ -17,15 +17,20 @@ AFFINE_INPUT_MEAN = (1.0, 0.5)
 AFFINE_INPUT_STD = (1.0, 0.6)
 AFFINE_BIAS = (0.5, -1.0)
 
-#: The chapter 1 widget's grid: every entry of ``A`` and the input correlation (108 frames). Rows ``(1, 1)`` and
-#: ``(1, 1)`` make ``A`` singular; ``a12 = a21 = 1`` with ``a11 = a22 = 0.5`` flips orientation (``det A < 0``).
+#: The chapter 1 widget's grid, every entry of ``A`` and the input correlation (180 frames). Rows ``(1, 1)`` and
+#: ``(1, 1)`` make ``A`` singular, as does ``a11 = 0`` with ``a12 = 0``; ``a11 < 0`` (or ``a12 = a21 = 1`` with
+#: ``a11 = a22 = 0.5``) flips orientation (``det A < 0``). ``a11`` has the finest steps; the others' products
+#: already make the frames most of the page, whose 5 MB limit the grid has to respect.
 AFFINE_GRID = {
-    "a11": (0.5, 1.0),
+    "a11": (-1.0, -0.5, 0.0, 0.5, 1.0),
     "a12": (-1.0, 0.0, 1.0),
     "a21": (-1.0, 0.0, 1.0),
     "a22": (0.5, 1.0),
-    "rho": (-0.6, 0.0, 0.6),
+    "rho": (0.0, 0.6),
 }
+#: Frame resolution of the chapter 1 widget, a little under :data:`FRAME_DPI`: its 2000 dots per panel make its
+#: frames the largest of the book, and 180 of them must fit the page.
+AFFINE_DPI = 60
 AFFINE_INITIAL = {"a11": 1.0, "a12": 1.0, "a21": 0.0, "a22": 1.0, "rho": 0.6}
 
 
@@ -71,7 +76,7 @@ def affine_gaussian_summary(
 
 
 def affine_gaussian_widget(n_samples: int = 2000, seed: int = 0, *, grid: Mapping[str, Sequence] | None = None,
-                           dpi: int = FRAME_DPI) -> FrameWidget:
+                           dpi: int = AFFINE_DPI) -> FrameWidget:
     """Sliders for the four entries of ``A`` and the input correlation; draws both Gaussians' 1-, 2-, 3-sigma
     ellipses over the same draws before and after the map (see :func:`affine_gaussian_summary`).
 
@@ -86,7 +91,7 @@ def affine_gaussian_widget(n_samples: int = 2000, seed: int = 0, *, grid: Mappin
 
     grid = AFFINE_GRID if grid is None else grid
     return precomputed_widget(
-        compute, plot, grid, dpi=dpi, initial=_on_grid(AFFINE_INITIAL, grid),
+        compute, plot, grid, dpi=dpi, initial=_on_grid(AFFINE_INITIAL, grid), title="the affine map's Gaussians",
         descriptions={"a11": "A[0,0]", "a12": "A[0,1]", "a21": "A[1,0]", "a22": "A[1,1]",
                       "rho": "input correlation ρ"},
     )

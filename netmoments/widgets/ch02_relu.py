@@ -84,5 +84,5 @@ def relu_gaussian_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping
 
     grid = RELU_GRID if grid is None else grid
     return precomputed_widget(compute, plot, grid, initial=_on_grid({"mu": 0.5, "sigma": 1.0}, grid),
-                              describe=describe, dpi=dpi,
+                              describe=describe, dpi=dpi, title="one ReLU unit's moments",
                               descriptions={"mu": "mean μ", "sigma": "standard deviation σ"})

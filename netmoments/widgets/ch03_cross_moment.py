@@ -94,12 +94,14 @@ def relu_pair_summary(
 
 
 
-#: The chapter 3 widget's grid (144 frames).
+#: The chapter 3 widget's grid (196 frames), the means in steps of 0.5, unit standard deviations. A standard
+#: deviation only rescales its unit (``q_i = sigma_i max(mu_i / sigma_i + z_i, 0)``), so every covariance, exact or
+#: zero-mean, is ``sigma_i sigma_j`` times its value at ``(mu_i / sigma_i, mu_j / sigma_j)`` with unit spreads: the
+#: means at ``sigma = 1`` cover the picture, and a fine mean grid is worth more of the 5 MB page than spread
+#: sliders. Give ``sigma_i`` / ``sigma_j`` values in ``grid`` to get their sliders back.
 RELU_PAIR_GRID = {
-    "mu_i": (-1.0, 0.0, 1.0),
-    "mu_j": (-1.0, 0.0, 1.0),
-    "sigma_i": (0.5, 1.0),
-    "sigma_j": (1.0, 2.0),
+    "mu_i": (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5),
+    "mu_j": (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5),
     "rho": (-0.6, 0.0, 0.6, 0.9),
 }
 
@@ -108,9 +110,10 @@ def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str
                      dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for the means, standard deviations and correlation of a Gaussian pair; draws samples of
     ``(max(y_i, 0), max(y_j, 0))`` and compares the exact covariance, Monte Carlo and NM18's zero-mean formula
-    (see :func:`relu_pair_summary`). ``grid`` defaults to :data:`RELU_PAIR_GRID`."""
+    (see :func:`relu_pair_summary`). ``grid`` defaults to :data:`RELU_PAIR_GRID`; a control missing from it is
+    held at its default (standard deviations 1)."""
 
-    def compute(mu_i, mu_j, sigma_i, sigma_j, rho):
+    def compute(mu_i, mu_j, rho, sigma_i=1.0, sigma_j=1.0):
         return relu_pair_summary(mu_i, mu_j, sigma_i, sigma_j, rho, n_samples=n_samples, seed=seed)
 
     def describe(s):
@@ -122,6 +125,7 @@ def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str
     initial = {"mu_i": 1.0, "mu_j": -1.0, "sigma_i": 1.0, "sigma_j": 1.0, "rho": 0.6}
     return precomputed_widget(
         compute, viz.plot_relu_pair, grid, describe=describe, dpi=dpi, initial=_on_grid(initial, grid),
+        title="the ReLU pair's covariance",
         descriptions={"mu_i": "mean μ_i", "mu_j": "mean μ_j", "sigma_i": "std σ_i", "sigma_j": "std σ_j",
                       "rho": "correlation ρ"},
     )

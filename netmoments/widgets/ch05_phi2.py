@@ -55,5 +55,5 @@ def series_slice_widget(n_rho: int = 801, *, grid: Mapping[str, Sequence] | None
     grid = SERIES_GRID if grid is None else grid
     return precomputed_widget(
         compute, viz.plot_series_slice, grid, dpi=dpi, initial=_on_grid({"h": 0.0, "k": -1.0, "terms": 5}, grid),
-        descriptions={"h": "h", "k": "k", "terms": "terms N"},
+        descriptions={"h": "h", "k": "k", "terms": "terms N"}, title="the series' error on a slice",
     )
