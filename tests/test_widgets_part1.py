@@ -177,6 +177,17 @@ def test_relu_pair_widget_frames_are_exact_at_their_grid_point():
     assert w.key == (1.2, -0.5, 1.0, 2.0, 0.6)
 
 
+def test_relu_pair_widget_on_the_default_controls_holds_the_spreads_at_one():
+    # The default grid has no spread sliders (the book's widget): the frames are computed at sigma_i = sigma_j = 1.
+    grid = {"mu_i": (1.5,), "mu_j": (-0.5, 0.5), "rho": (0.9,)}
+    assert set(grid) == set(widgets.RELU_PAIR_GRID)
+    w = widgets.relu_pair_widget(n_samples=300, seed=1, grid=grid)
+    points = check_frames(w, grid, ["mean μ_i", "mean μ_j", "correlation ρ"])
+    for mu_i, mu_j, rho in points:
+        expected = cross_moment_ref(mu_i, mu_j, 1.0, 1.0, rho)
+        assert w.results[(mu_i, mu_j, rho)]["cross_exact"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_relu_pair_plots():
     s = widgets.relu_pair_summary(0.5, -0.5, 1.0, 1.0, 0.6, n_samples=300)
     assert len(viz.plot_relu_pair(s).axes) == 2

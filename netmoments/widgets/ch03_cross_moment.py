@@ -106,6 +106,10 @@ RELU_PAIR_GRID = {
 }
 
 
+_DESCRIPTIONS = {"mu_i": "mean μ_i", "mu_j": "mean μ_j", "sigma_i": "std σ_i", "sigma_j": "std σ_j",
+                 "rho": "correlation ρ"}
+
+
 def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str, Sequence] | None = None,
                      dpi: int = FRAME_DPI) -> FrameWidget:
     """Sliders for the means, standard deviations and correlation of a Gaussian pair; draws samples of
@@ -126,6 +130,5 @@ def relu_pair_widget(n_samples: int = 20000, seed: int = 0, *, grid: Mapping[str
     return precomputed_widget(
         compute, viz.plot_relu_pair, grid, describe=describe, dpi=dpi, initial=_on_grid(initial, grid),
         title="the ReLU pair's covariance",
-        descriptions={"mu_i": "mean μ_i", "mu_j": "mean μ_j", "sigma_i": "std σ_i", "sigma_j": "std σ_j",
-                      "rho": "correlation ρ"},
+        descriptions={name: text for name, text in _DESCRIPTIONS.items() if name in grid},
     )
