@@ -4,7 +4,8 @@
 
 Releases every assignment with the course tool (solutions and hidden tests removed), copies the student
 notebooks to book/course/<assignment>.ipynb and executes them in place: the cells that call a blank raise
-NotImplementedError, which their `raises-exception` tag allows, so the strict book build and nbval accept them.
+NotDone (a NotImplementedError stored as one line, not a traceback), which their `raises-exception` tag allows,
+so the strict book build and nbval accept them.
 """
 import shutil
 import sys

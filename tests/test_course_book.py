@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netmoments.course import grading
+from netmoments.course import checks, grading
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book" / "course"
@@ -37,7 +37,7 @@ def _meaningful_lines(block: str) -> list[str]:
 
 def test_part_iv_lists_the_instructors_page_and_every_assignment():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    part = next(p for p in toc["parts"] if p["caption"].startswith("Part IV"))
+    part = next(p for p in toc["parts"] if p.get("caption", "").startswith("Part IV"))
     files = [c["file"] for c in part["chapters"]]
     assert files == ["book/course/instructors"] + [f"book/course/{n}" for n in NAMES]
     assert (BOOK / "instructors.md").is_file()
@@ -52,10 +52,10 @@ def test_book_notebook_is_the_student_version_of_the_source(name):
         meta = src_cell.get("metadata", {}).get("nbgrader", {})
         text, book_text = _src(src_cell), _src(cell)
         if meta.get("solution"):
-            assert "raise NotImplementedError()" in book_text and "BEGIN SOLUTION" not in book_text
+            assert grading.CODE_STUB.splitlines()[-1] in book_text and "BEGIN SOLUTION" not in book_text
             for line in _meaningful_lines("".join(SOLUTION.findall(text))):
                 assert line not in book_text, f"{name}: solution line {line!r} is in the book"
-            assert SOLUTION.sub("# YOUR CODE HERE\nraise NotImplementedError()", text).replace(" ", "") \
+            assert SOLUTION.sub(lambda _: grading.CODE_STUB, text).replace(" ", "") \
                 .replace("\n", "") == book_text.replace(" ", "").replace("\n", ""), f"{name}: stale blank"
         elif meta.get("grade"):
             hidden = "".join(HIDDEN.findall(text))
@@ -74,8 +74,30 @@ def test_book_notebook_is_executed_and_only_tagged_cells_raise(name):
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if errors:
             assert "raises-exception" in cell.get("metadata", {}).get("tags", []), _src(cell)[:80]
-            assert errors[0]["ename"] in ("NotImplementedError", "AssertionError"), errors[0]["ename"]
-    assert any(o.get("ename") == "NotImplementedError" for c in code for o in c.get("outputs", []))
+            # NotDone: an unfilled blank (a NotImplementedError); AssertionError: a Check with failed cases.
+            assert errors[0]["ename"] in ("NotDone", "AssertionError"), errors[0]["ename"]
+    assert any(o.get("ename") == "NotDone" for c in code for o in c.get("outputs", []))
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users|var/folders)/")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stored_errors_are_short_and_name_no_machine_path(name):
+    """A reader sees one short message per cell that calls a blank, not a wall of traceback frames, and no output
+    holds a path of the machine that executed the notebook."""
+    for index, cell in enumerate(_load(BOOK / f"{name}.ipynb")["cells"]):
+        for out in cell.get("outputs", []):
+            text = ANSI.sub("", json.dumps(out, ensure_ascii=False).replace("\\u001b", "\x1b"))
+            assert not ABSOLUTE_PATH.search(text), f"{name} cell {index}: {ABSOLUTE_PATH.search(text).group()!r}"
+            if out.get("output_type") != "error":
+                continue
+            lines = ANSI.sub("", "\n".join(out["traceback"])).splitlines()
+            assert len(lines) <= 4, f"{name} cell {index}: a {len(lines)}-line traceback:\n" + "\n".join(lines)
+            assert "Traceback" not in lines[0] and "----" not in lines[0], lines[0]
+            if out["ename"] == "NotDone":  # one line: which function's blank, and what to do
+                assert len(lines) == 1 and re.fullmatch(rf"NotDone: \w+: {re.escape(checks.BLANK)}", lines[0]), lines
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -115,3 +115,35 @@ def test_in_jupyter_a_failing_check_shows_its_message_without_a_traceback(tmp_pa
     assert "checks.py" not in text and "Traceback" not in text and "expected 0.25, got 0.5" in text
     # The student's own assertions keep their full traceback.
     assert "Traceback" in "\n".join(cells[1]["outputs"][0]["traceback"])
+
+
+def test_an_unfilled_blank_shows_one_line_in_a_kernel_and_every_other_error_its_traceback(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbconvert")
+    from netmoments.course.checks import BLANK, NotDone
+
+    assert issubclass(NotDone, NotImplementedError)  # what Check.call and the grader detect
+    nb = nbformat.v4.new_notebook()
+    tag = {"tags": ["raises-exception"]}
+    nb.cells = [
+        nbformat.v4.new_code_cell("from netmoments.course.checks import Check, NotDone\n\n"
+                                  "def relu_mean_var(mean, var):\n    # YOUR CODE HERE\n    raise NotDone()\n\n"
+                                  "def uses_it(mean):\n    return relu_mean_var(mean, 1.0)"),
+        nbformat.v4.new_code_cell("uses_it(0.0)", metadata=tag),
+        nbformat.v4.new_code_cell("raise NotDone()", metadata=tag),
+        nbformat.v4.new_code_cell("def own(x):\n    raise NotImplementedError('mine')\nown(1)", metadata=tag),
+        nbformat.v4.new_code_cell("c = Check(globals(), 'demo')\nc.call('relu_mean_var', 0.0, 1.0)\nc.done()",
+                                  metadata=tag),
+    ]
+    path = tmp_path / "blank.ipynb"
+    nbformat.write(nb, path)
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                           str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    cells = json.loads(path.read_text())["cells"]
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(c["outputs"][0]["traceback"])) for c in cells[1:]]
+    # The innermost blank is named, wherever the call started; at the top level there is no function to name.
+    assert plain[0] == f"NotDone: relu_mean_var: {BLANK}", plain[0]
+    assert plain[1] == f"NotDone: {BLANK}", plain[1]
+    assert "Traceback" in plain[2] and "own(1)" in plain[2] and "mine" in plain[2]  # the student's own error
+    assert cells[4]["outputs"][0]["ename"] == "AssertionError" and "relu_mean_var is not implemented yet" in plain[3]

@@ -100,7 +100,7 @@ def test_broken_submissions_still_get_a_report(tmp_path):
     assert done.returncode == 0, done.stderr
     student_version = released / A1 / f"{A1}.ipynb"
     text = student_version.read_text()
-    assert "raise NotImplementedError()" in text and "BEGIN SOLUTION" not in text and "HIDDEN" not in text
+    assert "raise NotDone()" in text and "BEGIN SOLUTION" not in text and "HIDDEN" not in text
     assert "torch.where(positive" not in text and "_nm.relu_moments" not in text  # no solution, no hidden test
     (subs / "blank").mkdir()
     (subs / "blank" / f"{A1}.ipynb").write_text(text)

@@ -15,10 +15,35 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["Check", "CheckFailed", "NOT_DONE"]
+__all__ = ["Check", "CheckFailed", "NOT_DONE", "NotDone", "BLANK"]
 
 # No backticks in messages: the book renders tracebacks with the ipythontb lexer, which rejects them.
-NOT_DONE = "not implemented yet: replace raise NotImplementedError() under YOUR CODE HERE with your solution"
+NOT_DONE = "not implemented yet: replace raise NotDone() under YOUR CODE HERE with your solution"
+BLANK = "blank not filled in yet: write your code under YOUR CODE HERE and run the cell again"
+
+
+class NotDone(NotImplementedError):
+    """What an unfilled blank raises (the released notebooks' stub is ``raise NotDone()``).
+
+    A :class:`NotImplementedError`, so everything that detects unfilled blanks (:meth:`Check.call`, the grader)
+    treats it as one. In IPython (a notebook's kernel) it shows as one line naming the function whose blank it
+    is, instead of a traceback: IPython prints what ``_render_traceback_`` returns in place of the traceback, and
+    the notebook stores that list as the error output's traceback (the book renders exactly that). Every other
+    exception, the student's own errors included, keeps its full traceback.
+    """
+
+    def __init__(self, message: str = BLANK):
+        super().__init__(message)
+
+    def _where(self) -> str:
+        tb = self.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        name = tb.tb_frame.f_code.co_name if tb is not None else ""
+        return "" if not name or name.startswith("<") else f"{name}: "
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31mNotDone\x1b[0m: {self._where()}{self}"]
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:

@@ -30,6 +30,10 @@ from .assignments import (ASSIGNMENTS, DEFAULT_CELL_TIMEOUT, PACKAGE_SOURCE_DIR,
                           QuestionResult, Report, _num, grade_cells, source_notebook)
 
 
+#: What nbgrader puts in place of each solution in the student's version.
+CODE_STUB = "# YOUR CODE HERE\nraise NotDone()"
+
+
 # -- submissions ------------------------------------------------------------------------------------------
 def identify(notebook: Path) -> str:
     """Which assignment a submitted notebook is: by file name, else by the notebook's metadata."""
@@ -61,8 +65,9 @@ def make_course_dir(root: Path, assignments=ASSIGNMENTS) -> Path:
     (root / "nbgrader_config.py").write_text(
         "c = get_config()\n"
         "c.CourseDirectory.course_id = 'netmoments'\n"
-        # The student's blank: a stub that fails loudly (the book tags the cells that call it).
-        "c.ClearSolutions.code_stub = {'python': '# YOUR CODE HERE\\nraise NotImplementedError()'}\n"
+        # The student's blank: a stub that fails with one line, not a traceback (checks.NotDone; a
+        # NotImplementedError, so every detector of unfilled blanks knows it). The book tags the cells that call it.
+        f"c.ClearSolutions.code_stub = {{'python': {CODE_STUB!r}}}\n"
         "c.ClearSolutions.text_stub = 'YOUR ANSWER HERE'\n"
     )
     for name in assignments:

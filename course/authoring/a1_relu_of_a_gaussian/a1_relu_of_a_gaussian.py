@@ -25,7 +25,7 @@
 #    variances;
 # 3. check a closed form against Monte Carlo with a z-score, i.e. an error measured in standard errors.
 #
-# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE` with your code; leave
+# **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE` with your code; leave
 # the function names and signatures as they are. Each *Tests* cell checks your work on a few visible cases and
 # prints `all ... checks passed`; grading re-runs the same cells with more, hidden cases (other values, edge
 # cases), so make your code correct, not just the visible cases. Do not call `netmoments.relu_moments` in your
@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from netmoments.course.checks import Check
+from netmoments.course.checks import Check, NotDone
 
 torch.set_default_dtype(torch.float64)
 

@@ -24,7 +24,7 @@
 #    (`netmoments.bivariate_normal_cdf`);
 # 3. measure where the zero-mean kernel fails as an approximation, and show it on a plot.
 #
-# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep the names and
+# **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE`; keep the names and
 # signatures. Run the *Tests* cells: they print `all ... checks passed`. Grading re-runs them with more, hidden
 # cases. Do not call `netmoments.relu_cross_moment`, `relu_covariance` or `zero_mean_relu_kernel` in your solution.
 
@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import netmoments as nm
-from netmoments.course.checks import Check
+from netmoments.course.checks import Check, NotDone
 
 torch.set_default_dtype(torch.float64)
 

@@ -24,7 +24,7 @@
 #    $x \sim \mathcal{N}(\mu, \Sigma)$ from the one-ReLU and two-ReLU moments;
 # 3. compare them with Monte Carlo in standard errors, for both means and variances.
 #
-# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep names and
+# **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE`; keep names and
 # signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases. You may use
 # `nm.relu_moments` and `nm.relu_covariance` (the single-layer pieces), but not `nm.AffineReLUAffine` or
 # `nm.monte_carlo_moments` in your solution: those are what you rebuild here.
@@ -35,7 +35,7 @@ import math
 import torch
 
 import netmoments as nm
-from netmoments.course.checks import Check
+from netmoments.course.checks import Check, NotDone
 
 torch.set_default_dtype(torch.float64)
 model = nm.models.load_mlp().float()  # Flatten -> Linear(784, 256) -> ReLU -> Linear(256, 10), float32

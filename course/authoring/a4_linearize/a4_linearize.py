@@ -24,7 +24,7 @@
 # 2. measure how tight the approximation is against Monte Carlo on the real network, in standard errors;
 # 3. explain why tightness changes as the point moves (the linear region of the layers before the kept ReLU).
 #
-# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep names and
+# **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE`; keep names and
 # signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases.
 
 # %%
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import netmoments as nm
-from netmoments.course.checks import Check
+from netmoments.course.checks import Check, NotDone
 from netmoments.linearize import two_stage_linearize
 
 torch.set_default_dtype(torch.float64)

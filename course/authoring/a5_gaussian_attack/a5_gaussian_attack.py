@@ -24,7 +24,7 @@
 #    *distribution*: $x \sim \mathcal{N}(\text{image} + \delta, \sigma^2\,\mathrm{diag}(m))$ with a sparse mask $m$;
 # 3. verify an attack honestly, by sampling the real network, not by trusting the model of it.
 #
-# **How to work.** Replace every `raise NotImplementedError()` under `# YOUR CODE HERE`; keep names and
+# **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE`; keep names and
 # signatures. Run the *Tests* cells (`all ... checks passed`); grading adds hidden cases (other digits).
 # Do not call `netmoments.attacks` in your solution.
 
@@ -34,7 +34,7 @@ import math
 import torch
 
 import netmoments as nm
-from netmoments.course.checks import Check
+from netmoments.course.checks import Check, NotDone
 
 torch.set_default_dtype(torch.float64)
 model = nm.models.load_mlp()  # 784 -> 256 -> 10, exactly B relu(A x + c1) + c2
