@@ -44,14 +44,16 @@ PAGE_FORMAT = "A4"
 PAGE_MARGIN = {"top": "15mm", "bottom": "18mm", "left": "15mm", "right": "15mm"}
 PRINT_SCALE = 0.8
 
-# The theme's own print CSS already drops the sidebars and prints the page title and an in-page contents list;
-# this removes what is left of the interactive chrome and keeps figures and code readable on paper.
+# The theme's own print CSS already drops the sidebars; this removes what is left of the interactive chrome and
+# the theme's print title and in-page contents list, and keeps figures and code readable on paper.
 PRINT_CSS = """
 @media print {
   .bd-header, .bd-sidebar-primary, .bd-sidebar-secondary, .bd-header-article, .header-article-items,
   .prev-next-area, .prev-next-footer, .bd-footer, .bd-footer-article, .bd-footer-content, #pst-back-to-top,
   .search-button, .theme-switch-button, .copybtn, .headerlink, .skip-link, #jb-print-toc,
-  .sbt-scroll-pixel-helper { display: none !important; }
+  .sbt-scroll-pixel-helper, #jb-print-docs-body { display: none !important; }
+  /* The theme prints an unnumbered copy of the title and hides the heading; keep the numbered heading. */
+  .bd-main .bd-content .bd-article h1:first-of-type { display: block !important; }
   .bd-main .bd-content { margin-left: 0 !important; }
   .bd-main .bd-content .bd-article-container { max-width: 100% !important; }
   .bd-main .bd-content .bd-article-container .bd-article { padding-left: 0; padding-right: 0; }
@@ -168,7 +170,8 @@ def print_chapter(context, html_dir: Path, chapter: Chapter, out: Path, timeout_
         if errors:
             chapter.problems.append(f"{errors} MathJax error(s)")
         chapter.title = page.evaluate("""() => {
-            const h = document.querySelector('article h1, main h1, h1');
+            // The article's own heading carries the chapter number; the theme's print title does not.
+            const h = document.querySelector('article h1') || document.querySelector('h1');
             if (!h) return document.title;
             const c = h.cloneNode(true);
             c.querySelectorAll('.headerlink').forEach(e => e.remove());
@@ -296,6 +299,9 @@ def make_pdf(html_dir: Path, out: Path, toc: Path = ROOT / "_toc.yml", config: P
         tmp = Path(tmp)
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # Playwright's 30 s default is too short for the longest pages on a busy 2-core machine.
+        context.set_default_timeout(timeout_ms)
+        context.set_default_navigation_timeout(timeout_ms)
         try:
             for i, ch in enumerate(chapters):
                 t0 = time.perf_counter()
@@ -360,9 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_pdf: no built book at {args.html} (make book)", file=sys.stderr)
         return 1
     try:
+        from playwright.sync_api import Error as PlaywrightError
+    except ImportError:  # make_pdf says what is missing
+        PlaywrightError = RuntimeError
+
+    try:
         summary = make_pdf(args.html, args.out, args.toc, args.config, args.pages, args.timeout)
     except (RuntimeError, FileNotFoundError, ValueError) as err:
         print(f"make_pdf: {err}", file=sys.stderr)
+        return 1
+    except PlaywrightError as err:
+        print(f"make_pdf: the browser failed (a page that never finished rendering? try --timeout): "
+              f"{str(err).splitlines()[0]}", file=sys.stderr)
         return 1
     for problem in summary["problems"]:
         print(f"make_pdf: PROBLEM {problem}", file=sys.stderr)

@@ -171,8 +171,9 @@ def _chapter_bookmarks(reader: PdfReader) -> list[tuple[str, int]]:
 
 
 def _h1(doc: str) -> str:
-    page = (HTML / f"{doc}.html").read_text(encoding="utf8")
-    h1 = re.sub(r'<a class="headerlink".*?</a>', "", re.search(r"<h1[^>]*>(.*?)</h1>", page, re.S).group(1), re.S)
+    article = _article((HTML / f"{doc}.html").read_text(encoding="utf8"))
+    h1 = re.sub(r'<a class="headerlink".*?</a>', "", re.search(r"<h1[^>]*>(.*?)</h1>", article, re.S).group(1),
+                flags=re.S)
     return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", "", h1)).split())
 
 
