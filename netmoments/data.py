@@ -21,10 +21,13 @@ import torch
 
 __all__ = ["load_mnist", "mnist_csv_path", "read_idx", "MNIST_SHAPE", "NUM_CLASSES", "MNIST_ENV"]
 
+#: The shape of one digit as the networks take it, (channels, height, width).
 MNIST_SHAPE = (1, 28, 28)
+#: The number of digit classes.
 NUM_CLASSES = 10
 _TEST_PER_CLASS = 100
 _SPLIT_SEED = 20180618  # fixed so that train/test never mix between runs or machines
+#: The environment variable naming a folder with the full MNIST idx files.
 MNIST_ENV = "NETMOMENTS_MNIST"
 _IDX_STEMS = {"train": "train", "test": "t10k"}
 _IDX_DTYPE_CODE = 0x08  # unsigned byte, the only type MNIST uses

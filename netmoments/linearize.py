@@ -48,6 +48,7 @@ __all__ = [
     "maxpool_ties",
 ]
 
+#: The layer types a network may be built from to be linearized.
 SUPPORTED_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Identity)
 
 
@@ -609,8 +610,11 @@ class TwoStageLinearization:
     float32/float64 (or be widened by ``dtype``).
 
     Attributes:
-        points ``(Bt, n)``; pre ``(Bt, m)`` (the kept ReLU's input at the points); c1 ``(Bt, m)``;
-        B ``(Bt, p, m)`` (an expanded view when it cannot depend on the point); c2 ``(Bt, p)``.
+        points: ``(Bt, n)``.
+        pre: ``(Bt, m)``, the kept ReLU's input at the points.
+        c1: ``(Bt, m)``.
+        B: ``(Bt, p, m)``, an expanded view when it cannot depend on the point.
+        c2: ``(Bt, p)``.
     """
 
     def __init__(self, model, points, relu_index: int = -1, *, input_shape=None, dtype=None, jacobian: str = "auto",

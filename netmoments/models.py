@@ -38,6 +38,7 @@ __all__ = [
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 # Every choice that changes the trained weights, so a retrain reproduces the shipped file.
+#: The training settings of each shipped network, by model name.
 TRAINING_RECIPES = {
     "lenet": dict(epochs=15, batch_size=50, lr=1e-3, seed=0),
     "mlp": dict(epochs=30, batch_size=50, lr=1e-3, seed=0),

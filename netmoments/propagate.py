@@ -41,6 +41,7 @@ from .special import normal_cdf
 
 __all__ = ["CLOSURES", "SUPPORTED_LAYERS", "moments", "unscented", "clark_max"]
 
+#: The Gaussian closures :func:`moments` offers: diagonal, low-rank or full covariance.
 CLOSURES = ("diag", "lowrank", "full")
 _NONLINEAR = (nn.ReLU, nn.MaxPool2d)
 # The "full" closure refuses to form a dense covariance larger than this many bytes per batch element.

@@ -27,6 +27,7 @@ __all__ = [
     "RELU_COVARIANCE_METHODS",
 ]
 
+#: The ``method`` values :func:`relu_covariance` accepts.
 RELU_COVARIANCE_METHODS = ("exact", "series", "hybrid", "zero_mean")
 _CROSS_METHODS = ("exact", "series", "zero_mean")
 _INV_2PI = 1.0 / (2.0 * math.pi)

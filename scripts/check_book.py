@@ -10,12 +10,15 @@ Fails (exit 1) when
 - a chapter whose stored notebook has widget outputs has no embedded widget state, or does not load the
   vendored require.js / embed-amd.js;
 - a page with maths does not load the vendored MathJax, or a vendored file is missing from the build;
-- a page is larger than 5 MB (each widget frame is stored in the page: coarsen the widget's grid).
+- a page is larger than 5 MB (each widget frame is stored in the page: coarsen the widget's grid);
+- an image of a captioned figure has no alt text, a file name for alt text, or alt text other than its caption
+  (book/_ext/alt_text.py fills it in at build time; a screen reader reads it).
 Prints one line per page (with its size) and a summary.
 """
 from __future__ import annotations
 
 import argparse
+import html as html_lib
 import json
 import re
 import sys
@@ -52,6 +55,12 @@ VENDORED = {
 
 GRADER_MARKERS = ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS")
 
+FIGURE = re.compile(r"<figure\b[^>]*>(.*?)</figure>", re.S | re.I)
+FIGCAPTION = re.compile(r"<figcaption\b[^>]*>(.*?)</figcaption>", re.S | re.I)
+IMG_TAG = re.compile(r"<img\b[^>]*>", re.I)
+ALT_ATTR = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+FILE_NAME = re.compile(r"(^|/)[\w.-]+\.(png|jpe?g|gif|svg|webp)$|^[0-9a-f]{16,}$", re.I)
+
 
 def toc_files(toc_path: Path) -> list[str]:
     """Every document named in a jb-book _toc.yml, root first, without suffix."""
@@ -82,6 +91,41 @@ def notebook_outputs(path: Path) -> tuple[int, int]:
     return images, widgets
 
 
+def _caption_text(caption_html: str) -> str:
+    """A figcaption's words: no "Fig. 2.1" number, no permalink, no tags or MathJax delimiters."""
+    text = re.sub(r'<span class="caption-number">.*?</span>', "", caption_html, flags=re.S)
+    text = re.sub(r'<a class="headerlink".*?</a>', "", text, flags=re.S)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", "", text))
+    text = text.replace("\\(", "").replace("\\)", "")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _words(text: str) -> str:
+    # alt text and caption are compared on letters and digits only: spacing and punctuation around maths differ
+    return re.sub(r"[^0-9a-z]+", "", text.lower())
+
+
+def figure_alt_problems(html: str, rel: str) -> list[str]:
+    """Images of captioned figures whose alt text is missing, a file name, or not their caption."""
+    problems = []
+    for number, figure in enumerate(FIGURE.finditer(html), 1):
+        caption = FIGCAPTION.search(figure.group(1))
+        if caption is None:
+            continue
+        caption_text = _caption_text(caption.group(1))
+        for tag in IMG_TAG.findall(figure.group(1)):
+            match = ALT_ATTR.search(tag)
+            alt = html_lib.unescape(next(g for g in match.groups() if g is not None)).strip() if match else ""
+            where = f"{rel}: figure {number} ({caption_text[:40]!r})"
+            if not alt:
+                problems.append(f"{where}: its image has no alt text")
+            elif FILE_NAME.search(alt):
+                problems.append(f"{where}: its image's alt text is a file name ({alt[:60]!r})")
+            elif _words(alt) != _words(caption_text):
+                problems.append(f"{where}: its image's alt text is not its caption ({alt[:60]!r})")
+    return problems
+
+
 def check_page(html: str, rel: str) -> list[str]:
     """Problems with any page: CDNs, remote resources, MathJax not the vendored one."""
     problems = []
@@ -108,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     source_root = args.toc.resolve().parent
     problems: list[str] = []
+    n_figures = 0
 
     for name, rel in VENDORED.items():
         if not (html_dir / rel).is_file():
@@ -117,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         rel = page.relative_to(html_dir).as_posix()
         if rel.startswith(("_static/", "_sources/", "_images/")):
             continue
-        problems += check_page(page.read_text(encoding="utf8", errors="replace"), rel)
+        text = page.read_text(encoding="utf8", errors="replace")
+        problems += check_page(text, rel)
+        problems += figure_alt_problems(text, rel)
+        n_figures += len(FIGURE.findall(text))
     for css in sorted((html_dir / "_static").rglob("*.css")) if (html_dir / "_static").is_dir() else []:
         rel = css.relative_to(html_dir).as_posix()
         if rel.startswith("_static/vendor/"):
@@ -169,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"check_book: {len(docs)} toc entries ({n_notebooks} notebooks, {n_images} image outputs, "
-        f"{n_widgets} widget outputs), {len(problems)} problem(s)"
+        f"{n_widgets} widget outputs, {n_figures} figures checked for alt text), {len(problems)} problem(s)"
     )
     for problem in problems:
         print(f"  PROBLEM  {problem}")

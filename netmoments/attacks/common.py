@@ -42,7 +42,8 @@ class AttackResult:
         delta_param: ``(B, n)`` ``v`` with ``delta = G v`` before the pixel box.
         noise_var: ``(B, n)`` ``w``, per-pixel noise variances before the blur (``Sigma = G diag(w) G^T``).
         blur_sigma: std (pixels) of the blur ``G``; 0 means ``G = I``.
-        loss_history, success_prob_history: ``(steps, B)`` surrogate loss and surrogate ``Phi(-r)`` per step.
+        loss_history: ``(steps, B)`` surrogate loss per step.
+        success_prob_history: ``(steps, B)`` surrogate ``Phi(-r)`` per step.
         time_s: wall time of the whole attack (all images); ``n_linearizations``: TSLs computed per image.
         attack: ``"gaussian"`` or the baseline's name (formerly ``method``, still accepted by the constructor and
             readable as ``.method`` with a ``DeprecationWarning``; ``method`` now names a covariance formula);

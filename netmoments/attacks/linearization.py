@@ -30,9 +30,12 @@ class SupportLinearization:
         support: ``(Bt, K)`` int64 pixel indices (flattened), padded entries marked by ``valid`` ``(Bt, K)`` bool.
 
     Attributes:
-        pre ``(Bt, m)``, A_S ``(Bt, m, K)`` (zero columns where not valid), c1 ``(Bt, m)`` with
-        ``A x + c1 = A_S x_S + c1`` for ``x`` equal to ``points`` off the support, B ``(Bt, p, m)``, c2 ``(Bt, p)``;
-        ``jvp_passes``: forward-mode passes spent (one per valid column).
+        pre: ``(Bt, m)``.
+        A_S: ``(Bt, m, K)``, zero columns where not valid.
+        c1: ``(Bt, m)``, with ``A x + c1 = A_S x_S + c1`` for ``x`` equal to ``points`` off the support.
+        B: ``(Bt, p, m)``.
+        c2: ``(Bt, p)``.
+        jvp_passes: forward-mode passes spent (one per valid column).
 
     The columns come from the project's matrix-free :class:`netmoments.linearize.TwoStageLinearization`
     (``.columns``: one masked linear pass per column), else from batched ``torch.func.jvp``.

@@ -46,11 +46,15 @@ __all__ = [
     "margin_of_logits",
 ]
 
+#: Pixel budgets k at which success within k changed pixels is reported.
 L0_BUDGETS = (5, 10, 15, 20, 30, 40, 60)
+#: L2 budgets at which success within that Euclidean size of the change is reported.
 L2_BUDGETS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 # Sparse and smooth attacks on MNIST have a TV of 25-60 (anisotropic, on the attacked image); budgets below 10
 # would all read zero.
+#: Total-variation budgets at which success within that TV of the attacked image is reported.
 TV_BUDGETS = (10.0, 20.0, 30.0, 40.0, 60.0, 80.0)
+#: A pixel counts as changed (for L0 sizes) when it moves by more than this.
 L0_THRESHOLD = 1e-3
 QUANTILES = (0.1, 0.25)
 

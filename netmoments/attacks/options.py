@@ -11,11 +11,15 @@ from .common import check_float, check_int
 
 __all__ = ["AttackOptions", "default_options", "STRUCTURES", "VARIABLES", "VARIANCES", "SOLVERS"]
 
+#: The attack structures :class:`AttackOptions` accepts: sparse, smooth, or both.
 STRUCTURES = ("sparse", "smooth", "sparse+smooth")
+#: What the attack optimizes, the mean shift, the noise covariance, or both.
 VARIABLES = ("mean", "noise", "both")
 # "none": mean only; "linear": Cov of the best linear predictor of g from x (Stein: Cov[g, x] = B diag(Phi(h)) A Sigma),
 # a lower bound on Cov[g] at O(p m n); the rest are AffineReLUAffine.moments methods (O(m^2) Phi2 per image).
+#: How the objective accounts for the output variance (``"none"`` for the mean only).
 VARIANCES = ("none", "linear", "exact", "series", "hybrid")
+#: The solver choices, on a support of pixels, dense over every pixel, or picked automatically.
 SOLVERS = ("auto", "support", "dense")
 
 _STRUCTURE_DEFAULTS = {

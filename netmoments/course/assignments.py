@@ -15,6 +15,7 @@ PACKAGE_SOURCE_DIR = Path(__file__).resolve().parent / "source"
 # laid out like this package's source/ (<assignment>/<assignment>.ipynb). Release and grading both use it.
 SOURCE_DIR = Path(os.environ["NETMOMENTS_COURSE_SOURCE"]).resolve() if os.environ.get("NETMOMENTS_COURSE_SOURCE") \
     else PACKAGE_SOURCE_DIR
+#: The assignments' names in course order, each the name of its folder under ``source/``.
 ASSIGNMENTS = (
     "a1_relu_of_a_gaussian",
     "a2_cross_moment",

@@ -18,7 +18,9 @@ import torch
 __all__ = ["Check", "CheckFailed", "NOT_DONE", "NotDone", "BLANK"]
 
 # No backticks in messages: the book renders tracebacks with the ipythontb lexer, which rejects them.
+#: The message for a function the student has still to write (its ``raise NotDone()`` stub still in place).
 NOT_DONE = "not implemented yet: replace raise NotDone() under YOUR CODE HERE with your solution"
+#: The default message of :class:`NotDone`, for a blank the student has still to fill in.
 BLANK = "blank not filled in yet: write your code under YOUR CODE HERE and run the cell again"
 
 

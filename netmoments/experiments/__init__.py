@@ -10,6 +10,7 @@ import importlib
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser"]
 
+#: The subcommands, each a module of this package with a ``register(subparsers)``.
 SUBCOMMAND_MODULES = ("tightness", "attack", "layerwise")
 
 

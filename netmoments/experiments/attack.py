@@ -67,6 +67,15 @@ def _targets(spec, labels, seed):
 
 
 def run_attack(args) -> dict:
+    """Run one Gaussian attack on test digits from the parsed ``attack`` arguments, and write its files.
+
+    Attacks the first ``args.images`` test digits with :func:`netmoments.attacks.gaussian_attack` (seeded by
+    ``args.seed``), judges the result by sampling the real network (:func:`netmoments.attacks.evaluate_attack`,
+    ``args.samples`` draws per image), and writes, each file whole or not at all, beside ``args.out``: a per-image
+    ``.csv``, a ``.json`` summary (command, options, evaluation, timings) and an ``.npz`` of the clean images,
+    attacked means, noise stds, labels, targets and per-image success. With a target, digits already of the
+    target class are skipped. Returns the summary written to the ``.json``.
+    """
     from ..attacks import evaluate_attack, gaussian_attack
 
     torch.manual_seed(args.seed)

@@ -39,10 +39,12 @@ from .sittings import end_sitting, git_commit, machine, start_sitting, versions
 
 __all__ = ["SUITES", "TUNED", "suite_task", "run_suite", "load_digits"]
 
+#: The attack suites a run can choose.
 SUITES = ("sparse", "ablation", "smooth", "targeted")
 
 # Set on training digits (``--split train``, see ``book/data/attack_tuning.json``), then frozen for test runs.
 # L0-PGD's success at k = 20 plateaus from step 2 to 8 (0.94); the smallest step on the plateau is kept.
+#: Step sizes, restarts and sample counts of the baselines, tuned on training digits and then frozen.
 TUNED = dict(l0_pgd_step_size=2.0, l0_pgd_restarts=2, l0_pgd_k=(10, 20, 40), eot_samples=4, eot_steps=100,
              fmn_l0=dict(max_stepsize=3.0, gamma=0.05), fmn_l1=dict(max_stepsize=1.0, gamma=0.05))
 

@@ -49,6 +49,7 @@ __all__ = [
     "cost_accuracy",
 ]
 
+#: The moment methods the layer-by-layer experiment compares.
 METHODS = ("diag", "lowrank", "lowrank32", "full", "unscented", "tsl", "mc", "cv", "truth")
 MODELS = ("lenet", "deep_cnn", "mlp")
 # settings added after the first runs were committed, with the value those runs used
@@ -508,7 +509,7 @@ def cost_accuracy(rows, truth_rows, sigma: float, cov: str = "dense", methods=ME
             paired spread of ``f - g``); none: no control-variate curve.
 
     Returns:
-        ``{"points": {method: {"draws", "var_err", "zmu"}}, "curves": {name: {"draws", "var_err", "zmu"}},
+        dict: ``{"points": {method: {"draws", "var_err", "zmu"}}, "curves": {name: {"draws", "var_err", "zmu"}},
         "floor": {"var_err", "zmu"}, "n": digits}``: a point's ``draws`` is its median cost in forward passes,
         ``var_err`` (mean over digits) and ``zmu`` (median over digits) are ``(estimate, low, high)`` 95 %
         bootstrap intervals; a curve holds arrays over ``budgets`` (the same statistics of the expected errors);

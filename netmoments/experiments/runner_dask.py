@@ -30,8 +30,8 @@ __all__ = [
     "run_on_dask",
 ]
 
-#: glibc malloc settings for a task process, as environment variables read at its start: one arena, no
-#: ``mmap`` blocks, no trimming, so freed memory is reused instead of faulted in again ("Memory reuse" in
+#: glibc malloc settings for a task process, as environment variables read at its start (one arena, no
+#: ``mmap`` blocks, no trimming), so freed memory is reused instead of faulted in again ("Memory reuse" in
 #: :mod:`netmoments.experiments.runner`).
 MALLOC_ENVIRON = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 

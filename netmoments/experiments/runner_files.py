@@ -39,7 +39,9 @@ __all__ = [
     "TaskAppender",
 ]
 
+#: The columns every result row carries to name its task.
 TASK_COLUMNS = ("task", "task_rows")
+#: The result file formats the runner writes, by file suffix.
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
 

@@ -206,6 +206,7 @@ def provenance(metadata: dict, rows=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The columns of the per-image CSV the tightness report writes.
 PER_IMAGE_COLUMNS = (
     "image", "label", "sigma", "cov", "point", "k", "clusters", "ties", "mc_samples",
     "var_err_exact", "var_err_series", "var_err_hybrid", "mean_err", "zmu", "var_lin_part", "var_formula_part",

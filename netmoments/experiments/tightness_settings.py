@@ -28,14 +28,21 @@ __all__ = [
 ]
 
 # NM20 clustered 10,000 images into k in {250, 500, 1000, 2500, 5000} clusters: these fractions of the pool.
+#: Cluster counts as fractions of the image pool, matching NM20's clustering experiment.
 NM20_CLUSTER_FRACTIONS = (0.025, 0.05, 0.1, 0.25, 0.5)
+#: The input covariances of the tightness experiment.
 COV_KINDS = ("dense", "sparse", "blur")
+#: The choices of linearization point the tightness experiment compares.
 POINT_KINDS = ("input", "dither", "tie_aware", "centroid", "farthest")
+#: The closed-form covariance methods the tightness experiment checks.
 METHODS = ("exact", "series", "hybrid")
+#: The default ``sparse_pixels`` of :class:`TightnessConfig`: how many pixels the sparse covariance perturbs.
 SPARSE_PIXELS = 60
+#: The default ``blur_std`` of :class:`TightnessConfig`: the width of the blurred covariance's kernel, in pixels.
 BLUR_STD = 1.5
 # Per-logit lists in every row (10 numbers each).
 # The mean's standard errors are not stored: they are sqrt(var / N) of the stored variances.
+#: The per-logit lists stored in every result row.
 ROW_LISTS = (
     "mc_mean", "mc_var", "mc_var_se",
     "mean", "var_exact", "var_series", "var_hybrid",
@@ -56,7 +63,8 @@ class TightnessConfig:
         tie_samples: draws (``S/2`` antithetic pairs) for the ``"tie_aware"`` linearization.
         points: point kinds evaluated under the dense covariance (the others use ``("input",)``).
         clusters: ``k`` values for Table 3 (pool-wide cluster counts).
-        sparse_pixels, blur_std: the attack-like covariances.
+        sparse_pixels: the attack-like sparse covariance, how many pixels it perturbs.
+        blur_std: the attack-like blurred covariance, the width of its kernel in pixels.
     """
 
     seed: int = 0

@@ -28,7 +28,8 @@ class MonteCarloComparison(NamedTuple):
 
     Attributes:
         rows: the row names (``E[y1]``, ..., ``Var[y1]``, ..., ``Cov[y1,y2]``, ...).
-        estimate, std_err: ``(rows,)`` the Monte Carlo estimates and their standard errors.
+        estimate: ``(rows,)`` the Monte Carlo estimates.
+        std_err: ``(rows,)`` their standard errors.
         values: ``{label: (rows,) closed-form values}``.
         z: ``{label: (rows,) |closed form - Monte Carlo| / SE}``.
         threshold: the two-sided Bonferroni threshold for all rows at once, at ``level``.
