@@ -18,12 +18,14 @@ CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/n
 
 .PHONY: setup book pdf test test-numerics test-fast bench vendor lab clean assignments assignments-sync grade
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml jupyterlab/overrides.json
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (netmoments)" >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyterlab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -99,8 +101,19 @@ assignments-sync: setup
 grade: setup
 	$(PY) -m netmoments.course grade-all $(SUBMISSIONS) --csv _build/grades.csv --jobs $(JOBS)
 
+# JupyterLab on a copy of the book in lab/ (made once; delete lab/ to start again from the book), so that running
+# the notebooks never changes the committed ones. The copies are trusted when made, so their saved widgets show.
+# jupyterlab/config switches nbgrader's lab and server extensions off for this session only. Extra options go in
+# LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --allow-root".
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab book/
+	@if [ ! -d lab ]; then \
+	  cp -R book lab && \
+	  find lab -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -exec $(VENV)/bin/jupyter trust {} + && \
+	  echo "Copied book/ to lab/ (delete lab/ to start again)"; \
+	fi
+	cd lab && JUPYTER_CONFIG_PATH="$(CURDIR)/jupyterlab/config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+	  $(abspath $(VENV))/bin/jupyter lab $(LAB_ARGS)
 
 clean:
 	rm -rf _build _static_vendor .pytest_cache .hypothesis
