@@ -291,7 +291,7 @@ def make_pdf(html_dir: Path, out: Path, toc: Path = ROOT / "_toc.yml", config: P
     missing = [ch.doc for ch in chapters if not (html_dir / f"{ch.doc}.html").is_file()]
     if missing:
         raise FileNotFoundError(f"no HTML page for {missing} in {html_dir} (make book)")
-    cfg = yaml.safe_load(config.read_text(encoding="utf8")) if config.is_file() else {}
+    cfg = (yaml.safe_load(config.read_text(encoding="utf8")) if config.is_file() else None) or {}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     timeout_ms = int(timeout_s * 1000)
