@@ -112,7 +112,10 @@ def test_the_page_is_in_the_table_of_contents():
 def test_every_command_on_the_page_is_valid():
     from netmoments.experiments import build_parser
 
-    commands = page_commands(page_text())
+    text = page_text()
+    # chapter 8's section abbreviates its commands with shell variables: tests/test_reproducing_ch8.py expands them
+    text = text[:text.index("(reproduce-ch8)=")] + text[text.index("(reproduce-ch9)="):]
+    commands = page_commands(text)
     assert len(commands) >= 8, "the page should show the run commands of chapters 7 and 9"
     parser = build_parser()
     for command in commands:
