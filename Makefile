@@ -13,7 +13,8 @@ NBVAL_ARGS  := --nbval --nbval-sanitize-with .nbval_sanitize.cfg --nbval-current
 # The last successful `make book` touches this; the browser test rebuilds the book when a source is newer.
 BOOK_STAMP  := _build/html/.netmoments-book
 BOOK_INPUTS := _config.yml _toc.yml requirements.txt $(wildcard book/*.ipynb book/*.md book/*.bib book/data/* book/course/* \
-               book/_static/* netmoments/*.py netmoments/*/*.py) scripts/check_book.py scripts/vendor_js.sh
+               book/_static/* book/reference/* book/_ext/*.py netmoments/*.py netmoments/*/*.py) \
+               scripts/check_book.py scripts/vendor_js.sh
 CHROMIUM    := $(firstword $(shell command -v chromium chromium-browser 2>/dev/null))
 
 .PHONY: setup book pdf test test-numerics test-fast bench vendor lab clean assignments assignments-sync grade
