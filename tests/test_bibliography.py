@@ -199,3 +199,20 @@ def test_further_reading_page_cites_and_links(path):
     assert not broken, f"{path.name} links to pages that do not exist: {broken}"
     keys = set(bib_keys(BIB.read_text(encoding="utf8")))
     assert cited_keys([text]) <= keys, f"{path.name} cites keys missing from references.bib"
+
+
+def _control_characters(text: str) -> list[str]:
+    # A TeX command written through a Python string ("\tau", "\beta", "\varepsilon") arrives as a control
+    # character (tab, backspace, vertical tab): MathJax then shows wrong maths or an error.
+    return [repr(ch) for ch in sorted(set(re.findall(r"[\x00-\x1f]", text))) if ch not in "\n\r"]
+
+
+def test_the_detector_finds_tex_written_through_python_escapes():
+    assert _control_characters("$\tau$ and $\beta$ and $\\alpha$") == ["'\\x08'", "'\\t'"]
+    assert _control_characters("$\\tau$\n") == []
+
+
+@pytest.mark.parametrize("path", sorted(BOOK.glob("*.md")) + sorted((BOOK / "reference").glob("*.md"))
+                         + [BOOK / "references.bib"], ids=lambda p: p.name)
+def test_no_control_characters_in_the_text(path):
+    assert not _control_characters(path.read_text(encoding="utf8")), path
