@@ -1,5 +1,5 @@
 """The built HTML book in a real browser (headless Chromium, no network): every widget answers its sliders, and no
-display equation overflows the text column.
+display equation or code block overflows the text column.
 
 For every chapter page with widgets, and every slider of every widget, the test drags the slider's handle with the
 mouse and then checks, in the page itself, that
@@ -12,7 +12,8 @@ mouse and then checks, in the page itself, that
 
 ``tests/test_widgets*.py`` check, in Python, that each frame was computed at the grid values its readout labels
 show; together the two make "the picture matches the readout". A widget that is not a precomputed frame widget
-(whose picture would be frozen in the HTML) fails the test. Screenshots go to ``_build/screenshots/``.
+(whose picture would be frozen in the HTML) fails the test. Screenshots go to ``screenshots/`` beside the build
+(``_build/screenshots/``).
 
 Needs the built book (``make book``; ``make test`` builds it when stale) and a Chromium binary
 (``apt-get install -y chromium``). Without them the tests are skipped with a reason, unless
@@ -32,7 +33,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = Path(os.environ.get("NETMOMENTS_HTML", ROOT / "_build" / "html"))
-SHOTS = ROOT / "_build" / "screenshots"
+SHOTS = HTML.parent / "screenshots"  # beside the build: _build/screenshots for the default one
 REQUIRED = os.environ.get("NETMOMENTS_BROWSER_TEST") == "required"
 WIDTH = 1280  # the viewport width at which equations must fit
 PAGE_LIMIT_MB = 5.0
@@ -347,3 +348,60 @@ def test_display_equations_fit_the_text_column(open_page, doc):
     assert not overflowing, (
         f"{doc}: {len(overflowing)} display equation(s) wider than the text column at {WIDTH} px "
         f"(break them into lines): {overflowing}")
+
+
+# Chapter pages whose code blocks may still scroll sideways at 1280 px, each with the reason; strict, so that a fixed
+# page fails here until it leaves this list. At 1280 px a code block of the book's theme shows 77 characters
+# (75 inside an exercise's solution box).
+KNOWN_WIDE_CODE: dict[str, str] = {
+    "book/04_network_moments": "code cells not yet wrapped to the page",
+    "book/06_linearizing_deep_networks": "code cells not yet wrapped to the page",
+    "book/07_how_tight_is_it": "code cells not yet wrapped to the page",
+    "book/08_moments_layer_by_layer": "code cells not yet wrapped to the page",
+    "book/09_gaussian_attacks": "code cells not yet wrapped to the page",
+}
+CHAPTER_PAGES = [doc for doc in PAGES if doc.split("/")[-1][:1].isdigit() or doc.split("/")[-1].startswith("A")]
+
+
+def test_the_chapter_pages_are_found():
+    assert any(doc.endswith("01_gaussians_through_affine_layers") for doc in CHAPTER_PAGES), CHAPTER_PAGES
+
+
+@pytest.mark.parametrize("doc", [
+    pytest.param(doc, marks=pytest.mark.xfail(strict=True, reason=f"known wide code: {KNOWN_WIDE_CODE[doc]}"))
+    if doc in KNOWN_WIDE_CODE else doc
+    for doc in CHAPTER_PAGES
+])
+def test_code_blocks_fit_the_text_column(open_page, doc):
+    """No visible code block (a code cell's input, a text output, a code sample in the prose) scrolls sideways:
+    a reader at 1280 px sees every line whole. Hidden blocks (a closed dropdown) are not measured."""
+    p = open_page(doc)
+    overflowing = p.page.evaluate(
+        """() => Array.from(document.querySelectorAll('div.highlight pre, div.cell_output pre, div.output pre'))
+            .filter(pre => pre.offsetParent !== null && pre.scrollWidth > pre.clientWidth + 1)
+            .map(pre => {
+                const lines = pre.textContent.split('\\n');
+                const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
+                return {where: pre.closest('.cell_output, div.output') ? 'output' : 'code',
+                        scroll: pre.scrollWidth, width: pre.clientWidth,
+                        chars: longest.length, line: longest.slice(0, 120)};
+            })""")
+    assert not overflowing, (
+        f"{doc}: {len(overflowing)} code block(s) wider than the text column at {WIDTH} px (wrap the code, "
+        f"print narrower): " + "\n".join(f"{o['where']} ({o['chars']} chars): {o['line']}" for o in overflowing))
+
+
+def test_the_code_width_check_catches_a_wide_block(open_page):
+    """The check above can fail: a block of 200 characters, added to a chapter page, scrolls."""
+    p = open_page(CHAPTER_PAGES[0])
+    scrolls = p.page.evaluate(
+        """() => {
+            const pre = document.querySelector('div.highlight pre');
+            const span = document.createElement('span');
+            span.textContent = 'x'.repeat(200);
+            pre.appendChild(span);
+            const wide = pre.scrollWidth > pre.clientWidth + 1;
+            span.remove();
+            return wide;
+        }""")
+    assert scrolls
