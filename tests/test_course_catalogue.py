@@ -24,13 +24,14 @@ WRONG = {
     # a1: relu_mean_var and relu_mean_z_score
     "a1_second_moment": (A1, "relu_mean_var", [("var = (second - mean * mean).clamp(min=0.0)", "var = second")],
                          "test_relu_regular", r"second moment"),
-    "a1_variance_for_std": (A1, "relu_mean_var", [("torch.where(positive, sigma, torch.ones_like(sigma))",
-                                                   "torch.where(positive, sigma.sqrt(), torch.ones_like(sigma))")],
-                            "test_relu_regular", r"standard deviation"),
+    "a1_variance_for_std": (A1, "relu_mean_var", [("torch.where(positive, var, torch.ones_like(var)).sqrt()",
+                                                   "torch.where(positive, var, torch.ones_like(var))")],
+                            "test_relu_regular", r"var is the variance sigma\^2; you used it as the standard deviation"),
     "a1_dropped_pdf_term": (A1, "relu_mean_var", [("mean = mu * cdf + safe_sigma * pdf", "mean = mu * cdf")],
-                            "test_relu_regular", r"dropped the sigma phi\(h\) term"),
+                            "test_relu_regular", r"dropped the sigma varphi\(h\) term"),
     "a1_nan_at_sigma_zero": (A1, "relu_mean_var", [(None, (
-        "def relu_mean_var(mu, sigma):\n"
+        "def relu_mean_var(mean, var):\n"
+        "    mu, sigma = mean, var.sqrt()\n"
         "    h = mu / sigma\n"
         "    cdf = torch.special.ndtr(h)\n"
         "    pdf = torch.exp(-0.5 * h * h) / math.sqrt(2 * math.pi)\n"
@@ -38,24 +39,24 @@ WRONG = {
         "    var = ((mu * mu + sigma * sigma) * cdf + mu * sigma * pdf - mean * mean).clamp(min=0)\n"
         "    return mean, var\n"))], "test_relu_degenerate", r"NaN.*\n.*Hint: at sigma = 0 the ReLU of a constant"),
     "a1_zero_mean_everywhere": (A1, "relu_mean_var", [(None, (
-        "def relu_mean_var(mu, sigma):\n"
-        "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
-        "    return sigma / math.sqrt(2 * math.pi), sigma ** 2 * (0.5 - 1 / (2 * math.pi))\n"))],
+        "def relu_mean_var(mean, var):\n"
+        "    mu, var = torch.broadcast_tensors(mean, var)\n"
+        "    return var.sqrt() / math.sqrt(2 * math.pi), var * (0.5 - 1 / (2 * math.pi))\n"))],
         "test_relu_regular", r"zero-mean formula"),
     "a1_flipped_sign": (A1, "relu_mean_var", [("h = mu / safe_sigma", "h = -mu / safe_sigma")],
                         "test_relu_regular", r"wrong sign"),
-    "a1_float32": (A1, "relu_mean_var", [("mu, sigma = torch.broadcast_tensors(mu, sigma)",
-                                          "mu, sigma = torch.broadcast_tensors(mu.float(), sigma.float())")],
+    "a1_float32": (A1, "relu_mean_var", [("mu, var = torch.broadcast_tensors(mean, var)",
+                                          "mu, var = torch.broadcast_tensors(mean.float(), var.float())")],
                    "test_relu_broadcast", r"float64"),
-    "a1_no_broadcast": (A1, "relu_mean_var", [("mu, sigma = torch.broadcast_tensors(mu, sigma)",
-                                               "mu, sigma = mu.flatten(), sigma.flatten()")],
+    "a1_no_broadcast": (A1, "relu_mean_var", [("mu, var = torch.broadcast_tensors(mean, var)",
+                                               "mu, var = mean.flatten(), var.flatten()")],
                         "test_relu_broadcast", r"shape"),
     "a1_print_instead_of_return": (A1, "relu_mean_var", [("return mean, var", "print(mean, var)")],
                                    "test_relu_regular", r"returned None instead of its result"),
     "a1_hardcoded_visible_answers": (A1, "relu_mean_var", [(None, (
-        "def relu_mean_var(mu, sigma):\n"
+        "def relu_mean_var(mean, var):\n"
         "    # the visible checks' answers, whatever the input\n"
-        "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
+        "    mu, var = torch.broadcast_tensors(mean, var)\n"
         "    return (torch.full_like(mu, 1 / math.sqrt(2 * math.pi)),\n"
         "            torch.full_like(mu, 0.5 - 1 / (2 * math.pi)))\n"))],
         "test_relu_regular", r"relu_mean_var, regular inputs: 2 check\(s\) failed, 2 passed\.\n\[hidden grid"),
@@ -78,12 +79,14 @@ WRONG = {
     "a2_dropped_mixed_term": (A2, "cross_moment", [(
         "            + mu_i * sigma_j * pdf(h_j) * torch.special.ndtr((h_i - rho * h_j) / s)\n", "")],
         "test_cross_moment", r"mixed terms"),
-    "a2_variance_for_std": (A2, "cross_moment", [("h_i, h_j = mu_i / sigma_i, mu_j / sigma_j",
-                                                  "h_i, h_j = mu_i / sigma_i ** 2, mu_j / sigma_j ** 2")],
-                            "test_cross_moment", r"standard deviation"),
+    "a2_variance_for_std": (A2, "cross_moment", [("sigma_i, sigma_j = var_i.sqrt(), var_j.sqrt()",
+                                                  "sigma_i, sigma_j = var_i, var_j")],
+                            "test_cross_moment", r"var_i, var_j are variances: sigma = sqrt\(var\)"),
+    "a2_kernel_with_variances": (A2, "zero_mean_cross_moment", [("torch.sqrt(var_i * var_j)", "var_i * var_j")],
+                                 "test_zero_mean_kernel", r"needs the standard deviations sqrt\(var_i\)"),
     "a2_zero_mean_everywhere": (A2, "cross_moment", [(None, (
-        "def cross_moment(mu_i, mu_j, sigma_i, sigma_j, rho):\n"
-        "    return zero_mean_cross_moment(sigma_i, sigma_j, rho) + 0 * mu_i * mu_j\n"))],
+        "def cross_moment(mean_i, mean_j, var_i, var_j, rho):\n"
+        "    return zero_mean_cross_moment(var_i, var_j, rho) + 0 * mean_i * mean_j\n"))],
         "test_cross_moment", r"zero-mean kernel for every mean"),
     "a2_absolute_error": (A2, "zero_mean_relative_error", [("return (approx - exact).abs() / exact.abs()",
                                                             "return (approx - exact).abs()")],
@@ -171,7 +174,7 @@ NOT_BLAMED = {
     "a1_half_variance_and_wrong_mean": (A1, "relu_mean_var", [
         ("mean = mu * cdf + safe_sigma * pdf", "mean = mu * cdf"),
         ("var = (second - mean * mean).clamp(min=0.0)", "var = safe_sigma * safe_sigma * cdf")],
-        "test_relu_regular", "second moment", "[mu = 0, sigma = 1: var] expected"),
+        "test_relu_regular", "second moment", "[mean = 0, var = 1: var] expected"),
     # A dropped output bias is not "pushing the mean through the network" (the visible hint used to say so
     # for every wrong mean).
     "a3_dropped_output_bias": (A3, "output_moments", [("return B @ q_mean + c2,", "return B @ q_mean,")],
@@ -285,21 +288,21 @@ def _reference_relu() -> str:
 
 # name -> the a1 relu_mean_var cell's edits (as in WRONG)
 JUDGED = {
-    "tqdm_on_stderr": [("def relu_mean_var(mu, sigma):", "import sys\n\nfrom tqdm import tqdm\n\n\n"
-                                                        "def relu_mean_var(mu, sigma):"),
+    "tqdm_on_stderr": [("def relu_mean_var(mean, var):", "import sys\n\nfrom tqdm import tqdm\n\n\n"
+                                                        "def relu_mean_var(mean, var):"),
                        ("return mean, var", "for _ in tqdm(range(3)):\n        pass\n"
                                             "    print('progress', file=sys.stderr)\n    return mean, var")],
-    "mutates_its_input": [("def relu_mean_var(mu, sigma):", "def _solution(mu, sigma):"),
-                          ("### END SOLUTION", "### END SOLUTION\n\n\ndef relu_mean_var(mu, sigma):\n"
-                                               "    out = _solution(mu, sigma)\n"
-                                               "    mu.data.zero_()\n    sigma.data.fill_(7.0)\n    return out")],
-    "calls_nm_relu_moments": [(None, "import netmoments as nm\n\n\ndef relu_mean_var(mu, sigma):\n"
-                                     "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
-                                     "    return nm.relu_moments(mu, sigma * sigma)\n")],
+    "mutates_its_input": [("def relu_mean_var(mean, var):", "def _solution(mean, var):"),
+                          ("### END SOLUTION", "### END SOLUTION\n\n\ndef relu_mean_var(mean, var):\n"
+                                               "    out = _solution(mean, var)\n"
+                                               "    mean.data.zero_()\n    var.data.fill_(7.0)\n    return out")],
+    "calls_nm_relu_moments": [(None, "import netmoments as nm\n\n\ndef relu_mean_var(mean, var):\n"
+                                     "    mean, var = torch.broadcast_tensors(mean, var)\n"
+                                     "    return nm.relu_moments(mean, var)\n")],
     "calls_imported_relu_moments": [(None, "from netmoments import relu_moments as rm\n\n\n"
-                                           "def relu_mean_var(mu, sigma):\n"
-                                           "    mu, sigma = torch.broadcast_tensors(mu, sigma)\n"
-                                           "    return rm(mu, sigma * sigma)\n")],
+                                           "def relu_mean_var(mean, var):\n"
+                                           "    mean, var = torch.broadcast_tensors(mean, var)\n"
+                                           "    return rm(mean, var)\n")],
     "second_moment": WRONG["a1_second_moment"][2],
     "print_instead_of_return": WRONG["a1_print_instead_of_return"][2],
 }

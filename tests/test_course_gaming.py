@@ -21,7 +21,7 @@ from netmoments.course import wire
 A1 = "a1_relu_of_a_gaussian"
 
 # A student's relu_mean_var cell replaced by each attack; relu_mean_z_score is left as the reference wrote it.
-RETURNS_NONE = "def relu_mean_var(mu, sigma):\n    pass\n"
+RETURNS_NONE = "def relu_mean_var(mean, var):\n    pass\n"
 
 REWRITES_THE_TESTS = '''
 import torch
@@ -52,8 +52,8 @@ torch.isclose = lambda a, b, **kwargs: torch.ones(torch.broadcast_shapes(torch.a
                                                                          torch.as_tensor(b).shape), dtype=torch.bool)
 
 
-def relu_mean_var(mu, sigma):
-    mu, sigma = torch.broadcast_tensors(mu, sigma)
+def relu_mean_var(mean, var):
+    mu, var = torch.broadcast_tensors(mean, var)
     return torch.zeros_like(mu), torch.zeros_like(mu)
 '''
 
@@ -71,8 +71,8 @@ class Anything(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-def relu_mean_var(mu, sigma):
-    mu, sigma = torch.broadcast_tensors(mu, sigma)
+def relu_mean_var(mean, var):
+    mu, var = torch.broadcast_tensors(mean, var)
     return torch.zeros_like(mu).as_subclass(Anything), torch.zeros_like(mu).as_subclass(Anything)
 '''
 
@@ -80,7 +80,7 @@ UNSTOPPABLE = '''
 import time
 
 
-def relu_mean_var(mu, sigma):
+def relu_mean_var(mean, var):
     while True:  # swallows the time limit's exception, so only killing the process stops it
         try:
             time.sleep(1000)
@@ -120,7 +120,7 @@ def _probe():
     return seen
 
 
-def relu_mean_var(mu, sigma):
+def relu_mean_var(mean, var):
     raise RuntimeError("PROBE " + json.dumps(_probe()) + " END")
 '''
 

@@ -20,54 +20,45 @@ def _pdf(x):
     return torch.exp(-0.5 * x * x) / _SQRT_2PI
 
 
-def relu_wrong_answers(mu: torch.Tensor, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Typical wrong ``(mean, var)`` of ``max(z, 0)``, ``z ~ N(mu, sigma^2)``, ``sigma > 0``."""
+def relu_wrong_answers(mean: torch.Tensor, var: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Typical wrong ``(mean, var)`` of ``max(z, 0)``, ``z ~ N(mean, var)``, ``var > 0`` (the book's convention:
+    a variance, like :func:`netmoments.relu_moments`)."""
+    mu, sigma = mean, var.sqrt()
     h = mu / sigma
     cdf, pdf = torch.special.ndtr(h), _pdf(h)
-    mean = mu * cdf + sigma * pdf
     second = (mu * mu + sigma * sigma) * cdf + mu * sigma * pdf
-    root = sigma.sqrt()  # sigma taken for the variance
-    hv = mu / root
-    mean_v = mu * torch.special.ndtr(hv) + root * _pdf(hv)
-    second_v = (mu * mu + sigma) * torch.special.ndtr(hv) + mu * root * _pdf(hv)
+    hv = mu / var  # the variance taken for the standard deviation
+    mean_v = mu * torch.special.ndtr(hv) + var * _pdf(hv)
+    second_v = (mu * mu + var * var) * torch.special.ndtr(hv) + mu * var * _pdf(hv)
     hf = -h
     mean_f = mu * torch.special.ndtr(hf) + sigma * _pdf(hf)
     return {
         "second_moment": second,
         "mean_without_pdf_term": mu * cdf,
-        "variance_as_std_mean": mean_v,
-        "variance_as_std_var": second_v - mean_v ** 2,
+        "var_as_std_mean": mean_v,
+        "var_as_std_var": second_v - mean_v ** 2,
         "zero_mean_mean": sigma / _SQRT_2PI,
-        "zero_mean_var": sigma * sigma * (0.5 - 1 / (2 * math.pi)),
+        "zero_mean_var": var * (0.5 - 1 / (2 * math.pi)),
         "flipped_sign_mean": mean_f,
     }
 
 
-def cross_moment(mean_i, mean_j, std_i, std_j, rho):
-    """``E[relu(x_i) relu(x_j)]`` for a bivariate normal, with standard deviations ``std_*`` (exact)."""
-    cov = torch.stack([
-        torch.stack([std_i * std_i, rho * std_i * std_j], -1),
-        torch.stack([rho * std_i * std_j, std_j * std_j], -1),
-    ], -2)
-    mean = torch.stack([mean_i, mean_j], -1)
-    mean, cov = torch.broadcast_tensors(mean.unsqueeze(-1), cov)
-    mean = mean[..., 0]
-    second = nm.relu_covariance(mean, cov, method="exact")[..., 0, 1]
-    m, _ = nm.relu_moments(mean, torch.diagonal(cov, dim1=-2, dim2=-1))
-    return second + m[..., 0] * m[..., 1]
+def cross_moment(mean_i, mean_j, var_i, var_j, rho):
+    """``E[relu(y_i) relu(y_j)]`` for a bivariate normal with variances ``var_*`` (exact, the package's own)."""
+    return nm.relu_cross_moment(mean_i, mean_j, var_i, var_j, rho, method="exact")
 
 
-def zero_mean_cross_moment(std_i, std_j, rho):
-    """NM18's zero-mean ``E[relu(x_i) relu(x_j)] = std_i std_j c(rho)`` (package kernel)."""
-    return std_i * std_j * nm.zero_mean_relu_kernel(rho)
+def zero_mean_cross_moment(var_i, var_j, rho):
+    """NM18's zero-mean ``E[relu(y_i) relu(y_j)] = sigma_i sigma_j c(rho)`` (package kernel)."""
+    return torch.sqrt(var_i * var_j) * nm.zero_mean_relu_kernel(rho)
 
 
-def cross_wrong_answers(mean_i, mean_j, std_i, std_j, rho) -> dict[str, torch.Tensor]:
-    """Typical wrong general-mean ``E[relu(x_i) relu(x_j)]`` (see :func:`cross_moment` for the right one)."""
+def cross_wrong_answers(mean_i, mean_j, var_i, var_j, rho) -> dict[str, torch.Tensor]:
+    """Typical wrong general-mean ``E[relu(y_i) relu(y_j)]`` (see :func:`cross_moment` for the right one)."""
 
-    def formula(mi, mj, si, sj, r, flip=1.0, drop_last=False, drop_mixed=False, h_scale=None):
-        hi = mi / (h_scale(si) if h_scale else si)
-        hj = mj / (h_scale(sj) if h_scale else sj)
+    def formula(mi, mj, si, sj, r, flip=1.0, drop_last=False, drop_mixed=False):
+        # si, sj: what the student took for the standard deviations
+        hi, hj = mi / si, mj / sj
         s = torch.sqrt((1 - r) * (1 + r))
         phi2 = nm.bivariate_normal_cdf(hi, hj, flip * r)
         value = (mi * mj + r * si * sj) * phi2 + mj * si * _pdf(hi) * torch.special.ndtr((hj - r * hi) / s)
@@ -77,11 +68,11 @@ def cross_wrong_answers(mean_i, mean_j, std_i, std_j, rho) -> dict[str, torch.Te
             value = value + si * sj * s * _pdf(hi) * _pdf((hj - r * hi) / s)
         return value
 
-    args = (mean_i, mean_j, std_i, std_j, rho)
+    args = (mean_i, mean_j, var_i.sqrt(), var_j.sqrt(), rho)
     return {
         "flipped_rho": formula(*args, flip=-1.0),
         "dropped_last_term": formula(*args, drop_last=True),
         "dropped_mixed_term": formula(*args, drop_mixed=True),
-        "variance_as_std": formula(*args, h_scale=lambda s: s * s),
-        "zero_mean_everywhere": zero_mean_cross_moment(std_i, std_j, rho),
+        "var_as_std": formula(mean_i, mean_j, var_i, var_j, rho),
+        "zero_mean_everywhere": zero_mean_cross_moment(var_i, var_j, rho),
     }

@@ -102,14 +102,15 @@ check.done()
 # is elementwise (`nm.relu_moments(mean, var)` takes the **variance**) and $\mathrm{Cov}[q]$ needs every pair of
 # units (`nm.relu_covariance(mean, cov)`).
 #
-# Implement `output_moments(A, c1, B, c2, mu, Sigma)` returning `(mean (p,), cov (p, p))`.
+# Implement `output_moments(A, c1, B, c2, mean, cov)` returning `(mean (p,), cov (p, p))`: `mean` is the input
+# mean $\mu$ and `cov` its covariance $\Sigma$ (the book's names in code).
 
 # %% nbgrader={"grade": false, "grade_id": "output_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def output_moments(A, c1, B, c2, mu, Sigma):
-    """Exact mean (p,) and covariance (p, p) of B relu(A x + c1) + c2 for x ~ N(mu, Sigma)."""
+def output_moments(A, c1, B, c2, mean, cov):
+    """Exact mean (p,) and covariance (p, p) of B relu(A x + c1) + c2 for x ~ N(mean, cov)."""
     ### BEGIN SOLUTION
-    y_mean = A @ mu + c1
-    y_cov = A @ Sigma @ A.T
+    y_mean = A @ mean + c1
+    y_cov = A @ cov @ A.T
     q_mean, _ = nm.relu_moments(y_mean, torch.diagonal(y_cov).clamp(min=0))
     q_cov = nm.relu_covariance(y_mean, y_cov)
     return B @ q_mean + c2, B @ q_cov @ B.T
