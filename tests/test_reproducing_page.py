@@ -100,8 +100,8 @@ def suite_rows() -> list[str]:
 
 
 def page_commands(text: str) -> list[str]:
-    return [line.strip().split("  #")[0].strip().strip("`")
-            for line in re.findall(r"python -m netmoments\.experiments [^\n`]*", text)]
+    found = re.findall(r"python -m netmoments\.experiments [^\n`]*", text)
+    return [" ".join(line.split("  #")[0].strip("` ").split()) for line in found]
 
 
 def test_the_page_is_in_the_table_of_contents():
