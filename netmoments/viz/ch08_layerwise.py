@@ -106,7 +106,7 @@ def format_formula_check(check: dict) -> str:
         One row per ``(sigma, draws)`` in the dict's order, three decimals.
     """
     lines = ["| σ | draws | variance error, measured [95 % interval] | formula "
-             "| median \|Δμ\|/sd, measured [95 % interval] | formula |",
+             "| median \\|Δμ\\|/sd, measured [95 % interval] | formula |",
              "|---:|---:|---|---:|---|---:|"]  # fmt: skip
     for (sigma, draws), ((var_ci, zmu_ci), (var_f, zmu_f)) in check.items():
         measured = [f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]" for ci in (var_ci, zmu_ci)]
