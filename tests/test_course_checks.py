@@ -93,6 +93,17 @@ def test_done_raises_an_assertion_error_with_every_failure():
     assert isinstance(info.value, AssertionError) and str(info.value).startswith("title: 1 check(s) failed")
 
 
+def _executed_cells(nb, path):
+    """The cells of notebook ``nb`` (nbformat) after a real kernel ran it, saved at ``path``."""
+    import nbformat
+
+    nbformat.write(nb, path)
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+                           str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(path.read_text())["cells"]
+
+
 def test_in_jupyter_a_failing_check_shows_its_message_without_a_traceback(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("nbconvert")
@@ -103,12 +114,7 @@ def test_in_jupyter_a_failing_check_shows_its_message_without_a_traceback(tmp_pa
                                   "c.close('x', torch.tensor(0.5), torch.tensor(0.25))\nc.done()", metadata=tag),
         nbformat.v4.new_code_cell("assert 1 == 2, 'the student'", metadata=tag),
     ]
-    path = tmp_path / "demo.ipynb"
-    nbformat.write(nb, path)
-    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-                           str(path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    cells = json.loads(path.read_text())["cells"]
+    cells = _executed_cells(nb, tmp_path / "demo.ipynb")
     (error,) = cells[0]["outputs"]
     assert error["ename"] == "AssertionError" and error["evalue"].startswith("demo: 1 check(s) failed")
     text = "\n".join(error["traceback"])
@@ -135,12 +141,7 @@ def test_an_unfilled_blank_shows_one_line_in_a_kernel_and_every_other_error_its_
         nbformat.v4.new_code_cell("c = Check(globals(), 'demo')\nc.call('relu_mean_var', 0.0, 1.0)\nc.done()",
                                   metadata=tag),
     ]
-    path = tmp_path / "blank.ipynb"
-    nbformat.write(nb, path)
-    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-                           str(path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    cells = json.loads(path.read_text())["cells"]
+    cells = _executed_cells(nb, tmp_path / "blank.ipynb")
     plain = [re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(c["outputs"][0]["traceback"])) for c in cells[1:]]
     # The innermost blank is named, wherever the call started; at the top level there is no function to name.
     assert plain[0] == f"NotDone: relu_mean_var: {BLANK}", plain[0]
