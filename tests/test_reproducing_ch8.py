@@ -105,7 +105,7 @@ def test_each_command_asks_for_its_runs_settings():
         assert (args.mc_draws, args.cv_draws) == (config["mc_draws"], config["cv_draws"]), run
 
 
-def test_the_section_detects_a_stale_row(monkeypatch):
+def test_the_section_detects_a_stale_row():
     """The row check can fail: a row built from other metadata is not on the page."""
     real = run_row("layerwise_dense_full")
     assert real in section()
