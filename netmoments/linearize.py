@@ -46,6 +46,7 @@ __all__ = [
     "prune_inactive_units",
     "pixel_noise_sensitivity",
     "maxpool_ties",
+    "split_expected_linearization",
 ]
 
 #: The layer types a network may be built from to be linearized.
@@ -1116,3 +1117,85 @@ def maxpool_ties(model: nn.Sequential, x: torch.Tensor, rtol: float = 0.0) -> li
             out.append((int(tied.sum()), tied.numel()))
         x = layer(x)
     return out
+
+
+def split_expected_linearization(
+    model: nn.Sequential, x: torch.Tensor, eps: torch.Tensor, average: str, relu_index: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expected linearization of the layers before the kept ReLU with one kind of nonlinearity frozen.
+
+    The tie-aware point of chapter 7 averages the Jacobian of *every* piecewise-linear layer over the noise. To
+    tell which kind carries its effect, this averages only one kind and freezes the other at its choice at ``x``:
+
+    - ``average="pool"``: each max-pool picks its window's maximum at every draw ``x + eps_j``, so a window's
+      Jacobian row, averaged, weighs each entry by the fraction of draws in which it is the maximum; every ReLU
+      is a fixed mask, the one it has at ``x`` (an entry active at ``x`` passes even if a draw makes it negative);
+    - ``average="relu"``: each ReLU gate is on in the draws where its input is positive (its average is the
+      fraction of such draws); every max-pool gathers, at every draw, the entry it chose at ``x`` (the first
+      maximum, as ``max_pool2d``).
+
+    The frozen layers make the part a piecewise-linear function ``h~`` with pieces of one kind only; the result
+    is its statistical linearization on the draws, ``A = mean_j J~(x + eps_j)``, ``c1 = mean_j h~(x + eps_j) - A x``
+    (with antithetic draws ``+-eps`` it equals the two-stage linearization at ``x`` wherever no draw leaves
+    ``x``'s linear region).
+
+    Args:
+        model: ``nn.Sequential`` as :class:`TwoStageLinearization` takes it (Conv2d / MaxPool2d / AvgPool2d /
+            Flatten / Linear / ReLU / Identity); its parameters' dtype is the computation's.
+        x: the point, one input ``(C, H, W)``.
+        eps: the noise draws ``(S, C, H, W)`` or ``(S, C*H*W)``, ``S >= 1``.
+        average: ``"pool"`` or ``"relu"``, the kind averaged over the draws.
+        relu_index: which ReLU is kept (-1 = the last), as in :func:`split_at_relu`.
+
+    Returns:
+        ``A (m, n)`` and ``c1 (m,)`` in the model's dtype, ``n = C*H*W``, ``m`` the kept ReLU's width.
+    """
+    model = check_sequential(model)
+    if average not in ("pool", "relu"):
+        raise ValueError(f"average must be 'pool' or 'relu', got {average!r}")
+    for name, t in (("x", x), ("eps", eps)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be one input (C, H, W), got shape {tuple(x.shape)}")
+    shape = tuple(x.shape)
+    if eps.dim() == 2 and eps.shape[1] == x.numel():
+        eps = eps.reshape(-1, *shape)
+    if eps.dim() != 4 or tuple(eps.shape[1:]) != shape or eps.shape[0] < 1:
+        raise ValueError(f"eps must be (S, {', '.join(map(str, shape))}) or (S, {x.numel()}) with S >= 1, "
+                         f"got shape {tuple(eps.shape)}")  # fmt: skip
+    before, _ = split_at_relu(model, relu_index)
+    dtype = next(iter(model.parameters())).dtype
+    x = x.to(dtype)
+    S = eps.shape[0]
+    with torch.no_grad():
+        _, at_x = _forward_pattern(before, x.unsqueeze(0))
+        h = x.unsqueeze(0) + eps.to(dtype)
+        pattern = []
+        for layer, frozen in zip(before, at_x):
+            if isinstance(layer, nn.MaxPool2d) and average == "relu":
+                idx = frozen.expand(S, *frozen.shape[1:]).contiguous()
+                C, H, W = h.shape[1:]
+                h = h.reshape(S, C, H * W).gather(-1, idx.reshape(S, C, -1)).reshape(S, C, *idx.shape[-2:])
+                pattern.append(idx)
+            elif isinstance(layer, nn.MaxPool2d):
+                h, idx = nn.functional.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                                  ceil_mode=layer.ceil_mode, return_indices=True)  # fmt: skip
+                pattern.append(idx)
+            elif isinstance(layer, nn.ReLU) and average == "pool":
+                on = frozen.expand(S, *frozen.shape[1:])
+                h = h * on.to(h.dtype)
+                pattern.append(on)
+            elif isinstance(layer, nn.ReLU):
+                pattern.append(h > 0)
+                h = torch.relu(h)
+            else:
+                h = layer(h)
+                pattern.append(None)
+        A = torch.zeros(h[0].numel(), x.numel(), dtype=dtype)
+        for j in range(S):  # one draw at a time, as the structured Jacobian is fastest on a CPU
+            sub = [p[j : j + 1] if p is not None else None for p in pattern]
+            A += _structured_jacobian(before, h.new_empty(1, x.numel()), shape, sub)[0]
+        A /= S
+        c1 = h.reshape(S, -1).mean(0) - A @ x.reshape(-1)
+    return A, c1
