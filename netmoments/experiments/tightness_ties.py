@@ -142,8 +142,9 @@ def ties_task(ctx, key, truth: dict) -> list[dict]:
     return rows
 
 
-def run(out_csv, n_images: int, sigmas=SIGMAS, command: str | None = None, budget_s: float | None = None) -> dict:
-    """Run (or resume) the control over the first ``n_images`` digits into ``out_csv`` and its ``.json``.
+def run(out_csv, n_images: int, sigmas=SIGMAS, command: str | None = None, budget_s: float | None = None,
+        first: int = 0) -> dict:
+    """Run (or resume) the control over digits ``first .. n_images - 1`` into ``out_csv`` and its ``.json``.
 
     A task already in ``out_csv`` is skipped; each finished task is appended at once, so an interrupted run loses
     at most one task. ``budget_s`` stops starting new tasks after that many CPU seconds of this sitting.
@@ -169,7 +170,8 @@ def run(out_csv, n_images: int, sigmas=SIGMAS, command: str | None = None, budge
             rows = [(int(r["image"]), float(r["sigma"])) for r in csv.DictReader(f)]
         done = {key for key in set(rows) if rows.count(key) == len(POINTS)}
     sitting = {"command": command, "git_commit": git_commit(), "versions": versions(), "machine": machine(),
-               "started": now(), "load_average_at_start": load_average(), "threads": 1, "tasks_run": 0}  # fmt: skip
+               "started": now(), "load_average_at_start": load_average(), "threads": 1, "tasks_run": 0,
+               "images": [first, n_images]}  # fmt: skip
     meta["sittings"].append(sitting)
     meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")  # a killed sitting is still on record
     new = not out_csv.exists()
@@ -178,7 +180,7 @@ def run(out_csv, n_images: int, sigmas=SIGMAS, command: str | None = None, budge
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             writer.writeheader()
-        for image in range(n_images):
+        for image in range(first, n_images):
             for sigma in settings["sigmas"]:
                 if (image, sigma) in done:
                     continue
@@ -201,12 +203,13 @@ def main(argv=None) -> int:
                                      description="Chapter 7's ties control (see the module docstring).")
     parser.add_argument("--out", default="book/data/ties_control.csv", help="the CSV (its metadata: .json beside)")
     parser.add_argument("--n-images", type=int, default=60, help="the first N test digits of the committed run")
+    parser.add_argument("--first-image", type=int, default=0, help="start at this digit (a second worker)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting tasks after this CPU time")
     args = parser.parse_args(argv)
     if not 1 <= args.n_images <= 1000:
         parser.error(f"--n-images must be in 1..1000, got {args.n_images}")
     cmd = "python -m netmoments.experiments.tightness_ties " + " ".join(sys.argv[1:] if argv is None else argv)
-    meta = run(args.out, args.n_images, command=cmd.strip(), budget_s=args.budget_s)
+    meta = run(args.out, args.n_images, command=cmd.strip(), budget_s=args.budget_s, first=args.first_image)
     print(f"{meta['tasks_done']} of {meta['n_tasks']} tasks in {args.out}")
     return 0
 
