@@ -281,7 +281,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--suite", default=None, choices=["sparse", "ablation", "smooth", "targeted"],
+    mode.add_argument("--suite", default=None, choices=list(attack_suite.SUITES),
                       help="run a per-image evidence suite (netmoments.experiments.attack_suite) into --out "
                            "(.csv), resumable")
     mode.add_argument("--tune", default=None, metavar="JSON",

@@ -40,7 +40,7 @@ from .sittings import end_sitting, git_commit, machine, start_sitting, versions
 __all__ = ["SUITES", "TUNED", "suite_task", "run_suite", "load_digits"]
 
 #: The attack suites a run can choose.
-SUITES = ("sparse", "ablation", "smooth", "targeted")
+SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration")
 
 # Set on training digits (``--split train``, see ``book/data/attack_tuning.json``), then frozen for test runs.
 # L0-PGD's success at k = 20 plateaus from step 2 to 8 (0.94); the smallest step on the plateau is kept.
@@ -251,6 +251,13 @@ def _targeted_suite(c: _Chunk) -> None:
 _SUITE_METHODS = {"sparse": _sparse_suite, "ablation": _ablation_suite, "smooth": _smooth_suite,
                   "targeted": _targeted_suite}
 
+# ``calibration``: our sparse attack at weakened goals, judged on 1,000 draws per digit (attack_calibration.py)
+from .attack_calibration import CAL_DRAWS, CAL_METHODS, GOALS, calibration_suite  # noqa: E402
+
+_SUITE_METHODS["calibration"] = calibration_suite
+#: settings a suite records beyond (or instead of) the common ones
+_SUITE_SETTINGS = {"calibration": dict(draws=CAL_DRAWS, goals=list(GOALS), methods=list(CAL_METHODS))}
+
 
 def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **runner_options):
     """Run (or resume) ``suite`` over ``images`` correctly classified digits of ``split`` into ``out``
@@ -291,6 +298,7 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
 def _run_suite_locked(suite, out, meta_path, old, ctx, split, images, chunk, command, runner_options):
     """:func:`run_suite` once its files are locked and its digits loaded: the metadata, then the chunks."""
     settings = dict(suite=suite, split=split, images=images, chunk=chunk, draws=DRAWS, tuned=TUNED)
+    settings.update(_SUITE_SETTINGS.get(suite, {}))
     settings = json.loads(json.dumps(settings))
     meta, grown_from = _suite_metadata(old, settings, out, meta_path, ctx)
     tasks = [(suite, c) for c in range(math.ceil(len(ctx.labels) / chunk))]
