@@ -81,6 +81,29 @@ def test_frozen_settings_are_the_committed_tuning():
     assert default_options("sparse")["l1_weight"] == tuning["l1_weight_best"]
 
 
+def test_frozen_ablation_settings_are_the_committed_fair_tuning():
+    """The ablation's variants (attack_suite.TUNED_FAIR) use the winners recorded on training digits, for every
+    variant the tuning scored, and each winner is the best score of its grid."""
+    import json
+
+    from netmoments.experiments.attack_fair_tuning import EOT_SAMPLES, L1_GRID, LR_GRID
+    from netmoments.experiments.attack_suite import TUNED_FAIR
+
+    path = DATA / "attack_tuning_fair.json"
+    if not path.exists():
+        pytest.skip("attack_tuning_fair.json not committed")
+    tuning = json.loads(path.read_text())
+    assert tuning["split"] == "train" and tuning["git_commit"] and tuning["command"]
+    assert set(tuning["best"]) == {"mean-only", "ours", *(f"eot-solver-n{n}" for n in EOT_SAMPLES)} == set(TUNED_FAIR)
+    for name, best in tuning["best"].items():
+        assert TUNED_FAIR[name] == best, name
+        scores = tuning["scores"][name]
+        expected = len(L1_GRID) * (1 if name == "mean-only" else len(LR_GRID))
+        assert len(scores) == expected, name
+        top = max(scores.values(), key=lambda v: (v["success_l0_20"], v["success"]))
+        assert all(top[k] == v for k, v in best.items()), name
+
+
 def test_benchmark_tables_list_every_committed_method(capsys):
     """benchmarks/attack_tables.py (the README's tables) prints one row per method of each committed suite."""
     import importlib.util

@@ -58,10 +58,14 @@ class AttackOptions:
         structure: ``"sparse"`` (``G = I``, L1 on ``v``, noise only where ``v != 0``), ``"smooth"`` (``G`` a
             Gaussian blur, L2 energy penalty, noise anywhere) or ``"sparse+smooth"`` (a few blurred blobs).
         variables: ``"mean"`` (only ``delta``), ``"noise"`` (only ``Sigma``, mean = clean) or ``"both"``.
-        method: the formula by which ``Var[M_k]`` enters: ``"none"``, ``"linear"`` (Stein lower bound, cheap),
-            ``"exact"``, ``"series"`` or ``"hybrid"`` (the ``method`` of ``AffineReLUAffine.moments``, the full
-            hidden covariance). Formerly ``variance=``, still accepted (and readable as ``.variance``) with a
-            ``DeprecationWarning``.
+        method: the formula by which ``Var[M_k]`` enters the objective at *every step* of the optimization:
+            ``"none"``, ``"linear"`` (the default: Stein's lower bound, cheap), ``"exact"``, ``"series"`` or
+            ``"hybrid"`` (the ``method`` of ``AffineReLUAffine.moments``, the full hidden covariance; on LeNet
+            ``"exact"`` costs about 25 times ``"linear"`` per digit). The support solver's phase 1 and final check
+            use no variance formula (they run the real network);
+            :func:`~netmoments.attacks.support.surrogate_check` scores a final distribution with any formula (its
+            own ``method``). Formerly
+            ``variance=``, still accepted (and readable as ``.variance``) with a ``DeprecationWarning``.
         steps, lr, noise_lr: Adam steps and step sizes for ``v`` and for the noise stds ``s = sqrt(w)`` (both in
             pixel units; ``noise_lr`` defaults to ``lr``).
         relinearize_every: recompute the TSL at the current (clip-aware) mean every this many steps.

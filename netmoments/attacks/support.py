@@ -37,7 +37,8 @@ from .options import AttackOptions
 from .sources import SampledGradients, SolverCost, SupportProblem, SurrogateGradients
 from .update import Adam, mean_step, noise_step
 
-__all__ = ["SupportLinearization", "support_attack", "surrogate_check", "SurrogateGradients", "SampledGradients"]
+__all__ = ["SupportLinearization", "support_attack", "surrogate_check", "final_linearization_point", "SurrogateGradients",
+           "SampledGradients"]
 
 _SOURCE_METHODS = ("prepare", "begin_round", "tighten", "describe")
 
@@ -269,7 +270,7 @@ def surrogate_check(model, result, labels, target=None, n_samples=200, generator
     Returns a dict of ``(B,)`` tensors: ``pred_success`` = ``Phi(-E/sd)`` of ``M_k*`` under the surrogate (no
     ``kappa``, no temperature), ``sur_mean``, ``sur_var``, and on ``n_samples`` draws through the real network
     ``mc_mean``, ``mc_var``, ``mc_success_kstar`` (fraction with ``M_k* < 0``) and ``margin_z`` =
-    ``(sur_mean - mc_mean) / SE(mc_mean)``.
+    ``(sur_mean - mc_mean) / SE(mc_mean)``, and ``kstar`` (int64) the margin's class.
 
     ``method`` is the surrogate's variance formula (:attr:`AttackOptions.method`; default: the attack's own).
     ``n_samples`` and ``method`` were ``n_draws=`` and ``variance=``, still accepted with a ``DeprecationWarning``.
@@ -280,19 +281,9 @@ def surrogate_check(model, result, labels, target=None, n_samples=200, generator
         raise ValueError("surrogate_check needs a sparse (G = I) attack result")
     method = method or result.options.get("method", result.options.get("variance", "linear"))
     clean = result.clean.flatten(1)
-    bsz, n = clean.shape
-    w = result.noise_var
-    support_mask = (result.delta_param != 0) | (w > 0)
-    counts = support_mask.sum(1)
-    k = max(int(counts.max()), 1)
-    order = support_mask.to(clean.dtype).argsort(dim=1, descending=True, stable=True)[:, :k]
-    valid = torch.arange(k, device=clean.device).unsqueeze(0) < counts.unsqueeze(1)
-    support = torch.where(valid, order, order[:, :1])
-    clean_S = clean.gather(1, support) * valid
-    v_S = result.delta_param.gather(1, support) * valid
-    w_S = w.gather(1, support) * valid
-    mean_S, _ = clipped_gaussian_moments((clean_S + v_S).clamp(0, 1), w_S)
-    point = put_support(clean, support, valid, mean_S).view_as(result.clean)
+    bsz = clean.shape[0]
+    point, support, valid, clean_S, v_S, w_S = final_linearization_point(result)
+    k = support.shape[1]
     lin = SupportLinearization(model, point, support, valid, result.options.get("relu_index", -1))
     targeted = target is not None
     reference = target if targeted else labels
@@ -322,4 +313,30 @@ def surrogate_check(model, result, labels, target=None, n_samples=200, generator
     se = (mc_var / n_samples).sqrt().clamp_min(1e-12)
     pred = torch.special.ndtr(-sur_mean / sur_var.clamp_min(1e-12).sqrt())
     return dict(pred_success=pred, sur_mean=sur_mean, sur_var=sur_var, mc_mean=mc_mean, mc_var=mc_var,
-                mc_success_kstar=(mc < 0).to(mc.dtype).mean(0), margin_z=(sur_mean - mc_mean) / se)
+                mc_success_kstar=(mc < 0).to(mc.dtype).mean(0), margin_z=(sur_mean - mc_mean) / se, kstar=kstar)
+
+
+def final_linearization_point(result):
+    """Where :func:`surrogate_check` linearizes a sparse attack's final distribution: the clip-aware mean.
+
+    The support is every pixel with a mean shift or noise (padded to the largest count, padded slots repeating
+    slot 0); on it the mean of ``clip(clip(clean + v) + sqrt(w) eps, 0, 1)`` replaces the clean pixels.
+
+    Returns ``(point, support, valid, clean_S, v_S, w_S)``: ``point`` in the images' shape ``(B, C, H, W)``,
+    ``support`` ``(B, K)`` int64 pixel indices, ``valid`` ``(B, K)`` bool, and the clean pixels, mean shifts and
+    noise variances on the support, ``(B, K)`` each (0 on padded slots).
+    """
+    clean = result.clean.flatten(1)
+    w = result.noise_var
+    support_mask = (result.delta_param != 0) | (w > 0)
+    counts = support_mask.sum(1)
+    k = max(int(counts.max()), 1)
+    order = support_mask.to(clean.dtype).argsort(dim=1, descending=True, stable=True)[:, :k]
+    valid = torch.arange(k, device=clean.device).unsqueeze(0) < counts.unsqueeze(1)
+    support = torch.where(valid, order, order[:, :1])
+    clean_S = clean.gather(1, support) * valid
+    v_S = result.delta_param.gather(1, support) * valid
+    w_S = w.gather(1, support) * valid
+    mean_S, _ = clipped_gaussian_moments((clean_S + v_S).clamp(0, 1), w_S)
+    point = put_support(clean, support, valid, mean_S).view_as(result.clean)
+    return point, support, valid, clean_S, v_S, w_S

@@ -15,8 +15,14 @@ Suites (``SUITES``):
 * ``sparse``: our default sparse attack, its mean-only ablation, Foolbox L0-FMN and L1-FMN, L0-PGD with restarts
   at fixed ``k`` and at ``k`` matched per image to our attack's pixel count, and EOT-PGD over the same Gaussian
   family.
-* ``ablation``: mean only (variance none) vs the linear variance, no noise reward, no final check, EOT at about
-  our wall time; the exact and series variances score the linear attack's final distribution.
+* ``ablation``: mean only (variance none, its L1 price tuned) vs the linear variance, no noise reward (the noise
+  started at :data:`NO_REWARD_INIT_NOISE`), no final check, our solver with sampled gradients instead of the
+  closed form (1 and 4 draws per step, tuned: :data:`TUNED_FAIR`), EOT-PGD at about our wall time; the exact and
+  series variances score the linear attack's final distribution.
+* ``ablation-exact``: our attack with the exact variance inside the optimization, on the ablation's chunks and
+  seeds (pairs with its ``gauss-var-linear`` rows).
+* ``ablation-truth``: the ablation's linear-variance attack again, its final distribution judged on 10⁴ draws
+  (:mod:`netmoments.experiments.attack_truth`).
 * ``smooth``: our smooth attack, blurred PGD with per-image pre-clip budgets matched to the L2 of our draws (and,
   as a second row, to the L2 of our mean shift only), smooth EOT-PGD.
 * ``targeted``: our sparse attack and L0-FMN at each of the 9 targets of every digit (``target`` column).
@@ -37,10 +43,10 @@ from .runner import (
 )
 from .sittings import end_sitting, git_commit, machine, start_sitting, versions
 
-__all__ = ["SUITES", "TUNED", "suite_task", "run_suite", "load_digits"]
+__all__ = ["SUITES", "TUNED", "TUNED_FAIR", "NO_REWARD_INIT_NOISE", "suite_task", "run_suite", "load_digits"]
 
 #: The attack suites a run can choose.
-SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration")
+SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration", "ablation-truth", "ablation-exact")
 
 # Set on training digits (``--split train``, see ``book/data/attack_tuning.json``), then frozen for test runs.
 # L0-PGD's success at k = 20 plateaus from step 2 to 8 (0.94); the smallest step on the plateau is kept.
@@ -142,11 +148,12 @@ class _Chunk:
     """One task's digits, seed and yardstick, and the rows its methods add (:meth:`add`)."""
 
     def __init__(self, ctx: SuiteContext, suite: str, chunk_id: int, only):
-        self.model, self.only, self.rows = ctx.model, only, []
+        self.model, self.only, self.rows, self.chunk_id = ctx.model, only, [], chunk_id
         self.images, self.labels, self.index = ctx.batch(chunk_id)
-        self.seed = seed_from_key(0, suite, chunk_id) % (2**31)
+        self.seed = seed_from_key(0, _SEED_SUITE.get(suite, suite), chunk_id) % (2**31)
         torch.manual_seed(self.seed)
-        self.yard = _yardstick(self.model, self.images, self.labels) if only is None else float("nan")
+        timed = only is None and suite not in _UNTIMED_SUITES
+        self.yard = _yardstick(self.model, self.images, self.labels) if timed else float("nan")
         self.columns = _EXTRA_ABLATION if suite == "ablation" else _EXTRA
 
     def add(self, method, attack, target=None, extra=None):
@@ -191,9 +198,20 @@ def _sparse_suite(c: _Chunk) -> None:
                                            steps=TUNED["eot_steps"], seed=seed))
 
 
+#: The ablation's variants' own settings, tuned on training digits like ours
+#: (:mod:`netmoments.experiments.attack_fair_tuning`, ``book/data/attack_tuning_fair.json``), then frozen.
+TUNED_FAIR = {"mean-only": dict(l1_weight=0.3), "eot-solver-n1": dict(lr=0.05, l1_weight=0.3),
+              "eot-solver-n4": dict(lr=0.05, l1_weight=0.3)}
+#: Where the no-noise-reward variant starts its noise std on the support: the median final std of our attack on
+#: the 16 first training digits (0.21), so the objective alone decides whether noise stays. Our attack starts at 0,
+#: where the hinge's gradient in the std is 0: without the reward, noise started there could never move.
+NO_REWARD_INIT_NOISE = 0.2
+
+
 def _ablation_suite(c: _Chunk) -> None:
-    """Mean only vs the linear variance, no noise reward, no final check, EOT at about our wall time."""
-    from ..attacks import eot_attack, gaussian_attack
+    """Mean only vs the linear variance, no noise reward (from a nonzero start), no final check, our solver with
+    sampled gradients (tuned, 1 and 4 draws per step), and EOT-PGD at about our wall time."""
+    from ..attacks import SampledGradients, eot_attack, gaussian_attack
 
     model, images, labels, seed = c.model, c.images, c.labels, c.seed
     # Optimizing with the exact / series covariance costs ~10 s per step per digit here (1024^2 / 2 hidden
@@ -201,11 +219,18 @@ def _ablation_suite(c: _Chunk) -> None:
     ours = c.add("gauss-var-linear", lambda: gaussian_attack(model, images, labels, method="linear", seed=seed),
                  extra=c.ours_extra(variances=("exact", "series")))
     c.add("gauss-var-none-mean-only", lambda: gaussian_attack(model, images, labels, method="none",
-                                                              variables="mean", seed=seed), extra=c.ours_extra())
-    c.add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0, seed=seed),
+                                                              variables="mean", seed=seed,
+                                                              **TUNED_FAIR["mean-only"]), extra=c.ours_extra())
+    c.add("gauss-no-noise-reward", lambda: gaussian_attack(model, images, labels, noise_reward=0.0,
+                                                           init_noise=NO_REWARD_INIT_NOISE, seed=seed),
           extra=c.ours_extra())
     c.add("gauss-no-final-check", lambda: gaussian_attack(model, images, labels, tighten_rounds=0, final_draws=0,
                                                           seed=seed), extra=c.ours_extra())
+    for n in (1, 4):
+        tuned = TUNED_FAIR[f"eot-solver-n{n}"]
+        c.add(f"eot-solver-n{n}", lambda n=n, tuned=tuned: gaussian_attack(
+            model, images, labels, seed=seed, lr=tuned["lr"], noise_lr=tuned["lr"], l1_weight=tuned["l1_weight"],
+            gradients=SampledGradients(n)))
     if ours is not None:
         # EOT at about our wall time: as many 4-sample steps as fit in our time per image (at least 5)
         probe = eot_attack(model, images, labels, n_samples=4, steps=5, seed=seed)
@@ -248,15 +273,41 @@ def _targeted_suite(c: _Chunk) -> None:
                                            **TUNED["fmn_l0"]), target)
 
 
+def _ablation_truth_suite(c: _Chunk) -> None:
+    """The ablation's linear-variance attack, same chunk and seed, judged on 10^4 draws of the real network
+    (:mod:`netmoments.experiments.attack_truth`)."""
+    from .attack_truth import truth_rows
+
+    draw_seed = seed_from_key(1, "ablation-truth", c.chunk_id) % (2**31)
+    c.rows.extend(truth_rows(c.model, c.images, c.labels, c.index, c.seed, draw_seed))
+
+
+def _ablation_exact_suite(c: _Chunk) -> None:
+    """Our attack with the exact (Phi2) variance inside the optimization, on the ablation's chunks and seeds, so
+    each row pairs with that digit's ``gauss-var-linear`` row of the ablation (about 25 times its cost)."""
+    from ..attacks import gaussian_attack
+
+    c.add("gauss-var-exact", lambda: gaussian_attack(c.model, c.images, c.labels, method="exact", seed=c.seed),
+          extra=c.ours_extra())
+
+
+# suites whose rows carry no cost comparison, so no yardstick is timed for them
+_UNTIMED_SUITES = {"ablation-truth"}
+# suites that rerun another suite's attacks, so they take its chunk seeds
+_SEED_SUITE = {"ablation-truth": "ablation", "ablation-exact": "ablation"}
+
 _SUITE_METHODS = {"sparse": _sparse_suite, "ablation": _ablation_suite, "smooth": _smooth_suite,
-                  "targeted": _targeted_suite}
+                  "targeted": _targeted_suite, "ablation-truth": _ablation_truth_suite,
+                  "ablation-exact": _ablation_exact_suite}
 
 # ``calibration``: our sparse attack at weakened goals, judged on 1,000 draws per digit (attack_calibration.py)
 from .attack_calibration import CAL_DRAWS, CAL_METHODS, GOALS, calibration_suite  # noqa: E402
+from .attack_truth import ABLATION_CHUNK, TRUTH_DRAWS  # noqa: E402
 
 _SUITE_METHODS["calibration"] = calibration_suite
 #: settings a suite records beyond (or instead of) the common ones
 _SUITE_SETTINGS = {"calibration": dict(draws=CAL_DRAWS, goals=list(GOALS), methods=list(CAL_METHODS))}
+_SUITE_SETTINGS["ablation-truth"] = dict(draws=TRUTH_DRAWS, paired_with="ablation")
 
 
 def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **runner_options):
@@ -277,6 +328,9 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if suite in _SEED_SUITE and chunk != ABLATION_CHUNK:
+        raise ValueError(f"chunk must be {ABLATION_CHUNK} for suite {suite!r} (the {_SEED_SUITE[suite]} run's "
+                         f"chunks, whose seeds it reuses), got {chunk}")
     out = Path(out)
     meta_path = out.with_suffix(".json")
     with output_lock(out, meta_path):
