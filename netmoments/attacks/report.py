@@ -18,7 +18,8 @@ from ..prose import format_ci, interval_sign
 from .metrics import L0_BUDGETS, bootstrap_ci
 
 __all__ = ["load_rows", "by_method", "method_table", "format_interval", "cost_ratio", "calibration",
-           "per_digit", "paired_difference", "compare"]
+           "per_digit", "paired_difference", "compare", "brier_score", "reliability_edges",
+           "expected_calibration_error", "reliability_table", "goal_calibration"]
 
 
 def load_rows(path) -> list[dict]:
@@ -181,3 +182,119 @@ def plot_draws_and_points(clean, columns, titles, row_labels=None):
     from .. import viz
 
     return viz.plot_draws_and_points(clean, columns, titles, row_labels=row_labels)
+
+
+# ----------------------------------------------------------------------------------------------- reliability
+# The calibration suite (netmoments.experiments.attack_calibration) asks the attack for goals 0.5, 0.7 and 0.9,
+# so its predictions spread; these functions judge them. A digit is the unit throughout: its observed rate (on
+# its own draws) is one number, and every interval resamples digits, never pooled draws.
+
+
+def _check_probabilities(name, values) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of per-digit probabilities, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any() or (arr > 1).any():
+        raise ValueError(f"{name} must lie in [0, 1] (finite), got values from {arr.min()!r} to {arr.max()!r}")
+    return arr
+
+
+def brier_score(pred, observed) -> float:
+    """Brier score of per-digit predictions ``pred`` ``(n,)`` against binary draws whose per-digit success rates
+    are ``observed`` ``(n,)``: the mean over digits of ``E_draws[(p - y)^2] = (p - r)^2 + r (1 - r)``.
+
+    The second term is the draws' own spread, which no prediction can remove; a perfectly calibrated ``p = r``
+    scores ``mean(r (1 - r))``. Raises ``ValueError`` unless both are 1-D, equally long and in ``[0, 1]``.
+    """
+    p, r = _check_probabilities("pred", pred), _check_probabilities("observed", observed)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and observed must have the same length, got {p.size} and {r.size}")
+    return float(np.mean((p - r) ** 2 + r * (1 - r)))
+
+
+def reliability_edges(pred, n_bins: int = 5) -> np.ndarray:
+    """Bin edges ``(<= n_bins + 1,)`` over ``[0, 1]`` holding about equally many of the predictions ``pred``
+    (quantiles; repeated quantiles merged), so that every bin has enough digits to be judged."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    p = _check_probabilities("pred", pred)
+    inner = np.quantile(p, np.linspace(0, 1, n_bins + 1)[1:-1])
+    return np.unique(np.concatenate([[0.0], inner, [1.0]]))
+
+
+def _bin_index(pred, edges) -> np.ndarray:
+    # bins are [lo, hi), the last one closed
+    return np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, len(edges) - 2)
+
+
+def expected_calibration_error(pred, observed, edges) -> float:
+    """``sum_b (n_b / n) |mean pred_b - mean observed_b|`` over the bins ``edges`` of the predictions (digits
+    weigh equally; ``observed`` is each digit's success rate). Raises ``ValueError`` on bad inputs."""
+    p, r = _check_probabilities("pred", pred), _check_probabilities("observed", observed)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and observed must have the same length, got {p.size} and {r.size}")
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or (np.diff(edges) <= 0).any():
+        raise ValueError(f"edges must be increasing, at least two of them, got {edges!r}")
+    b = _bin_index(p, edges)
+    n_b = np.bincount(b, minlength=edges.size - 1)
+    gap = np.bincount(b, weights=p - r, minlength=edges.size - 1)  # sum of (p - r) per bin
+    return float(np.abs(gap).sum() / p.size) if n_b.sum() else float("nan")
+
+
+def reliability_table(pred, observed, edges=None, n_bins: int = 5, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The reliability of per-digit predictions ``pred`` ``(n,)`` against per-digit observed success rates
+    ``observed`` ``(n,)`` (floats in ``[0, 1]``).
+
+    Returns ``dict(n, edges, bins, brier, ece)``: ``bins`` is a list of dicts, one per non-empty bin of ``edges``
+    (default :func:`reliability_edges` with ``n_bins``), with ``lo``, ``hi``, ``n`` (digits), ``pred`` and
+    ``observed`` (means over its digits), ``wilson`` (a 95 % Wilson interval for the bin's success rate, each digit
+    counting once with its rate as a fractional success) and ``boot`` (a bootstrap interval of the mean observed
+    rate over the bin's digits, ``(est, lo, hi)``); ``brier`` (:func:`brier_score`) and ``ece``
+    (:func:`expected_calibration_error` on the same edges) are ``(est, lo, hi)`` bootstrap intervals over digits.
+    """
+    from ..stats import wilson_interval
+
+    p, r = _check_probabilities("pred", pred), _check_probabilities("observed", observed)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and observed must have the same length, got {p.size} and {r.size}")
+    edges = reliability_edges(p, n_bins) if edges is None else np.asarray(edges, dtype=np.float64)
+    b = _bin_index(p, edges)
+    bins = []
+    for k in range(edges.size - 1):
+        sel = b == k
+        if not sel.any():
+            continue
+        n_k = int(sel.sum())
+        bins.append(dict(lo=float(edges[k]), hi=float(edges[k + 1]), n=n_k, pred=float(p[sel].mean()),
+                         observed=float(r[sel].mean()), wilson=wilson_interval(float(r[sel].sum()), n_k),
+                         boot=bootstrap_ci(r[sel], "mean", n_boot, seed=seed)))
+    idx = np.arange(p.size, dtype=np.float64)
+    brier = bootstrap_ci(idx, lambda i: brier_score(p[i.astype(int)], r[i.astype(int)]), n_boot, seed=seed)
+    ece = bootstrap_ci(idx, lambda i: expected_calibration_error(p[i.astype(int)], r[i.astype(int)], edges),
+                       n_boot, seed=seed)
+    return dict(n=int(p.size), edges=edges, bins=bins, brier=brier, ece=ece)
+
+
+def goal_calibration(rows, attack="gauss-sparse", observed="mc_success_kstar", n_bins: int = 5,
+                     n_boot: int = 2000) -> dict:
+    """:func:`reliability_table` per ``goal`` of the calibration suite's rows of ``attack`` (the ``"method"``
+    column): ``{goal: table}`` in increasing goal order, each table with ``goal`` added.
+
+    ``observed`` is the rows' observed column: ``"mc_success_kstar"`` (the default: the event the surrogate
+    predicts, ``M_k* < 0``) or ``"mc_success_any"`` (any misclassification, never below it).
+    Raises ``ValueError`` for an unknown ``observed`` or when no row belongs to ``attack``.
+    """
+    if observed not in ("mc_success_kstar", "mc_success_any"):
+        raise ValueError(f"observed must be 'mc_success_kstar' or 'mc_success_any', got {observed!r}")
+    g = [r for r in rows if r["method"] == attack]
+    if not g:
+        raise ValueError(f"no row of attack {attack!r}")
+    out = {}
+    for goal in sorted({float(r["goal"]) for r in g}):
+        sel = [r for r in g if float(r["goal"]) == goal]
+        table = reliability_table([float(r["pred_success"]) for r in sel], [float(r[observed]) for r in sel],
+                                  n_bins=n_bins, n_boot=n_boot)
+        table["goal"] = goal
+        out[goal] = table
+    return out

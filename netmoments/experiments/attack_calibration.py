@@ -76,11 +76,14 @@ def judged_check(model, result, labels, n_samples: int, seed: int) -> dict:
 
 def _subset(result, keep):
     """``result`` restricted to the digits where ``keep`` ``(B,)`` bool is true (what a judgment needs)."""
-    from dataclasses import replace
+    import copy
 
-    return replace(result, clean=result.clean[keep], labels=result.labels[keep], target=None,
-                   delta_param=result.delta_param[keep], noise_var=result.noise_var[keep], loss_history=None,
-                   success_prob_history=None)
+    # a shallow copy, not dataclasses.replace: the constructor would re-run the deprecated ``method`` path
+    sub = copy.copy(result)
+    sub.clean, sub.labels, sub.target = result.clean[keep], result.labels[keep], None
+    sub.delta_param, sub.noise_var = result.delta_param[keep], result.noise_var[keep]
+    sub.loss_history = sub.success_prob_history = None
+    return sub
 
 
 def _judge_variant(model, res, labels, draws, seed, base, base_res):

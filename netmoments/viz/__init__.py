@@ -36,7 +36,8 @@ from .ch06_linearize import (plot_digits, plot_exact_sets, plot_linear_regions, 
                              plot_noise_sensitivity, plot_two_stage_diagram)
 from .ch07_tightness import plot_error_split, plot_intervals, plot_z_distribution
 from .ch08_layerwise import format_formula_check, plot_clark_check, plot_cost_accuracy, plot_logit_moments
-from .ch09_attacks import plot_attack_grid, plot_budget_curves, plot_calibration, plot_draws_and_points
+from .ch09_attacks import (plot_attack_grid, plot_budget_curves, plot_calibration, plot_draws_and_points,
+                           plot_reliability)
 
 # Outside __all__ but part of the interface, as before the split: the colours (chapters use viz.INPUT_COLOR and
 # viz.METHOD_COLORS) and the table helpers (viz.monte_carlo_table).
@@ -95,4 +96,5 @@ __all__ = [
     "plot_draws_and_points",
     "plot_budget_curves",
     "plot_calibration",
+    "plot_reliability",
 ]

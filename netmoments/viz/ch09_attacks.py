@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from ..attacks.metrics import L0_BUDGETS
 from ._common import to_numpy
 
-__all__ = ["plot_attack_grid", "plot_draws_and_points", "plot_budget_curves", "plot_calibration"]
+__all__ = ["plot_attack_grid", "plot_draws_and_points", "plot_budget_curves", "plot_calibration", "plot_reliability"]
 
 
 def plot_attack_grid(clean, mean, noise_std, draws, titles=None, success=None) -> Figure:
@@ -113,3 +113,49 @@ def plot_draws_and_points(clean, columns, titles, row_labels=None) -> Figure:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_reliability(tables, titles=None, ax=None) -> Figure:
+    """Reliability diagrams, one panel per table of :func:`netmoments.attacks.report.goal_calibration` (a dict
+    ``{goal: table}``, or a list of :func:`~netmoments.attacks.report.reliability_table` results).
+
+    Each panel: per bin, the mean observed success (over its digits) against the mean prediction, with the bin's
+    Wilson interval (bar) and bootstrap interval over its digits (thick bar), the diagonal of perfect
+    calibration, and the number of digits in each bin written under its point; the panel's title gives the
+    goal, the Brier score and the ECE (estimates). ``ax``: a sequence of axes, one per table (default: new).
+    """
+    items = list(tables.values()) if isinstance(tables, dict) else list(tables)
+    if not items:
+        raise ValueError("tables must hold at least one reliability table")
+    if ax is None:
+        _, axes = plt.subplots(1, len(items), figsize=(3.3 * len(items), 3.4), squeeze=False)
+        axes = list(axes[0])
+    else:
+        axes = list(np.atleast_1d(ax))
+        if len(axes) != len(items):
+            raise ValueError(f"ax must hold one axes per table ({len(items)}), got {len(axes)}")
+    for i, (axis, table) in enumerate(zip(axes, items)):
+        pred = np.array([b["pred"] for b in table["bins"]])
+        obs = np.array([b["observed"] for b in table["bins"]])
+        wil = np.array([b["wilson"] for b in table["bins"]])
+        boot = np.array([b["boot"][1:] for b in table["bins"]])
+        axis.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+        axis.errorbar(pred, obs, yerr=[obs - wil[:, 0], wil[:, 1] - obs], fmt="none", ecolor="0.55", lw=1,
+                      capsize=3, label="Wilson 95 %")
+        axis.errorbar(pred, obs, yerr=[obs - boot[:, 0], boot[:, 1] - obs], fmt="o", color="C0", ms=4, lw=2.5,
+                      label="bootstrap 95 % (digits)")
+        for b in table["bins"]:
+            axis.annotate(f"{b['n']}", (b["pred"], b["observed"]), textcoords="offset points", xytext=(6, -10),
+                          fontsize=7, color="0.3")
+        lo = min(0.5, float(min(pred.min(), obs.min())) - 0.05)
+        axis.set_xlim(lo, 1.005)
+        axis.set_ylim(lo, 1.005)
+        axis.set_aspect("equal")
+        title = titles[i] if titles is not None else f"goal {table.get('goal', float('nan')):g}"
+        axis.set_title(f"{title}\nBrier {table['brier'][0]:.3f}, ECE {table['ece'][0]:.3f}", fontsize=9)
+        axis.set_xlabel("predicted success (surrogate)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("observed success (real LeNet)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].figure.tight_layout()
+    return axes[0].figure
