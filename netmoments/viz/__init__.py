@@ -16,6 +16,8 @@ the pure functions in :mod:`netmoments.widgets`.
 - ``ch08_layerwise``: chapter 8, moments layer by layer;
 - ``ch09_attacks``: chapter 9, Gaussian attacks (its result plots draw what :mod:`netmoments.attacks.report`
   computes; ``report.plot_...`` still reaches them);
+- ``diagrams``: conceptual diagrams of chapters 3, 5 and 6 (the polar derivation, the quadrant of Phi2, linear
+  regions and the linearization point);
 - ``tables``: chapters 1-4, closed forms against Monte Carlo: :func:`monte_carlo_comparison` computes the numbers,
   :func:`format_monte_carlo_table` writes them, :func:`monte_carlo_table` prints that.
 
@@ -38,6 +40,7 @@ from .ch07_tightness import plot_error_split, plot_intervals, plot_z_distributio
 from .ch08_layerwise import format_formula_check, plot_clark_check, plot_cost_accuracy, plot_logit_moments
 from .ch09_attacks import (plot_attack_grid, plot_budget_curves, plot_calibration, plot_draws_and_points,
                            plot_reliability)
+from .diagrams import diagram_network, linear_regions_diagram, phi2_quadrant_diagram, polar_derivation_diagram
 
 # Outside __all__ but part of the interface, as before the split: the colours (chapters use viz.INPUT_COLOR and
 # viz.METHOD_COLORS) and the table helpers (viz.monte_carlo_table).
@@ -97,4 +100,9 @@ __all__ = [
     "plot_budget_curves",
     "plot_calibration",
     "plot_reliability",
+    # conceptual diagrams (chapters 3, 5 and 6)
+    "polar_derivation_diagram",
+    "phi2_quadrant_diagram",
+    "diagram_network",
+    "linear_regions_diagram",
 ]
