@@ -201,3 +201,18 @@ def test_paired_difference_and_its_wording():
     assert compare((0.0, -0.1, 0.1)).startswith("not distinguishable")
     with pytest.raises(ValueError, match="share no digit"):
         paired_difference(rows, "a", "missing", "success")
+
+
+def test_markdown_table_shows_intervals_and_labels():
+    from netmoments.attacks.report import markdown_table
+
+    table = [dict(method="a", success=(0.5, 0.4, 0.6), l0=(21.0, 20.0, 22.0)),
+             dict(method="b", success=(0.25, 0.2, 0.3), l0=(12.0, 11.0, 12.0))]
+    text = markdown_table(table, [("success", "success", 2), ("median L0", "l0", None),
+                                  ("note", lambda e: e["method"].upper(), None)], labels={"a": "ours"})
+    lines = text.splitlines()
+    assert lines[0] == "| attack | success | median L0 | note |" and lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| ours | 0.50 [0.40, 0.60] | 21 | A |"
+    assert lines[3] == "| `b` | 0.25 [0.20, 0.30] | 12 | B |"
+    with pytest.raises(ValueError, match="columns"):
+        markdown_table(table, [])

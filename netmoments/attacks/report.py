@@ -17,8 +17,8 @@ from .._validation import renamed
 from ..prose import format_ci, interval_sign
 from .metrics import L0_BUDGETS, bootstrap_ci
 
-__all__ = ["load_rows", "by_method", "method_table", "format_interval", "cost_ratio", "calibration",
-           "per_digit", "paired_difference", "compare", "brier_score", "reliability_edges",
+__all__ = ["load_rows", "by_method", "method_table", "markdown_table", "format_interval", "cost_ratio",
+           "calibration", "per_digit", "paired_difference", "compare", "brier_score", "reliability_edges",
            "expected_calibration_error", "reliability_table", "goal_calibration"]
 
 
@@ -298,3 +298,29 @@ def goal_calibration(rows, attack="gauss-sparse", observed="mc_success_kstar", n
         table["goal"] = goal
         out[goal] = table
     return out
+
+
+def markdown_table(table, columns, labels=None) -> str:
+    """A Markdown table of :func:`method_table`'s entries: one row per entry, one column per ``(header, key,
+    digits)`` of ``columns``, where ``key`` names an ``(estimate, low, high)`` interval of the entry (shown as
+    ``estimate [low, high]`` with ``digits`` decimals; ``digits=None`` shows the estimate alone, rounded to an
+    integer) or is a callable of the entry returning the cell's text. ``labels`` maps attack names to the first
+    column's text (default: the name itself, in backquotes)."""
+    if not columns:
+        raise ValueError("columns must name at least one column")
+    labels = labels or {}
+    head = "| attack | " + " | ".join(h for h, _, _ in columns) + " |"
+    rule = "|---|" + "---|" * len(columns)
+    lines = [head, rule]
+    for entry in table:
+        cells = [labels.get(entry["method"], f"`{entry['method']}`")]
+        for _, key, digits in columns:
+            if callable(key):
+                cells.append(str(key(entry)))
+            elif digits is None:
+                cells.append(f"{entry[key][0]:.0f}")
+            else:
+                cells.append(format_interval(entry[key], digits))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
