@@ -122,8 +122,8 @@ WRONG = {
                                                     "m4 = 3 * sample_var ** 2")],
                                   "test_z_scores", r"Gaussian shortcut"),
     # a4: tsl_output_moments, tsl_max_abs_z
-    "a4_sigma_not_squared": (A4, "tsl_output_moments", [("sigma ** 2 * torch.eye(n)", "sigma * torch.eye(n)")],
-                             "test_tsl_moments", r"sigma\^2 I, not sigma I"),
+    "a4_var_squared": (A4, "tsl_output_moments", [("var * torch.eye(n)", "var ** 2 * torch.eye(n)")],
+                       "test_tsl_moments", r"var is the variance sigma\^2; .*not var\^2 I"),
     "a4_first_relu": (A4, "tsl_output_moments", [("two_stage_linearize(model, point)",
                                                   "two_stage_linearize(model, point, relu_index=0)")],
                       "test_tsl_moments", r"relu_index=0"),
@@ -131,15 +131,18 @@ WRONG = {
                                                    "two_stage_linearize(model, torch.zeros_like(point))")],
                        "test_tsl_moments", r"AT the point"),
     "a4_network_at_the_point": (A4, "tsl_output_moments", [(
-        'return net.moments(point.flatten(), sigma ** 2 * torch.eye(n), output="var")',
-        '_, var = net.moments(point.flatten(), sigma ** 2 * torch.eye(n), output="var")\n'
-        '    return net(point.flatten()), var')],
+        'return net.moments(point.flatten(), var * torch.eye(n), output="var")',
+        '_, out_var = net.moments(point.flatten(), var * torch.eye(n), output="var")\n'
+        '    return net(point.flatten()), out_var')],
         "test_tsl_moments", r"not the network at the point"),
     "a4_se_without_sqrt_n": (A4, "tsl_max_abs_z", [("outputs.std(0) / math.sqrt(outputs.shape[0])",
                                                     "outputs.std(0)")],
-                             "test_tsl_z", r"s / sqrt\(n\), not s"),
-    "a4_unscaled_noise": (A4, "tsl_max_abs_z", [("model(point + sigma * noise)", "model(point + noise)")],
-                          "test_tsl_z", r"scale the standard normal draws by sigma"),
+                             "test_tsl_z", r"s / sqrt\(N\), not s"),
+    "a4_unscaled_noise": (A4, "tsl_max_abs_z", [("model(point + math.sqrt(var) * noise)", "model(point + noise)")],
+                          "test_tsl_z", r"scale the standard normal draws by sigma = sqrt\(var\)"),
+    "a4_noise_scaled_by_var": (A4, "tsl_max_abs_z", [("model(point + math.sqrt(var) * noise)",
+                                                      "model(point + var * noise)")],
+                               "test_tsl_z", r"standard deviation sqrt\(var\), not by var"),
     # a5: margin_moments, expected_margin, sparse_gaussian_attack
     "a5_variance_for_std": (A5, "margin_moments", [("return m, var.clamp(min=0).sqrt()", "return m, var")],
                             "test_margin_moments", r"returned the variance"),

@@ -62,47 +62,51 @@ direction = direction / direction.norm()
 #
 # `two_stage_linearize(model, point)` keeps the **last** ReLU and linearizes everything before it (stage 1: $A$, $c_1$)
 # and after it (stage 2: $B$, $c_2$) at `point`; it returns an `nm.AffineReLUAffine` acting on the *flattened*
-# input. Implement `tsl_output_moments(model, point, sigma)`: the mean `(p,)` and variance `(p,)` of the TSL
-# approximation for $x \sim \mathcal{N}(\text{point}, \sigma^2 I)$ (`point` has shape `(1, 10, 10)`; `sigma` is a
-# standard deviation). Hint: `net.moments(mean, cov, output="var")`.
+# input. Implement `tsl_output_moments(model, point, var)`: the mean and the variance of the TSL approximation's
+# three outputs (two tensors of shape `(3,)`) for $x \sim \mathcal{N}(\text{point}, \sigma^2 I)$. `point` has
+# shape `(1, 10, 10)`; `var` is the per-pixel noise **variance** $\sigma^2$ (not the standard deviation: like
+# `nm.relu_moments(mean, var)` and every function of the book's code, it takes a variance).
+# Hint: `net.moments(mean, cov, output="var")`.
 
 # %% nbgrader={"grade": false, "grade_id": "tsl_output_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def tsl_output_moments(model, point, sigma):
-    """Mean (p,) and variance (p,) of the two-stage linearization at `point` under N(point, sigma^2 I)."""
+def tsl_output_moments(model, point, var):
+    """Mean and variance, each (outputs,), of the two-stage linearization at `point` under N(point, var I)."""
     ### BEGIN SOLUTION
     net = two_stage_linearize(model, point)
     n = point.numel()
-    return net.moments(point.flatten(), sigma ** 2 * torch.eye(n), output="var")
+    return net.moments(point.flatten(), var * torch.eye(n), output="var")
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_tsl_moments", "locked": true, "points": 3.0, "schema_version": 3, "solution": false, "task": false} tags=["raises-exception"]
 check = Check(globals(), "tsl_output_moments")
 # Visible: with almost no noise, the mean is the network's output at the point and the variance is tiny.
-out = check.call("tsl_output_moments", cnn, x0, 1e-6, case="sigma = 1e-6")
+out = check.call("tsl_output_moments", cnn, x0, 1e-12, case="var = 1e-12")
 if out is not None:
     with torch.no_grad():
         _f0 = cnn(x0.unsqueeze(0))[0]
-    check.close("sigma = 1e-6: mean ~ cnn(x0)", out[0], _f0, rtol=1e-6, atol=1e-8,
+    check.close("var = 1e-12: mean ~ cnn(x0)", out[0], _f0, rtol=1e-6, atol=1e-8,
                 hint="linearize AT the point: two_stage_linearize(model, point)")
-    check.true("sigma = 1e-6: variance ~ 0", bool((torch.as_tensor(out[1]).abs() < 1e-8).all()),
+    check.true("var = 1e-12: variance ~ 0", bool((torch.as_tensor(out[1]).abs() < 1e-8).all()),
                f"expected a variance near 0, got {out[1]}")
 ### BEGIN HIDDEN TESTS
-for _sigma, _pt in ((0.1, x0), (0.3, x0 + 0.8 * direction)):
+for _var, _pt in ((0.01, x0), (0.09, x0 + 0.8 * direction)):
     _net = two_stage_linearize(cnn, _pt)
-    _want = _net.moments(_pt.flatten(), _sigma ** 2 * torch.eye(100), output="var")
-    out = check.call("tsl_output_moments", cnn, _pt, _sigma, case=f"sigma = {_sigma}")
+    _want = _net.moments(_pt.flatten(), _var * torch.eye(100), output="var")
+    out = check.call("tsl_output_moments", cnn, _pt, _var, case=f"var = {_var}")
     if out is not None:
-        _first = two_stage_linearize(cnn, _pt, relu_index=0).moments(_pt.flatten(), _sigma ** 2 * torch.eye(100),
+        _first = two_stage_linearize(cnn, _pt, relu_index=0).moments(_pt.flatten(), _var * torch.eye(100),
                                                                       output="var")
-        _root = _net.moments(_pt.flatten(), _sigma * torch.eye(100), output="var")
-        check.close(f"sigma = {_sigma}: mean", out[0], _want[0], rtol=1e-8,
+        # var squared as if it were a standard deviation
+        _squared = _net.moments(_pt.flatten(), _var ** 2 * torch.eye(100), output="var")
+        check.close(f"var = {_var}: mean", out[0], _want[0], rtol=1e-8,
                     hint="the TSL mean is E[B relu(A x + c1) + c2], not the network at the point",
                     diagnoses=[(_first[0], "you kept the first ReLU (relu_index=0); TSL keeps the last one"),
-                               (_root[0], "Sigma = sigma^2 I: you used sigma I")])
-        check.close(f"sigma = {_sigma}: variance", out[1], _want[1], rtol=1e-8,
-                    hint="Sigma = sigma^2 I on the flattened input",
-                    diagnoses=[(_root[1], "sigma is a standard deviation: the covariance is sigma^2 I, not sigma I"),
+                               (_squared[0], "var is the variance sigma^2; the covariance is var I, not var^2 I")])
+        check.close(f"var = {_var}: variance", out[1], _want[1], rtol=1e-8,
+                    hint="Sigma = var I on the flattened input",
+                    diagnoses=[(_squared[1], "var is the variance sigma^2; you used it as the standard deviation: "
+                                             "the covariance is var I, not var^2 I"),
                                (_first[1], "you kept the first ReLU (relu_index=0); TSL keeps the last one")])
 ### END HIDDEN TESTS
 check.done()
@@ -111,19 +115,21 @@ check.done()
 # %% [markdown]
 # ## Question 2: how tight is it? (3 points)
 #
-# Given standard normal draws `noise` of shape `(n, 1, 10, 10)`, the real network's outputs at
-# $x_k = \text{point} + \sigma\,\text{noise}_k$ are Monte Carlo samples of $g(x)$. Implement
-# `tsl_max_abs_z(model, point, sigma, noise)`: the largest (over the outputs) $|z|$ of the TSL mean,
-# $z = (\bar g - \mathbb{E}_{\text{TSL}}[g]) / (s/\sqrt n)$, with $s$ the unbiased sample standard deviation. Return a
+# Given $N$ standard normal draws `noise` of shape `(N, 1, 10, 10)`, the real network's outputs at
+# $\text{point} + \sigma\,\text{noise}_j$, $j = 1, \dots, N$, with $\sigma$ the standard deviation
+# (`var` $= \sigma^2$), are Monte Carlo samples of $f(x)$, $x \sim \mathcal{N}(\text{point}, \sigma^2 I)$. Implement
+# `tsl_max_abs_z(model, point, var, noise)`: the largest (over the outputs) $|z|$ of the TSL mean,
+# $z = (\bar f - \mathbb{E}_{\text{TSL}}[g]) / (s/\sqrt N)$, with $\bar f$ the sample mean and $s$ the unbiased
+# sample standard deviation of the draws. Return a
 # Python float or 0-d tensor. Large values mean the TSL moments are not those of the real network.
 
 # %% nbgrader={"grade": false, "grade_id": "tsl_max_abs_z", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def tsl_max_abs_z(model, point, sigma, noise):
-    """max over outputs of |MC mean - TSL mean| / (s / sqrt(n)) with the real network sampled at point + sigma noise."""
+def tsl_max_abs_z(model, point, var, noise):
+    """max over outputs of |MC mean - TSL mean| / (s / sqrt(N)), the real network sampled at point + sqrt(var) noise."""
     ### BEGIN SOLUTION
-    mean, _ = tsl_output_moments(model, point, sigma)
+    mean, _ = tsl_output_moments(model, point, var)
     with torch.no_grad():
-        outputs = model(point + sigma * noise)
+        outputs = model(point + math.sqrt(var) * noise)
     standard_error = outputs.std(0) / math.sqrt(outputs.shape[0])
     return ((outputs.mean(0) - mean) / standard_error).abs().max()
     ### END SOLUTION
@@ -134,41 +140,49 @@ check = Check(globals(), "tsl_max_abs_z")
 _noise = torch.randn(4000, 1, 10, 10, generator=torch.Generator().manual_seed(5))
 
 
-def _max_z(point, sigma, noise, se_scale=1.0, scale_noise=True):
-    _m, _ = two_stage_linearize(cnn, point).moments(point.flatten(), sigma ** 2 * torch.eye(100), output="var")
+def _max_z(point, var, noise, se_scale=1.0, noise_scale=None):
+    _m, _ = two_stage_linearize(cnn, point).moments(point.flatten(), var * torch.eye(100), output="var")
     with torch.no_grad():
-        _out = cnn(point + (sigma if scale_noise else 1.0) * noise)
+        _out = cnn(point + (math.sqrt(var) if noise_scale is None else noise_scale) * noise)
     return ((_out.mean(0) - _m) / (_out.std(0) / math.sqrt(_out.shape[0]) * se_scale)).abs().max()
 
 
-out = check.call("tsl_max_abs_z", cnn, x0, 0.05, _noise, case="sigma = 0.05 at x0")
+out = check.call("tsl_max_abs_z", cnn, x0, 0.0025, _noise, case="var = 0.0025 at x0")
 if out is not None:
-    check.close("sigma = 0.05 at x0", torch.as_tensor(out), _max_z(x0, 0.05, _noise), rtol=1e-6, check_dtype=False,
-                hint="z = (sample mean - TSL mean) / (s / sqrt(n)); max of |z| over the 3 outputs",
-                diagnoses=[(_max_z(x0, 0.05, _noise, se_scale=math.sqrt(4000)),
-                            "the standard error is s / sqrt(n), not s")])
+    check.close("var = 0.0025 at x0", torch.as_tensor(out), _max_z(x0, 0.0025, _noise), rtol=1e-6,
+                check_dtype=False, hint="z = (sample mean - TSL mean) / (s / sqrt(N)); max of |z| over the 3 outputs",
+                diagnoses=[(_max_z(x0, 0.0025, _noise, se_scale=math.sqrt(4000)),
+                            "the standard error is s / sqrt(N), not s"),
+                           (_max_z(x0, 0.0025, _noise, noise_scale=0.0025),
+                            "var is the variance sigma^2; scale the standard normal draws by the standard "
+                            "deviation sqrt(var), not by var")])
 ### BEGIN HIDDEN TESTS
 _pt = x0 + 1.5 * direction
-out = check.call("tsl_max_abs_z", cnn, _pt, 0.3, _noise[:2000], case="sigma = 0.3, moved point")
+out = check.call("tsl_max_abs_z", cnn, _pt, 0.09, _noise[:2000], case="var = 0.09, moved point")
 if out is not None:
-    check.close("sigma = 0.3 at x0 + 1.5 d", torch.as_tensor(out), _max_z(_pt, 0.3, _noise[:2000]), rtol=1e-6,
-                check_dtype=False, hint="sample the real network at point + sigma * noise",
-                diagnoses=[(_max_z(_pt, 0.3, _noise[:2000], scale_noise=False),
-                            "you sampled point + noise: scale the standard normal draws by sigma"),
-                           (_max_z(_pt, 0.3, _noise[:2000], se_scale=math.sqrt(2000)),
-                            "the standard error is s / sqrt(n), not s")])
+    check.close("var = 0.09 at x0 + 1.5 d", torch.as_tensor(out), _max_z(_pt, 0.09, _noise[:2000]), rtol=1e-6,
+                check_dtype=False, hint="sample the real network at point + sqrt(var) * noise",
+                diagnoses=[(_max_z(_pt, 0.09, _noise[:2000], noise_scale=1.0),
+                            "you sampled point + noise: scale the standard normal draws by sigma = sqrt(var)"),
+                           (_max_z(_pt, 0.09, _noise[:2000], noise_scale=0.09),
+                            "var is the variance sigma^2; scale the standard normal draws by the standard "
+                            "deviation sqrt(var), not by var"),
+                           (_max_z(_pt, 0.09, _noise[:2000], se_scale=math.sqrt(2000)),
+                            "the standard error is s / sqrt(N), not s")])
 ### END HIDDEN TESTS
 check.done()
 
 # %% [markdown]
 # ## Explore: tightness as the point moves
 #
-# Walk along $x(t) = x_0 + t\,d$ and track the TSL's max $|z|$ at a fixed noise level, together with the share of
-# first-layer ReLUs whose pre-activation is within $2\sigma\,\lVert w\rVert$ of zero (units the noise can switch,
-# which breaks stage 1's linearity). Where many first-layer units sit near their kink, the TSL is loose.
+# Walk along $x_0 + t\,\zeta$, with $\zeta$ a random unit direction (`direction`), and track the TSL's max $|z|$
+# at a fixed noise variance $\sigma^2$, together with the share of first-layer ReLUs whose pre-activation is within
+# $2\sigma\,\lVert w\rVert$ of zero (units the noise can switch, which breaks stage 1's linearity).
+# Where many first-layer units sit near their kink, the TSL is loose.
 
 # %% tags=["raises-exception"]
-sigma = 0.02
+var = 0.02 ** 2
+sigma = math.sqrt(var)  # the near-kink band is measured in standard deviations
 noise = torch.randn(3000, 1, 10, 10, generator=torch.Generator().manual_seed(7))
 ts = torch.linspace(-3.0, 3.0, 13)
 conv = cnn[0]
@@ -176,14 +190,14 @@ kernel_norm = conv.weight.flatten(1).norm(dim=1).reshape(1, 4, 1, 1)
 max_z, near_kink = [], []
 for t in ts:
     point = x0 + t * direction
-    max_z.append(float(tsl_max_abs_z(cnn, point, sigma, noise)))
+    max_z.append(float(tsl_max_abs_z(cnn, point, var, noise)))
     with torch.no_grad():
         pre = conv(point.unsqueeze(0))
     near_kink.append((pre.abs() < 2 * sigma * kernel_norm).double().mean().item())
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(ts.numpy(), max_z, "o-", label="TSL max |z| vs Monte Carlo")
 ax.axhline(4, color="gray", ls="--", lw=1)
-ax.set_xlabel("t (point = x0 + t d)")
+ax.set_xlabel("t (point = x0 + t direction)")
 ax.set_ylabel("max |z|")
 ax2 = ax.twinx()
 ax2.plot(ts.numpy(), near_kink, "s:", color="C1", label="first-layer units near the kink")

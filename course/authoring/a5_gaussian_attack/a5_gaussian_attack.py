@@ -21,7 +21,8 @@
 # **Learning objectives.** After this assignment you can
 # 1. turn exact output moments into the mean and standard deviation of a classification margin;
 # 2. use the closed-form expected margin, which is differentiable, as the objective of an attack whose input is a
-#    *distribution*: $x \sim \mathcal{N}(\text{image} + \delta, \sigma^2\,\mathrm{diag}(m))$ with a sparse mask $m$;
+#    *distribution*: $x \sim \mathcal{N}(\text{image} + \delta, \sigma^2\,\mathrm{diag}(m))$ with a sparse mask $m$
+#    (in code the noise variance $\sigma^2$ is `var`: the book's functions take variances);
 # 3. verify an attack honestly, by sampling the real network, not by trusting the model of it.
 #
 # **How to work.** Replace every `raise NotDone()` under `# YOUR CODE HERE`; keep names and
@@ -53,12 +54,12 @@ def runner_up(logits, label):
 # ## Question 1: the margin's mean and standard deviation (2 points)
 #
 # The classifier is right on $x$ while the margin $g_y(x) - g_j(x) > 0$ ($y$ the label, $j$ another class). Given the
-# output mean `(p,)` and covariance `(p, p)`, implement `margin_moments(mean, cov, label, other)`: the mean and the
+# output mean (one entry per class) and covariance, implement `margin_moments(mean, cov, label, other)`: the mean and the
 # **standard deviation** of $g_y - g_j$ (two 0-d tensors).
 
 # %% nbgrader={"grade": false, "grade_id": "margin_moments", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def margin_moments(mean, cov, label, other):
-    """Mean and standard deviation of g_label - g_other given the output mean (p,) and covariance (p, p)."""
+    """Mean and standard deviation of g_label - g_other given the output mean (C,) and covariance (C, C)."""
     ### BEGIN SOLUTION
     m = mean[label] - mean[other]
     var = cov[label, label] + cov[other, other] - 2 * cov[label, other]
@@ -124,18 +125,18 @@ if out is not None:
 ### BEGIN HIDDEN TESTS
 _A, _c1, _B, _c2 = factors
 _net = nm.AffineReLUAffine(_A, _c1, _B, _c2)
-for _i, _s in ((1, 0.3), (4, 0.15)):
+for _i, _var in ((1, 0.09), (4, 0.0225)):
     _x = images[_i].double().flatten()
-    _v = torch.full((784,), _s ** 2)
+    _v = torch.full((784,), _var)
     _v[::3] = 0.0  # noise on two pixels of three
     _gm, _ = _net.moments(_x, torch.diag(_v), output="var")
     _yy = int(labels[_i])
     _jj = runner_up(_B @ torch.relu(_A @ _x + _c1) + _c2, _yy)
-    out = check.call("expected_margin", factors, _x, _v, _yy, _jj, case=f"digit {_i}, sigma = {_s}")
+    out = check.call("expected_margin", factors, _x, _v, _yy, _jj, case=f"digit {_i}, var = {_var}")
     if out is not None:
         _plug = _B @ torch.relu(_A @ _x + _c1) + _c2
         _std = _B @ nm.relu_moments(_A @ _x + _c1, ((_A * _A) @ _v).sqrt())[0] + _c2
-        check.close(f"digit {_i} under noise sigma = {_s}", torch.as_tensor(out), _gm[_yy] - _gm[_jj], rtol=1e-8,
+        check.close(f"digit {_i} under noise var = {_var}", torch.as_tensor(out), _gm[_yy] - _gm[_jj], rtol=1e-8,
                     check_dtype=False, hint="pre-activation variances are (A * A) @ var_x (sum_k a_ik^2 v_k); E[g] = B E[relu(y)] + c2",
                     diagnoses=[(_plug[_yy] - _plug[_jj], "you ignored the noise: E[relu(y)] != relu(E[y])"),
                                (_std[_yy] - _std[_jj], "nm.relu_moments takes variances; you passed standard "
@@ -147,33 +148,34 @@ check.done()
 # %% [markdown]
 # ## Question 3: design the attack (4 points)
 #
-# Design `sparse_gaussian_attack(factors, image, label, k, sigma)` returning `(delta, mask)`, both `(784,)`:
+# Design `sparse_gaussian_attack(factors, image, label, k, var)` returning `(delta, mask)`, both `(784,)`:
 # - `mask` is 0/1 with at most `k` ones; `delta` is zero off the mask; `image + delta` stays in $[0, 1]$;
-# - the attack is the distribution $x \sim \mathcal{N}(\text{image} + \delta, \sigma^2\,\mathrm{diag}(\text{mask}))$:
-#   noise and shift only on the `k` chosen pixels;
+# - the attack is the distribution $x \sim \mathcal{N}(\text{image} + \delta, \sigma^2\,\mathrm{diag}(\text{mask}))$,
+#   where `var` is the noise **variance** $\sigma^2$ of each chosen pixel: noise and shift only on the `k` chosen
+#   pixels;
 # - it should make the *real* network misclassify most draws.
 #
 # A workable design: pick the runner-up class $j$; choose the `k` pixels where the gradient of the expected margin
 # (your Question 2, with noise everywhere) is largest in magnitude; then run a few dozen Adam steps on $\delta$
 # (restricted to the mask, clamped to $[0, 1]$) that *decrease* $\mathbb{E}[g_y - g_j]$ under the masked noise.
 # The tests sample the real network 2,000 times and require a fooling rate of at least 50% on at least two of
-# three digits with `k = 30`, `sigma = 0.3`.
+# three digits with `k = 30`, `var = 0.09` (a standard deviation of 0.3).
 
 # %% nbgrader={"grade": false, "grade_id": "sparse_gaussian_attack", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def sparse_gaussian_attack(factors, image, label, k, sigma):
-    """(delta, mask), both (784,): shift and noise on at most k pixels that fool the network."""
+def sparse_gaussian_attack(factors, image, label, k, var):
+    """(delta, mask), both (784,): shift, and noise of variance var, on at most k pixels."""
     ### BEGIN SOLUTION
     A, c1, B, c2 = factors
     x = image.flatten().double()
     other = runner_up(B @ torch.relu(A @ x + c1) + c2, label)
     probe = x.clone().requires_grad_()
-    grad, = torch.autograd.grad(expected_margin(factors, probe, sigma ** 2 * torch.ones_like(x), label, other), probe)
+    grad, = torch.autograd.grad(expected_margin(factors, probe, var * torch.ones_like(x), label, other), probe)
     mask = torch.zeros_like(x)
     mask[grad.abs().topk(k).indices] = 1.0
     shift = torch.zeros_like(x, requires_grad=True)
     optimizer = torch.optim.Adam([shift], lr=0.05)
     for _ in range(60):
-        margin = expected_margin(factors, (x + shift * mask).clamp(0, 1), sigma ** 2 * mask, label, other)
+        margin = expected_margin(factors, (x + shift * mask).clamp(0, 1), var * mask, label, other)
         optimizer.zero_grad()
         margin.backward()
         optimizer.step()
@@ -186,10 +188,10 @@ def sparse_gaussian_attack(factors, image, label, k, sigma):
 check = Check(globals(), "sparse_gaussian_attack")
 
 
-def _verify(index, k=30, sigma=0.3, n=2000):
+def _verify(index, k=30, var=0.09, n_draws=2000):
     """Check the constraints and sample the real network; returns the fooling rate or None."""
     image, label = images[index].double(), int(labels[index])
-    out = check.call("sparse_gaussian_attack", factors, image, label, k, sigma, case=f"digit {index}")
+    out = check.call("sparse_gaussian_attack", factors, image, label, k, var, case=f"digit {index}")
     if out is None:
         return None
     delta, mask = (torch.as_tensor(t).double().flatten() for t in out)
@@ -206,7 +208,7 @@ def _verify(index, k=30, sigma=0.3, n=2000):
     if not ok:
         return None
     gen = torch.Generator().manual_seed(100 + index)
-    draws = x + delta + sigma * mask * torch.randn(n, 784, generator=gen)
+    draws = x + delta + math.sqrt(var) * mask * torch.randn(n_draws, 784, generator=gen)
     with torch.no_grad():
         predicted = model.double()(draws).argmax(1)
     model.float()
@@ -239,12 +241,12 @@ net = nm.AffineReLUAffine(*factors)
 generator = torch.Generator().manual_seed(0)
 for index in range(5):
     image, label = images[index].double(), int(labels[index])
-    delta, mask = sparse_gaussian_attack(factors, image, label, k=30, sigma=0.3)
+    delta, mask = sparse_gaussian_attack(factors, image, label, k=30, var=0.09)
     x = image.flatten() + delta
-    out_mean, out_cov = net.moments(x, torch.diag(0.3 ** 2 * mask))
+    out_mean, out_cov = net.moments(x, torch.diag(0.09 * mask))
     other = runner_up(factors[2] @ torch.relu(factors[0] @ image.flatten() + factors[1]) + factors[3], label)
     m, sd = margin_moments(out_mean, out_cov, label, other)
-    draws = x + 0.3 * mask * torch.randn(2000, 784, generator=generator)
+    draws = x + math.sqrt(0.09) * mask * torch.randn(2000, 784, generator=generator)
     with torch.no_grad():
         fooled = (model.double()(draws).argmax(1) != label).double().mean().item()
     model.float()
