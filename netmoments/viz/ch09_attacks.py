@@ -147,7 +147,8 @@ def plot_reliability(tables, titles=None, ax=None) -> Figure:
         for b in table["bins"]:
             axis.annotate(f"{b['n']}", (b["pred"], b["observed"]), textcoords="offset points", xytext=(6, -10),
                           fontsize=7, color="0.3")
-        lo = min(0.5, float(min(pred.min(), obs.min())) - 0.05)
+        # zoom on the bins (the wide Wilson bars of small bins are cut at the frame)
+        lo = max(0.0, float(min(pred.min(), boot.min())) - 0.05)
         axis.set_xlim(lo, 1.005)
         axis.set_ylim(lo, 1.005)
         axis.set_aspect("equal")
@@ -156,6 +157,6 @@ def plot_reliability(tables, titles=None, ax=None) -> Figure:
         axis.set_xlabel("predicted success (surrogate)")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("observed success (real LeNet)")
-    axes[0].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=7, loc="upper left", framealpha=0.9)
     axes[0].figure.tight_layout()
     return axes[0].figure
