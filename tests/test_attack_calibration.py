@@ -160,3 +160,24 @@ def test_the_committed_data_is_complete_and_has_provenance():
         for key in ("command", "git_commit", "versions", "machine", "started"):
             assert sitting.get(key), key
         assert "--suite calibration" in sitting["command"]
+
+
+def test_the_reliability_plot_draws_one_panel_per_goal():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from netmoments import viz
+
+    tables = {g: dict(reliability_table(*_synthetic(s), n_bins=4, n_boot=50), goal=g)
+              for g, s in ((0.5, 0.0), (0.9, 0.1))}
+    fig = viz.plot_reliability(tables)
+    assert len(fig.axes) == 2 and "goal 0.5" in fig.axes[0].get_title()
+    # one point per bin, with its count written beside it
+    assert len(fig.axes[1].texts) == len(tables[0.9]["bins"])
+    plt.close(fig)
+    _, axes = plt.subplots(1, 3)
+    with pytest.raises(ValueError, match="one axes per table"):
+        viz.plot_reliability(tables, ax=axes)
+    plt.close("all")
