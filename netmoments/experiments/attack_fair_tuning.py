@@ -29,8 +29,8 @@ import torch
 
 __all__ = ["EOT_SAMPLES", "LR_GRID", "L1_GRID", "score_attack", "tune_fair", "main"]
 
-#: Draws per phase-2 step of the sampled-gradient solver in the ablation: 1 costs about what our closed form costs
-#: per digit (passes and wall time), 4 about twice that.
+#: The numbers of draws per phase-2 step of the sampled-gradient solver in the ablation (1 costs about what our
+#: closed form costs per digit in passes and wall time, 4 about twice that).
 EOT_SAMPLES = (1, 4)
 #: Learning rates tried for the sampled-gradient solver (ours uses 0.05, untuned).
 LR_GRID = (0.02, 0.05, 0.1, 0.2)

@@ -203,9 +203,9 @@ def _sparse_suite(c: _Chunk) -> None:
 #: (:mod:`netmoments.experiments.attack_fair_tuning`, ``book/data/attack_tuning_fair.json``), then frozen.
 TUNED_FAIR = {"mean-only": dict(l1_weight=1.0), "ours": dict(lr=0.2, l1_weight=0.3),
               "eot-solver-n1": dict(lr=0.2, l1_weight=1.0), "eot-solver-n4": dict(lr=0.1, l1_weight=1.0)}
-#: Where the no-noise-reward variant starts its noise std on the support: the median final std of our attack on
-#: the 16 first training digits (0.21), so the objective alone decides whether noise stays. Our attack starts at 0,
-#: where the hinge's gradient in the std is 0: without the reward, noise started there could never move.
+#: The noise std on the support at which the no-noise-reward variant starts, the median final std of our attack
+#: on the 16 first training digits (0.21), so that the objective alone decides whether noise stays. Our attack
+#: starts at 0, where the hinge's gradient in the std is 0; without the reward, noise started there never moves.
 NO_REWARD_INIT_NOISE = 0.2
 
 

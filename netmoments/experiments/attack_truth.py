@@ -1,7 +1,7 @@
 """``attack --suite ablation-truth``: the real network's margin at the ablation's final distributions, 10⁴ draws.
 
 The ablation suite judges how well the surrogate's margin variance matches the real network's on
-:data:`~netmoments.experiments.attack_suite.DRAWS` = 100 draws per digit, whose relative standard error,
+``attack_suite.DRAWS`` = 100 draws per digit, whose relative standard error,
 ``sqrt(2 / 99)``, is about 14 %: most of a gap of that size is sampling noise. This pass reruns the ablation's
 linear-variance attack on the same chunks with the same seeds (so its final distributions are the committed ones;
 the data test checks the surrogate's numbers against ``attack_ablation.csv``) and measures, on
