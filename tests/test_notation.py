@@ -49,8 +49,6 @@ COMPILED = {(sym, name): re.compile(rx) for sym, rules in RULES.items() for name
 
 # (file relative to book/, rule name) -> the fix the notation page asks for. Chapters edited by others.
 PENDING = {
-    ("05_computing_phi2.ipynb", "N as series terms"): "N -> n_terms (the series' terms)",
-    ("06_linearizing_deep_networks.ipynb", "d as a direction"): "the walk x + t d -> x + t zeta",
     ("07_how_tight_is_it.ipynb", "h as a function"): "h(x + eps) -> f_before(x + eps)",
     ("07_how_tight_is_it.ipynb", "N as test digits"): "the first N test digits -> n_img",
     ("09_gaussian_attacks.ipynb", "p as a fraction"): "Wilson's hat p -> hat P",
