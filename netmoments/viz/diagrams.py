@@ -289,7 +289,7 @@ def linear_regions_diagram(point=(-0.35, -1.1), cov=((0.12, 0.04), (0.04, 0.08))
     Returns:
         The figure; ``fig.axes[0]`` is the plane, ``fig.axes[1]`` the slice.
     """
-    from ..linearize import activation_pattern, affine_linearize, two_stage_linearize
+    from ..linearize import activation_pattern
 
     p = to_numpy(point)
     cov_np = to_numpy(cov)
@@ -352,7 +352,17 @@ def linear_regions_diagram(point=(-0.35, -1.1), cov=((0.12, 0.04), (0.04, 0.08))
     ax.set_ylabel("$x_2$")
     ax.set_title(f"{n_regions} linear regions (solid: layer 1, dashed: layer 2)", fontsize=10)
 
-    # the slice through p: the network, its tangent and its TSL
+    _draw_tsl_slice(ax_line, net, p, xs, first_p, second_p, lim)
+    return fig
+
+
+def _draw_tsl_slice(ax_line, net, p, xs, first_p, second_p, lim) -> None:
+    """The right panel of :func:`linear_regions_diagram`: the network, its tangent and its TSL at ``p`` along the
+    horizontal line through ``p``, with the stretches where each is exact (``first_p``, ``second_p``: ``p``'s
+    activation pattern)."""
+    from ..linearize import activation_pattern, affine_linearize, two_stage_linearize
+
+    p_t = torch.tensor(p)
     t = torch.tensor(xs)
     line = torch.stack([t, torch.full_like(t, float(p[1]))], 1)
     W, b = affine_linearize(net, p_t)
@@ -383,4 +393,3 @@ def linear_regions_diagram(point=(-0.35, -1.1), cov=((0.12, 0.04), (0.04, 0.08))
     ax_line.set_ylabel("output")
     ax_line.set_title("along the line through $p$", fontsize=10)
     ax_line.legend(loc="upper left", fontsize=8, framealpha=0.95)
-    return fig
