@@ -49,8 +49,6 @@ COMPILED = {(sym, name): re.compile(rx) for sym, rules in RULES.items() for name
 
 # (file relative to book/, rule name) -> the fix the notation page asks for. Chapters edited by others.
 PENDING = {
-    ("07_how_tight_is_it.ipynb", "h as a function"): "h(x + eps) -> f_before(x + eps)",
-    ("07_how_tight_is_it.ipynb", "N as test digits"): "the first N test digits -> n_img",
     ("09_gaussian_attacks.ipynb", "p as a fraction"): "Wilson's hat p -> hat P",
 }
 
