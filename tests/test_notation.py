@@ -49,7 +49,6 @@ COMPILED = {(sym, name): re.compile(rx) for sym, rules in RULES.items() for name
 
 # (file relative to book/, rule name) -> the fix the notation page asks for. Chapters edited by others.
 PENDING = {
-    ("09_gaussian_attacks.ipynb", "p as a fraction"): "Wilson's hat p -> hat P",
 }
 
 

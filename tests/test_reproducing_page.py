@@ -18,7 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "book" / "A2_reproducing_the_experiments.md"
 DATA = ROOT / "book" / "data"
-SUITES = ("sparse", "smooth", "targeted", "ablation")
+SUITES = ("sparse", "smooth", "targeted", "ablation", "ablation-truth", "ablation-exact", "calibration")
+
+
+def suite_file(suite: str) -> str:
+    """The metadata name of ``--suite`` ``suite``'s committed run (``attack_<suite>`` with ``_`` for ``-``)."""
+    return f"attack_{suite.replace('-', '_')}"
 PREFIX = "python -m netmoments.experiments "
 
 
@@ -88,7 +93,7 @@ def cost_rows(m: dict) -> list[str]:
 def suite_rows() -> list[str]:
     rows = []
     for suite in SUITES:
-        m = meta(f"attack_{suite}")
+        m = meta(suite_file(suite))
         last = m["sittings"][-1]
         cpu = sum(s["task_cpu_seconds_total"] for s in m["sittings"]) / sum(s["n_run"] for s in m["sittings"])
         loads = " ; ".join(f"{s['load_average_at_start'][0]:.1f} / {s['load_average_at_end'][0]:.1f}"
@@ -129,7 +134,7 @@ def test_every_command_on_the_page_is_valid():
 def test_the_recorded_commands_are_on_the_page():
     text = page_text()
     recorded = [meta("tightness_scale")["sittings"][-1]["command"], meta("attack_tuning")["command"]]
-    recorded += [meta(f"attack_{s}")["sittings"][-1]["command"] for s in SUITES]
+    recorded += [meta(suite_file(s))["sittings"][-1]["command"] for s in SUITES]
     recorded.append(json.loads(str(np.load(DATA / "attacks_widget.npz")["provenance"]))["command"])
     for name in ("tightness_scale_tables.md", "tightness_scale_per_digit.csv"):
         recorded.append(json.loads((DATA / f"{name}.provenance.json").read_text(encoding="utf8"))["command"])
@@ -173,6 +178,9 @@ def test_the_attack_suites_match_the_metadata():
     for claim in (f"`{tuning['git_commit'][:12]}`", f"{tuning['images']} training digits", tuning["date"],
                   f"{tuning['wall_s']:.0f} s"):
         assert claim in text, f"the page does not say {claim!r} about the tuning run"
+    fair = meta("attack_tuning_fair")
+    for claim in (f"`{fair['git_commit'][:12]}`", fair["date"], f"{fair['wall_s']:.0f} s", fair["command"]):
+        assert claim in text, f"the page does not say {claim!r} about the ablation's tuning run"
     widget = json.loads(str(np.load(DATA / "attacks_widget.npz")["provenance"]))
     assert f"`{widget['git_commit'][:12]}`" in text
     assert f"{widget['date'][:16].replace('T', ' ')} UTC" in text, "the widget's date on the page is stale"
