@@ -185,3 +185,25 @@ def test_variance_gap_summary_sees_a_biased_surrogate_and_not_a_perfect_one():
     assert perfect["abs_gap_linear"][1] <= perfect["floor"] * 1.15 and perfect["abs_gap_linear"][2] >= perfect["floor"] * 0.85
     assert biased["gap_linear"][1] > 0.04 and biased["abs_gap_linear"][1] > 3 * biased["floor"]
     assert perfect["flips_relu1"][0] == 1.0 and perfect["n"] == n
+
+
+def test_committed_exact_variance_run_pairs_with_the_ablation():
+    """attack_ablation_exact: the exact variance inside the loop, one row per digit on the ablation's first chunks
+    and seeds, with its provenance; a digit's clean image and label are the ablation's."""
+    from netmoments.experiments.runner import read_rows
+
+    path = DATA / "attack_ablation_exact.csv"
+    if not path.exists():
+        pytest.skip("attack_ablation_exact.csv not committed")
+    rows = read_rows(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["settings"]["suite"] == "ablation-exact" and meta["settings"]["chunk"] == 4
+    assert meta["tasks_done"] == meta["n_tasks"] and meta["images_done"] == len(rows) >= 40
+    assert all(s["git_commit"] and s["command"] for s in meta["sittings"])
+    assert {r["method"] for r in rows} == {"gauss-var-exact"}
+    ablation = {int(r["image"]): r for r in read_rows(DATA / "attack_ablation.csv")
+                if r["method"] == "gauss-var-linear"}
+    for r in rows:
+        a = ablation[int(r["image"])]
+        assert r["label"] == a["label"] and json.loads(r["task"])[1] == json.loads(a["task"])[1]
+        assert 0.0 <= float(r["success"]) <= 1.0
