@@ -123,6 +123,8 @@ def test_committed_truth_is_complete_and_has_provenance():
     for r in rows:
         assert float(r["mc_var"]) > 0 and 0 <= float(r["mc_success_any"]) <= 1
         assert float(r["mc_var_rel_se"]) < 0.05  # 10^4 draws: about sqrt(2 / 10^4) = 1.4 % for a normal margin
+        # the exact and series gaps compare like with like only where their competitor class is the linear one's
+        assert r["same_kstar_exact"] in (True, "True") and r["same_kstar_series"] in (True, "True"), r["image"]
 
 
 def test_committed_truth_pairs_with_the_ablation():
