@@ -154,7 +154,9 @@ def test_support_attack_still_accepts_the_old_positional_classes(tiny):
 
 def test_default_options_keep_their_keys_and_values():
     opts = default_options("sparse")
-    assert len(opts) == 35 and "structure" not in opts
+    assert len(opts) == 39 and "structure" not in opts
+    assert (opts["support_search"], opts["search_radius"], opts["search_step"], opts["search_gamma"]) == \
+        ("l1", 20.0, 3.0, 0.05)
     assert (opts["l1_weight"], opts["blur_sigma"], opts["noise_support"]) == (0.3, 0.0, "mean")
     assert (opts["noise_l1_weight"], opts["noise_reward"], opts["noise_lr"], opts["solver"]) == (0.0, 0.1, None, "auto")
     smooth = default_options("smooth")

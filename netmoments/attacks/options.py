@@ -21,6 +21,8 @@ VARIABLES = ("mean", "noise", "both")
 VARIANCES = ("none", "linear", "exact", "series", "hybrid")
 #: The solver choices, on a support of pixels, dense over every pixel, or picked automatically.
 SOLVERS = ("auto", "support", "dense")
+#: How the support solver's phase 1 picks the pixels (:mod:`netmoments.attacks.search`).
+SEARCHES = ("l1", "l0", "fmn")
 
 _STRUCTURE_DEFAULTS = {
     "sparse": dict(blur_sigma=0.0, l1_weight=0.3, l2_weight=0.0, noise_support="mean"),
@@ -96,6 +98,12 @@ class AttackOptions:
             raises ``kappa`` by ``kappa_step`` for images below ``final_goal``, ``tighten_rounds`` times at most)
             or ``"dense"`` (the full ``m x n`` linearization every ``relinearize_every`` of ``steps`` steps; the
             only solver for blurred structures).
+        support_search: the support solver's phase 1 (:mod:`netmoments.attacks.search`): ``"l1"`` (proximal L1
+            steps, the default), ``"l0"`` (steps projected onto an L0 ball whose radius adapts per image, starting
+            at ``search_radius`` pixels) or ``"fmn"`` (a warm start from Foolbox's L0 fast minimum-norm attack).
+            Each takes ``mean_steps`` steps; ``search_step`` is the first step's length (``"l0"``: L2 norm of the
+            normalized gradient step, in pixel units; ``"fmn"``: its ``max_stepsize``) and ``search_gamma`` the
+            first step's relative change of the radius, both decaying to 0 on a cosine schedule.
     """
 
     structure: str = "sparse"
@@ -131,6 +139,10 @@ class AttackOptions:
     final_goal: float = 0.9
     tighten_rounds: int = 1
     kappa_step: float = 1.0
+    support_search: str = "l1"
+    search_radius: float = 20.0
+    search_step: float = 3.0
+    search_gamma: float = 0.05
     blur_sigma: float | None = None
     l1_weight: float | None = None
     l2_weight: float | None = None
@@ -195,6 +207,8 @@ class AttackOptions:
             raise ValueError(f"method must be one of {VARIANCES}, got {self.method!r}")
         if self.noise_support not in ("mean", "all"):
             raise ValueError(f"noise_support must be 'mean' or 'all', got {self.noise_support!r}")
+        if self.support_search not in SEARCHES:
+            raise ValueError(f"support_search must be one of {SEARCHES}, got {self.support_search!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.linearizer is not None and not callable(self.linearizer):
@@ -222,7 +236,7 @@ class AttackOptions:
             check_int(name, getattr(self, name), 1)
         for name in ("seed", "mean_steps", "final_draws", "tighten_rounds"):
             check_int(name, getattr(self, name), 0)
-        for name in ("lr", "noise_scale", "temperature"):
+        for name in ("lr", "noise_scale", "temperature", "search_step", "search_radius"):
             check_float(name, getattr(self, name), positive=True)
         for name in ("l1_weight", "l2_weight", "tv_weight", "init_noise", "kappa", "blur_sigma", "noise_l1_weight",
                      "noise_reward", "kappa_step"):
@@ -230,6 +244,7 @@ class AttackOptions:
         for name in ("noise_lr", "l1_budget", "l2_budget"):
             check_float(name, getattr(self, name), positive=True, allow_none=True)
         check_float("l1_decay", self.l1_decay, positive=True, upper=1.0)
+        check_float("search_gamma", self.search_gamma, upper=1.0, open_upper=True)
         check_float("goal", self.goal, positive=True, upper=1.0, open_upper=True)
         check_float("final_goal", self.final_goal, positive=True, upper=1.0)
 

@@ -5,10 +5,12 @@ the pixels the distribution touches (:class:`~netmoments.attacks.linearization.S
 them costs ``K`` forward-mode passes for a support of ``K`` pixels instead of a full ``m x n`` Jacobian, and
 every step on them costs ``O(m K)`` instead of a network pass.
 
-1. **Support.** The mean-only attack (``Sigma = 0``) with the Gaussian attack's own hinge and L1 price, its
+1. **Support.** A search on the real network at ``Sigma = 0`` (:mod:`netmoments.attacks.search`, chosen by
+   ``support_search``): by default the mean-only attack with the Gaussian attack's own hinge and an L1 price, its
    linearization renewed at every step. At ``Sigma = 0`` the two-stage linearization at the current point *is*
    the network there, so this phase is proximal gradient descent on the real network's margin (one forward and
-   one backward pass per step), with the per-image L1 continuation of the dense solver.
+   one backward pass per step), with the per-image L1 continuation of the dense solver. ``"l0"`` projects onto
+   an adaptive L0 ball instead, and ``"fmn"`` starts from Foolbox's L0 fast minimum-norm point.
 2. **Distribution.** Fix the support ``S`` (the pixels phase 1 moved, at most ``max_support`` of them) and
    optimize the mean shift and the noise stds on ``S`` with the gradients of a *gradient source*
    (:mod:`netmoments.attacks.sources`). The default, :class:`~netmoments.attacks.sources.SurrogateGradients`,
@@ -30,10 +32,11 @@ import torch
 
 from .._validation import renamed
 from ._ops import clipped_gaussian_moments
-from .common import AttackResult, goal_z, hinge, margin
+from .common import AttackResult
 from .linearization import SupportLinearization, put_support
 from .objective import LinearizedAttackObjective
 from .options import AttackOptions
+from .search import find_support
 from .sources import SampledGradients, SolverCost, SupportProblem, SurrogateGradients
 from .update import Adam, mean_step, noise_step
 
@@ -66,7 +69,7 @@ def support_attack(model, images, labels, target, opts, *legacy, gradients=None)
     clean = images.detach().flatten(1)
     shape = tuple(images.shape[1:])
     cost = SolverCost.zeros(clean.shape[0], clean.dtype, clean.device)
-    v, l1_weight = _find_support(model, clean, shape, labels, target, opts, cost)
+    v, l1_weight = find_support(model, clean, shape, labels, target, opts, cost)
     problem, counts = _restrict(model, clean, shape, labels, target, v, opts, cost)
     fit = _fit_on_support(problem, source, v, l1_weight)
     return _support_result(images, problem, source, fit, counts, time.perf_counter() - start)
@@ -110,34 +113,6 @@ def _attack_name(source) -> str | None:
     warnings.warn(f"{type(source).__name__}: a gradient source's 'method' name is deprecated, use 'attack' instead",
                   DeprecationWarning, stacklevel=4)
     return name
-
-
-def _find_support(model, clean, shape, labels, target, opts, cost):
-    """Phase 1: ``mean_steps`` proximal steps on the real margin at ``Sigma = 0``.
-
-    Returns ``v`` ``(B, n)`` (its non-zero pixels are the support) and the per-image L1 price ``(B, 1)`` it ended
-    with.
-    """
-    bsz = clean.shape[0]
-    z_goal = goal_z(opts.goal)
-    box = (-clean, 1.0 - clean)
-    v = torch.zeros_like(clean)
-    adam = Adam(v, opts.lr)
-    l1_weight = torch.full((bsz, 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
-    current = None
-    for step in range(opts.mean_steps):
-        if step > 0 and step % opts.relinearize_every == 0 and opts.l1_decay < 1:
-            # per-image continuation (as in EAD / C&W's constant search): an image not yet fooled pays less
-            l1_weight = torch.where((current >= 0).unsqueeze(-1), l1_weight * opts.l1_decay, l1_weight)
-        v_var = v.clone().requires_grad_(True)
-        m = margin(model((clean + v_var).clamp(0.0, 1.0).view(bsz, *shape)), labels, target)
-        (grad,) = torch.autograd.grad(hinge(m, opts.kappa, opts.temperature, z_goal).sum(), v_var)
-        current = m.detach()
-        with torch.no_grad():
-            v = mean_step(adam, v, grad, l1_weight, box)
-    cost.forward += opts.mean_steps
-    cost.backward += opts.mean_steps
-    return v, l1_weight
 
 
 def _restrict(model, clean, shape, labels, target, v, opts, cost):

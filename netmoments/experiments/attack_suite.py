@@ -24,6 +24,9 @@ Suites (``SUITES``):
   seeds (pairs with its ``gauss-var-linear`` rows).
 * ``ablation-truth``: the ablation's linear-variance attack again, its final distribution judged on 10⁴ draws
   (:mod:`netmoments.experiments.attack_truth`).
+* ``sparse-search``: our sparse attack with each support search of :mod:`netmoments.attacks.search` (the
+  default L1 steps; the adaptive L0 projection and the warm start from L0-FMN, both tuned on training digits:
+  :data:`TUNED_SEARCH`), and Foolbox L0-FMN, on the sparse suite's chunks and seeds, timed against one yardstick.
 * ``smooth``: our smooth attack, blurred PGD with per-image pre-clip budgets matched to the L2 of our draws (and,
   as a second row, to the L2 of our mean shift only), smooth EOT-PGD.
 * ``targeted``: our sparse attack and L0-FMN at each of the 9 targets of every digit (``target`` column).
@@ -44,10 +47,11 @@ from .runner import (
 )
 from .sittings import end_sitting, git_commit, machine, start_sitting, versions
 
-__all__ = ["SUITES", "TUNED", "TUNED_FAIR", "NO_REWARD_INIT_NOISE", "suite_task", "run_suite", "load_digits"]
+__all__ = ["SUITES", "TUNED", "TUNED_FAIR", "TUNED_SEARCH", "NO_REWARD_INIT_NOISE", "suite_task", "run_suite", "load_digits"]
 
 #: The attack suites a run can choose.
-SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration", "ablation-truth", "ablation-exact")
+SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration", "ablation-truth", "ablation-exact",
+          "sparse-search")
 
 # Set on training digits (``--split train``, see ``book/data/attack_tuning.json``), then frozen for test runs.
 # L0-PGD's success at k = 20 plateaus from step 2 to 8 (0.94); the smallest step on the plateau is kept.
@@ -246,6 +250,24 @@ def _ablation_suite(c: _Chunk) -> None:
                                                           seed=seed))
 
 
+#: The support searches' settings, tuned on training digits (:mod:`netmoments.experiments.attack_search_tuning`,
+#: ``book/data/attack_tuning_search.json``), then frozen.
+TUNED_SEARCH = {"l0": dict(search_radius=40.0, search_step=8.0, search_gamma=0.2, l1_weight=0.0),
+                "fmn": dict(search_step=3.0, search_gamma=0.05, l1_weight=0.0)}
+
+
+def _sparse_search_suite(c: _Chunk) -> None:
+    """Our sparse attack with the L1 (default), L0 and FMN warm-start support searches, and L0-FMN itself."""
+    from ..attacks import fmn_attack, gaussian_attack
+
+    model, images, labels, seed = c.model, c.images, c.labels, c.seed
+    c.add("gauss-sparse", lambda: gaussian_attack(model, images, labels, seed=seed), extra=c.ours_extra())
+    for search, settings in TUNED_SEARCH.items():
+        c.add(f"gauss-sparse-{search}", lambda s=search, kw=settings: gaussian_attack(
+            model, images, labels, support_search=s, seed=seed, **kw), extra=c.ours_extra())
+    c.add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
+
+
 def _smooth_suite(c: _Chunk) -> None:
     """Our smooth attack, blurred PGD at budgets matched to it, smooth EOT, and our sparse + smooth attack."""
     from ..attacks import eot_attack, gaussian_attack, smooth_pgd_attack
@@ -301,15 +323,18 @@ def _ablation_exact_suite(c: _Chunk) -> None:
 # suites whose rows carry no cost comparison, so no yardstick is timed for them
 _UNTIMED_SUITES = {"ablation-truth"}
 # suites that rerun another suite's attacks, so they take its chunk seeds
-_SEED_SUITE = {"ablation-truth": "ablation", "ablation-exact": "ablation"}
+_SEED_SUITE = {"ablation-truth": "ablation", "ablation-exact": "ablation", "sparse-search": "sparse"}
 
 _SUITE_METHODS = {"sparse": _sparse_suite, "ablation": _ablation_suite, "smooth": _smooth_suite,
                   "targeted": _targeted_suite, "ablation-truth": _ablation_truth_suite,
-                  "ablation-exact": _ablation_exact_suite}
+                  "ablation-exact": _ablation_exact_suite, "sparse-search": _sparse_search_suite}
 
 # ``calibration``: our sparse attack at weakened goals, judged on 1,000 draws per digit (attack_calibration.py)
 from .attack_calibration import CAL_DRAWS, CAL_METHODS, GOALS, calibration_suite  # noqa: E402
 from .attack_truth import ABLATION_CHUNK, TRUTH_DRAWS  # noqa: E402
+
+# the chunk size of the committed runs whose seeds other suites reuse (a chunk's seed and digits go together)
+_SEED_CHUNK = {"ablation": ABLATION_CHUNK, "sparse": 8}
 
 _SUITE_METHODS["calibration"] = calibration_suite
 #: settings a suite records beyond (or instead of) the common ones
@@ -335,8 +360,9 @@ def run_suite(suite, out, *, split="test", images=100, chunk=8, command=None, **
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if suite in _SEED_SUITE and chunk != ABLATION_CHUNK:
-        raise ValueError(f"chunk must be {ABLATION_CHUNK} for suite {suite!r} (the {_SEED_SUITE[suite]} run's "
+    if suite in _SEED_SUITE and chunk != _SEED_CHUNK[_SEED_SUITE[suite]]:
+        raise ValueError(f"chunk must be {_SEED_CHUNK[_SEED_SUITE[suite]]} for suite {suite!r} (the "
+                         f"{_SEED_SUITE[suite]} run's "
                          f"chunks, whose seeds it reuses), got {chunk}")
     out = Path(out)
     meta_path = out.with_suffix(".json")
