@@ -2,7 +2,7 @@
 
     python benchmarks/attack_tables.py [--data book/data]
 
-Reads ``attack_{sparse,ablation,smooth,targeted}.csv`` (rows of :mod:`netmoments.experiments.attack_suite`)
+Reads ``attack_{sparse,sparse_search,ablation,smooth,targeted}.csv`` (rows of :mod:`netmoments.experiments.attack_suite`)
 and prints, per suite, one row per method with 95 % bootstrap intervals over digits (never pooled draws), plus
 each run's provenance line (command, commit, digits done). The tables in ``benchmarks/README.md`` are this
 script's output; rerun it after a suite grows.
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT / "book" / "data"))
     args = parser.parse_args(argv)
     data = Path(args.data)
-    for suite, table in (("sparse", sparse_table), ("ablation", sparse_table), ("targeted", sparse_table),
-                         ("smooth", smooth_table)):
-        path = data / f"attack_{suite}.csv"
+    for suite, table in (("sparse", sparse_table), ("sparse-search", sparse_table), ("ablation", sparse_table),
+                         ("targeted", sparse_table), ("smooth", smooth_table)):
+        path = data / f"attack_{suite.replace('-', '_')}.csv"
         if not path.exists() or not path.with_suffix(".json").exists():
             print(f"#### {suite}: not run\n")
             continue
@@ -67,6 +67,11 @@ def main(argv=None) -> int:
         meta = json.loads(path.with_suffix(".json").read_text())
         print(f"#### {suite}\n\n{_provenance(meta)}\n")
         print("\n".join(table(rows)))
+        if suite == "sparse-search":
+            for method in ("gauss-sparse", "gauss-sparse-l0", "gauss-sparse-fmn", "fmn-l0"):
+                est, lo, hi = report.cost_ratio(rows, method)
+                print(f"\n{method}: {est:.2f}x [{lo:.2f}, {hi:.2f}] the 100-step-PGD yardstick per digit", end="")
+            print()
         if suite == "sparse":
             for method in ("gauss-sparse", "eot-sparse", "fmn-l0", "l0-pgd-k20"):
                 est, lo, hi = report.cost_ratio(rows, method)

@@ -19,11 +19,12 @@ SLICES = {
     "targeted": ("gauss-sparse",),
     "ablation": ("gauss-var-none-mean-only",),
     "smooth": ("gauss-smooth",),
+    "sparse-search": ("gauss-sparse-l0",),
 }
 
 
 def _committed(suite):
-    path = DATA / f"attack_{suite}.csv"
+    path = DATA / f"attack_{suite.replace('-', '_')}.csv"
     if not path.exists():
         pytest.skip(f"{path.name} not committed")
     from netmoments.experiments.runner import read_rows
@@ -104,6 +105,43 @@ def test_frozen_ablation_settings_are_the_committed_fair_tuning():
         assert all(top[k] == v for k, v in best.items()), name
 
 
+def test_frozen_search_settings_are_the_committed_search_tuning():
+    """The sparse-search suite's support searches (attack_suite.TUNED_SEARCH) use the settings that won on
+    training digits, each the best of its full grid among the settings within the cost limit."""
+    import itertools
+    import json
+
+    from netmoments.experiments.attack_search_tuning import COST_LIMIT, SEARCH_GRID
+    from netmoments.experiments.attack_suite import TUNED_SEARCH
+
+    tuning = json.loads((DATA / "attack_tuning_search.json").read_text())
+    assert tuning["split"] == "train" and tuning["git_commit"] and tuning["command"]
+    assert set(tuning["best"]) == set(SEARCH_GRID) == set(TUNED_SEARCH)
+    for search, axes in SEARCH_GRID.items():
+        scores = tuning["scores"][search]
+        assert len(scores) == len(list(itertools.product(*axes.values()))), search
+        assert TUNED_SEARCH[search] == tuning["best"][search], search
+        usable = [v for v in scores.values() if "error" not in v and v["cost_ratio"] <= COST_LIMIT]
+        top = max(usable, key=lambda v: (v["success_l0_20"], -v["l0_median"]))
+        assert all(top[k] == v for k, v in TUNED_SEARCH[search].items()), search
+
+
+def test_sparse_search_pairs_with_the_sparse_suite():
+    """The sparse-search suite reran the default attack on the sparse suite's chunks and seeds: the same digits
+    per task, and (deterministic given the seed) the same pixel counts and nearly the same success."""
+    from netmoments.experiments.runner import read_rows
+
+    search = [r for r in read_rows(DATA / "attack_sparse_search.csv") if r["method"] == "gauss-sparse"]
+    sparse = {(r["task"], r["image"]): r for r in read_rows(DATA / "attack_sparse.csv")
+              if r["method"] == "gauss-sparse"}
+    assert len(search) == len(sparse) == 982
+    assert all((r["task"], r["image"]) in sparse for r in search)
+    same_l0 = np.mean([float(r["l0_all"]) == float(sparse[(r["task"], r["image"])]["l0_all"]) for r in search])
+    assert same_l0 >= 0.99, same_l0
+    diff = np.mean([float(r["success"]) - float(sparse[(r["task"], r["image"])]["success"]) for r in search])
+    assert abs(diff) < 0.005, diff
+
+
 def test_benchmark_tables_list_every_committed_method(capsys):
     """benchmarks/attack_tables.py (the README's tables) prints one row per method of each committed suite."""
     import importlib.util
@@ -116,7 +154,7 @@ def test_benchmark_tables_list_every_committed_method(capsys):
     assert tables.main(["--data", str(DATA)]) == 0
     out = capsys.readouterr().out
     for suite in SLICES:
-        path = DATA / f"attack_{suite}.csv"
+        path = DATA / f"attack_{suite.replace('-', '_')}.csv"
         if not (path.exists() and path.with_suffix(".json").exists()):
             continue
         section = out.split(f"#### {suite}\n", 1)[1].split("####", 1)[0]

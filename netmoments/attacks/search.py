@@ -27,7 +27,7 @@ from .common import goal_z, hinge, margin
 from .options import SEARCHES
 from .update import Adam, mean_step
 
-__all__ = ["SEARCHES", "find_support"]
+__all__ = ["SEARCHES", "find_support", "project_l0_box"]
 
 
 def find_support(model, clean, shape, labels, target, opts, cost):

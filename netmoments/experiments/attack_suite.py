@@ -26,7 +26,8 @@ Suites (``SUITES``):
   (:mod:`netmoments.experiments.attack_truth`).
 * ``sparse-search``: our sparse attack with each support search of :mod:`netmoments.attacks.search` (the
   default L1 steps; the adaptive L0 projection and the warm start from L0-FMN, both tuned on training digits:
-  :data:`TUNED_SEARCH`), and Foolbox L0-FMN, on the sparse suite's chunks and seeds, timed against one yardstick.
+  :data:`TUNED_SEARCH`), the mean alone on the L0 search's support, and Foolbox L0-FMN, on the sparse suite's
+  chunks and seeds, timed against one yardstick.
 * ``smooth``: our smooth attack, blurred PGD with per-image pre-clip budgets matched to the L2 of our draws (and,
   as a second row, to the L2 of our mean shift only), smooth EOT-PGD.
 * ``targeted``: our sparse attack and L0-FMN at each of the 9 targets of every digit (``target`` column).
@@ -252,12 +253,13 @@ def _ablation_suite(c: _Chunk) -> None:
 
 #: The support searches' settings, tuned on training digits (:mod:`netmoments.experiments.attack_search_tuning`,
 #: ``book/data/attack_tuning_search.json``), then frozen.
-TUNED_SEARCH = {"l0": dict(search_radius=40.0, search_step=8.0, search_gamma=0.2, l1_weight=0.0),
-                "fmn": dict(search_step=3.0, search_gamma=0.05, l1_weight=0.0)}
+TUNED_SEARCH = {"l0": dict(search_radius=80.0, search_step=16.0, search_gamma=0.2, tighten_rounds=1, l1_weight=0.0),
+                "fmn": dict(search_step=1.0, search_gamma=0.2, tighten_rounds=1, l1_weight=0.0)}
 
 
 def _sparse_search_suite(c: _Chunk) -> None:
-    """Our sparse attack with the L1 (default), L0 and FMN warm-start support searches, and L0-FMN itself."""
+    """Our sparse attack with the L1 (default), L0 and FMN warm-start support searches, the L0 search's mean
+    alone, and L0-FMN itself."""
     from ..attacks import fmn_attack, gaussian_attack
 
     model, images, labels, seed = c.model, c.images, c.labels, c.seed
@@ -265,6 +267,9 @@ def _sparse_search_suite(c: _Chunk) -> None:
     for search, settings in TUNED_SEARCH.items():
         c.add(f"gauss-sparse-{search}", lambda s=search, kw=settings: gaussian_attack(
             model, images, labels, support_search=s, seed=seed, **kw), extra=c.ours_extra())
+    # the L0 search's support with the mean alone (no noise): what the noise costs on that support
+    c.add("gauss-sparse-l0-mean", lambda: gaussian_attack(model, images, labels, support_search="l0", variables="mean",
+                                                          method="none", seed=seed, **TUNED_SEARCH["l0"]))
     c.add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
 
 
