@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "book" / "A2_reproducing_the_experiments.md"
 DATA = ROOT / "book" / "data"
-SUITES = ("sparse", "smooth", "targeted", "ablation", "ablation-truth", "ablation-exact", "calibration")
+SUITES = ("sparse", "smooth", "targeted", "ablation", "ablation-truth", "ablation-exact", "calibration",
+          "sparse-search")
 
 
 def suite_file(suite: str) -> str:
@@ -181,6 +182,10 @@ def test_the_attack_suites_match_the_metadata():
     fair = meta("attack_tuning_fair")
     for claim in (f"`{fair['git_commit'][:12]}`", fair["date"], f"{fair['wall_s']:.0f} s", fair["command"]):
         assert claim in text, f"the page does not say {claim!r} about the ablation's tuning run"
+    search = meta("attack_tuning_search")
+    for claim in (f"`{search['git_commit'][:12]}`", search["date"], f"{search['wall_s']:.0f} s", search["command"],
+                  f"first {search['images']} training digits"):
+        assert claim in text, f"the page does not say {claim!r} about the support searches' tuning run"
     widget = json.loads(str(np.load(DATA / "attacks_widget.npz")["provenance"]))
     assert f"`{widget['git_commit'][:12]}`" in text
     assert f"{widget['date'][:16].replace('T', ' ')} UTC" in text, "the widget's date on the page is stale"
