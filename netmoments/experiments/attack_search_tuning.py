@@ -60,7 +60,7 @@ EXPLORED = (
     ("fmn", "L1 price 0.1", 0.899, 11.0, 1.46, 0.937),
     ("fmn", "L1 price 0, 100 FMN steps", 0.873, 11.0, 1.84, 0.919),
 )
-#: The most a setting may cost, in units of the yardstick's wall time per digit (issue 21: 2x).
+#: The most a setting may cost, in units of the yardstick's wall time per digit (twice the yardstick).
 COST_LIMIT = 2.0
 
 
