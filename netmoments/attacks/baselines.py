@@ -151,11 +151,15 @@ def sparse_pgd_attack(model, images, labels, target=None, k=20, steps=100, step_
 
 def smooth_pgd_attack(model, images, labels, target=None, eps=3.0, blur_sigma=1.5, steps=100, step_size=None,
                       kappa=1.0):
-    """L2 PGD over ``v`` with ``delta = G v`` (``G`` a Gaussian blur), ``||G v||_2 <= eps`` by radial scaling."""
+    """L2 PGD over ``v`` with ``delta = G v`` (``G`` a Gaussian blur), ``||G v||_2 <= eps`` by radial scaling.
+
+    ``eps`` and ``step_size`` are each a float or a ``(B,)`` tensor (one per image); the step defaults to
+    ``2.5 eps / steps``.
+    """
     check_images(images)
     positive("blur_sigma", blur_sigma)
     eps = _budget_vector("eps", eps, images)
-    step_size = 2.5 * eps / steps if step_size is None else positive("step_size", step_size)
+    step_size = 2.5 * eps / steps if step_size is None else _budget_vector("step_size", step_size, images)
     shape = tuple(images.shape[1:])
 
     def to_delta(v):
