@@ -126,6 +126,26 @@ def test_frozen_search_settings_are_the_committed_search_tuning():
         assert all(top[k] == v for k, v in TUNED_SEARCH[search].items()), search
 
 
+def test_blurred_pgd_runs_at_its_tuned_step():
+    """The smooth suite calls smooth_pgd_attack with its default step, which is the factor tuned on training digits
+    (the smallest on the plateau of the best success), over the whole grid."""
+    import inspect
+    import json
+
+    from netmoments.attacks import smooth_pgd_attack
+    from netmoments.experiments import attack_suite
+    from netmoments.experiments.attack_smooth_tuning import DEFAULT_FACTOR, STEP_GRID
+
+    tuning = json.loads((DATA / "attack_tuning_smooth.json").read_text())
+    assert tuning["split"] == "train" and tuning["git_commit"] and tuning["command"]
+    assert sorted(v["factor"] for v in tuning["scores"].values()) == sorted(STEP_GRID)
+    top = max(v["success"] for v in tuning["scores"].values())
+    assert tuning["best_factor"] == min(v["factor"] for v in tuning["scores"].values() if v["success"] == top)
+    assert tuning["best_factor"] == DEFAULT_FACTOR
+    assert "step_size" not in inspect.getsource(attack_suite._smooth_suite)  # the suite uses the default step
+    assert inspect.signature(smooth_pgd_attack).parameters["step_size"].default is None
+
+
 def test_sparse_search_pairs_with_the_sparse_suite():
     """The sparse-search suite reran the default attack on the sparse suite's chunks and seeds: the same digits
     per task, and (deterministic given the seed) the same pixel counts and nearly the same success."""

@@ -453,6 +453,15 @@ def test_tuned_baselines_respect_budgets_and_count_passes(mlp, mnist):
     eps = torch.tensor([0.5, 1.0, 1.5, 2.0])
     smooth = smooth_pgd_attack(mlp, images, labels, eps=eps, steps=10)
     assert (smooth.delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    # a per-image step: the default is 2.5 eps / steps (the factor attack_smooth_tuning tunes), and steps differ
+    from netmoments.experiments.attack_smooth_tuning import DEFAULT_FACTOR
+
+    same = smooth_pgd_attack(mlp, images, labels, eps=eps, steps=10, step_size=DEFAULT_FACTOR * eps / 10)
+    assert torch.equal(same.delta, smooth.delta)
+    other = smooth_pgd_attack(mlp, images, labels, eps=eps, steps=10, step_size=0.1 * eps / 10)
+    assert not torch.equal(other.delta, smooth.delta)
+    with pytest.raises(ValueError, match="step_size must be finite and > 0 for every image"):
+        smooth_pgd_attack(mlp, images, labels, eps=eps, step_size=torch.tensor([0.1, -0.1, 0.1, 0.1]))
     best, scores = tune_step_size(sparse_pgd_attack, mlp, images, labels, (0.1, 0.3), k=5, steps=5)
     assert best in scores and set(scores) == {0.1, 0.3}
     eot = eot_attack(mlp, images, labels, steps=6, n_samples=3)

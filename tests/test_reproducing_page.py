@@ -186,6 +186,10 @@ def test_the_attack_suites_match_the_metadata():
     for claim in (f"`{search['git_commit'][:12]}`", search["date"], f"{search['wall_s']:.0f} s", search["command"],
                   f"first {search['images']} training digits"):
         assert claim in text, f"the page does not say {claim!r} about the support searches' tuning run"
+    smooth = meta("attack_tuning_smooth")
+    for claim in (f"`{smooth['git_commit'][:12]}`", smooth["date"], f"{smooth['wall_s']:.0f} s", smooth["command"],
+                  f"first {smooth['images']} training digits"):
+        assert claim in text, f"the page does not say {claim!r} about blurred PGD's tuning run"
     widget = json.loads(str(np.load(DATA / "attacks_widget.npz")["provenance"]))
     assert f"`{widget['git_commit'][:12]}`" in text
     assert f"{widget['date'][:16].replace('T', ' ')} UTC" in text, "the widget's date on the page is stale"
