@@ -86,3 +86,24 @@ def test_the_distribution_stays_on_the_searched_support(digits, search):
     assert not bool((touched & (searched == 0)).any())
     assert res.options["support_search"] == search
     assert res.options["support_size"] == (searched != 0).sum(1).tolist()
+
+
+def test_tuning_command_lines_refuse_to_overwrite_and_record_the_command(tmp_path):
+    from netmoments.experiments import attack_search_tuning, attack_smooth_tuning
+    from netmoments.experiments.sittings import tuning_main
+
+    calls = []
+
+    def tune(out, images, progress, command):
+        calls.append((out, images, progress, command))
+
+    out = tmp_path / "tuning.json"
+    assert tuning_main(["--out", str(out), "--no-progress"], "pkg.mod", "doc", tune, 96) == 0
+    assert calls == [(str(out), 96, False, f"python -m pkg.mod --out {out} --no-progress")]
+    out.write_text("{}")
+    for module in (attack_search_tuning, attack_smooth_tuning):  # never overwrite a committed tuning
+        with pytest.raises(SystemExit, match="exists; remove it first"):
+            module.main(["--out", str(out)])
+    with pytest.raises(SystemExit, match="--images must be positive"):
+        tuning_main(["--out", str(tmp_path / "new.json"), "--images", "0"], "pkg.mod", "doc", tune, 96)
+    assert len(calls) == 1

@@ -19,7 +19,6 @@ The file records every score, the chosen settings, the digits, and the command, 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ def tune_fair(out, images: int = 32, progress: bool = True, command: str | None 
     from ..attacks import SampledGradients, gaussian_attack
     from .attack_suite import EXTRA_VERSIONS, load_digits
     from .runner import write_json
-    from .sittings import git_commit, machine, versions
+    from .sittings import tuning_record
 
     start = time.perf_counter()
     model, x, y, idx = load_digits("train", images)
@@ -94,28 +93,16 @@ def tune_fair(out, images: int = 32, progress: bool = True, command: str | None 
             for name, table in scores.items()}
     data = dict(split="train", images=len(y), image_indices=idx.tolist(), scores=scores, best=best, default=default,
                 grids=dict(eot_samples=list(EOT_SAMPLES), lr=list(LR_GRID), l1_weight=list(L1_GRID)),
-                command=command, git_commit=git_commit(), versions=versions(EXTRA_VERSIONS), machine=machine(),
-                date=time.strftime("%Y-%m-%d %H:%M %Z"), wall_s=round(time.perf_counter() - start, 1))
+                **tuning_record(command, start, EXTRA_VERSIONS))
     write_json(Path(out), data)
     return data
 
 
 def main(argv=None) -> int:
     """The command line: ``--out JSON`` (refused if it exists), ``--images`` training digits, ``--no-progress``."""
-    parser = argparse.ArgumentParser(prog="python -m netmoments.experiments.attack_fair_tuning",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="the JSON file to write (refused if it exists)")
-    parser.add_argument("--images", type=int, default=32, help="training digits (default: 32)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; remove it first to tune again")
-    if args.images < 1:
-        raise SystemExit(f"--images must be positive, got {args.images}")
-    command = "python -m netmoments.experiments.attack_fair_tuning " + " ".join(argv if argv is not None
-                                                                              else sys.argv[1:])
-    tune_fair(args.out, images=args.images, progress=not args.no_progress, command=command)
-    return 0
+    from .sittings import tuning_main
+
+    return tuning_main(argv, "netmoments.experiments.attack_fair_tuning", __doc__.split("\n\n")[0], tune_fair, 32)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ settings, the digits, and the command, commit, versions and machine.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import time
@@ -82,7 +81,7 @@ def tune_search(out, images: int = 96, chunk: int = 8, progress: bool = True, co
     from ..attacks import fmn_attack, gaussian_attack
     from .attack_suite import EXTRA_VERSIONS, TUNED, _yardstick, load_digits
     from .runner import write_json
-    from .sittings import git_commit, machine, versions
+    from .sittings import tuning_record
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -120,8 +119,7 @@ def tune_search(out, images: int = 96, chunk: int = 8, progress: bool = True, co
                 grids={s: {k: list(v) for k, v in axes.items()} for s, axes in SEARCH_GRID.items()},
                 explored=[dict(zip(("search", "settings", "success_l0_20", "l0_median", "cost_ratio", "success"), e))
                           for e in EXPLORED],
-                command=command, git_commit=git_commit(), versions=versions(EXTRA_VERSIONS), machine=machine(),
-                date=time.strftime("%Y-%m-%d %H:%M %Z"), wall_s=round(time.perf_counter() - start, 1))
+                **tuning_record(command, start, EXTRA_VERSIONS))
     write_json(Path(out), data)
     return data
 
@@ -162,20 +160,9 @@ def _pooled(parts: list, yardstick_s: float) -> dict:
 
 def main(argv=None) -> int:
     """The command line: ``--out JSON`` (refused if it exists), ``--images`` training digits, ``--no-progress``."""
-    parser = argparse.ArgumentParser(prog="python -m netmoments.experiments.attack_search_tuning",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="the JSON file to write (refused if it exists)")
-    parser.add_argument("--images", type=int, default=96, help="training digits (default: 96)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; remove it first to tune again")
-    if args.images < 1:
-        raise SystemExit(f"--images must be positive, got {args.images}")
-    command = "python -m netmoments.experiments.attack_search_tuning " + " ".join(argv if argv is not None
-                                                                                else sys.argv[1:])
-    tune_search(args.out, images=args.images, progress=not args.no_progress, command=command)
-    return 0
+    from .sittings import tuning_main
+
+    return tuning_main(argv, "netmoments.experiments.attack_search_tuning", __doc__.split("\n\n")[0], tune_search, 96)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ machine.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ def tune_smooth(out, images: int = 64, chunk: int = 8, progress: bool = True, co
     from ..attacks.metrics import image_metrics
     from .attack_suite import DRAWS, EXTRA_VERSIONS, load_digits
     from .runner import write_json
-    from .sittings import git_commit, machine, versions
+    from .sittings import tuning_record
 
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -59,28 +58,16 @@ def tune_smooth(out, images: int = 64, chunk: int = 8, progress: bool = True, co
     best = max(STEP_GRID, key=lambda f: (scores[str(f)]["success"], -f))
     data = dict(split="train", images=len(y), chunk=chunk, image_indices=idx.tolist(), scores=scores,
                 best_factor=best, default_factor=DEFAULT_FACTOR, budget_median=float(np.median(budgets)),
-                command=command, git_commit=git_commit(), versions=versions(EXTRA_VERSIONS), machine=machine(),
-                date=time.strftime("%Y-%m-%d %H:%M %Z"), wall_s=round(time.perf_counter() - start, 1))
+                **tuning_record(command, start, EXTRA_VERSIONS))
     write_json(Path(out), data)
     return data
 
 
 def main(argv=None) -> int:
     """The command line: ``--out JSON`` (refused if it exists), ``--images`` training digits, ``--no-progress``."""
-    parser = argparse.ArgumentParser(prog="python -m netmoments.experiments.attack_smooth_tuning",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="the JSON file to write (refused if it exists)")
-    parser.add_argument("--images", type=int, default=64, help="training digits (default: 64)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; remove it first to tune again")
-    if args.images < 1:
-        raise SystemExit(f"--images must be positive, got {args.images}")
-    command = "python -m netmoments.experiments.attack_smooth_tuning " + " ".join(argv if argv is not None
-                                                                                else sys.argv[1:])
-    tune_smooth(args.out, images=args.images, progress=not args.no_progress, command=command)
-    return 0
+    from .sittings import tuning_main
+
+    return tuning_main(argv, "netmoments.experiments.attack_smooth_tuning", __doc__.split("\n\n")[0], tune_smooth, 64)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import os
 import platform
 import time
 
-__all__ = ["git_commit", "versions", "machine", "load_average", "now", "start_sitting", "end_sitting"]
+__all__ = ["git_commit", "versions", "machine", "load_average", "now", "start_sitting", "end_sitting",
+           "tuning_record", "tuning_main"]
 
 #: The packages whose versions every sitting records.
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "dask", "distributed", "netmoments")
@@ -73,3 +74,33 @@ def end_sitting(sitting: dict, summary) -> None:
     sitting.update(summary.as_dict())
     sitting["finished"] = now()
     sitting["load_average_at_end"] = load_average()
+
+
+def tuning_record(command: str | None, start: float, extra_versions=()) -> dict:
+    """What a tuning file records beside its scores: the command, commit, versions, machine, date and the wall
+    seconds since ``start`` (a :func:`time.perf_counter` reading)."""
+    return dict(command=command, git_commit=git_commit(), versions=versions(extra_versions), machine=machine(),
+                date=time.strftime("%Y-%m-%d %H:%M %Z"), wall_s=round(time.perf_counter() - start, 1))
+
+
+def tuning_main(argv, module: str, description: str, tune, default_images: int) -> int:
+    """The command line of a tuning module ``python -m module``: ``--out JSON`` (refused if it exists),
+    ``--images`` training digits (default ``default_images``) and ``--no-progress``; calls
+    ``tune(out, images=, progress=, command=)`` with the command as typed."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--out", required=True, help="the JSON file to write (refused if it exists)")
+    parser.add_argument("--images", type=int, default=default_images,
+                        help=f"training digits (default: {default_images})")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if Path(args.out).exists():
+        raise SystemExit(f"{args.out} exists; remove it first to tune again")
+    if args.images < 1:
+        raise SystemExit(f"--images must be positive, got {args.images}")
+    command = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    tune(args.out, images=args.images, progress=not args.no_progress, command=command)
+    return 0
