@@ -156,7 +156,7 @@ def test_default_options_keep_their_keys_and_values():
     opts = default_options("sparse")
     assert len(opts) == 39 and "structure" not in opts
     assert (opts["support_search"], opts["search_radius"], opts["search_step"], opts["search_gamma"]) == \
-        ("l1", 20.0, 3.0, 0.05)
+        ("l1", None, None, None)
     assert (opts["l1_weight"], opts["blur_sigma"], opts["noise_support"]) == (0.3, 0.0, "mean")
     assert (opts["noise_l1_weight"], opts["noise_reward"], opts["noise_lr"], opts["solver"]) == (0.0, 0.1, None, "auto")
     smooth = default_options("smooth")

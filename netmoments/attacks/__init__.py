@@ -8,11 +8,12 @@ attacks per image (fixed budgets, sizes on the actual draws, SSIM, diversity, co
 over images; :mod:`.baselines` holds the point attacks, Foolbox's FMN, L0-PGD with restarts and EOT-PGD over the
 same Gaussian family; :mod:`.report` turns suite rows into tables and figures.
 
-The layers, each importing only those before it: :mod:`._ops` (tensor operations), :mod:`.common` (the result
-class, input checks, the margin), :mod:`.update` (Adam and the proximal steps), :mod:`.options`
-(:class:`AttackOptions`), :mod:`.objective` (the closed-form objective), :mod:`.linearization` (the
-linearization on a support), :mod:`.sources` (gradient sources), :mod:`.search` (where the sparse solver's
-support comes from: L1, L0 or a warm start from FMN), :mod:`.support` and :mod:`.gaussian` (the solvers); :mod:`.metrics`, :mod:`.evaluate`, :mod:`.baselines` and :mod:`.report` build on :mod:`.common`.
+The layers, each importing only those before it: :mod:`._ops` (tensor operations), :mod:`.common` (the result class,
+input checks, the margin), :mod:`.update` (Adam and the proximal steps), :mod:`.options` (:class:`AttackOptions`),
+:mod:`.objective` (the closed-form objective), :mod:`.linearization` (the linearization on a support),
+:mod:`.sources` (gradient sources), :mod:`.search` (where the sparse solver's support comes from: L1, L0 or a warm
+start from FMN), :mod:`.support` and :mod:`.gaussian` (the solvers); :mod:`.metrics`, :mod:`.evaluate`,
+:mod:`.baselines` and :mod:`.report` build on :mod:`.common`.
 """
 from .baselines import (
     eot_attack,

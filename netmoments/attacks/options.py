@@ -23,6 +23,13 @@ VARIANCES = ("none", "linear", "exact", "series", "hybrid")
 SOLVERS = ("auto", "support", "dense")
 #: How the support solver's phase 1 picks the pixels (:mod:`netmoments.attacks.search`).
 SEARCHES = ("l1", "l0", "fmn")
+#: The settings each support search takes when they are left ``None``: tuned on 96 training digits
+#: (``book/data/attack_tuning_search.json``; the L1 search's L1 price is the structure's default).
+SEARCH_DEFAULTS = {
+    "l1": {},
+    "l0": dict(search_radius=80.0, search_step=16.0, search_gamma=0.2, l1_weight=0.0),
+    "fmn": dict(search_step=1.0, search_gamma=0.2, l1_weight=0.0),
+}
 
 _STRUCTURE_DEFAULTS = {
     "sparse": dict(blur_sigma=0.0, l1_weight=0.3, l2_weight=0.0, noise_support="mean"),
@@ -99,11 +106,15 @@ class AttackOptions:
             or ``"dense"`` (the full ``m x n`` linearization every ``relinearize_every`` of ``steps`` steps; the
             only solver for blurred structures).
         support_search: the support solver's phase 1 (:mod:`netmoments.attacks.search`): ``"l1"`` (proximal L1
-            steps, the default), ``"l0"`` (steps projected onto an L0 ball whose radius adapts per image, starting
-            at ``search_radius`` pixels) or ``"fmn"`` (a warm start from Foolbox's L0 fast minimum-norm attack).
-            Each takes ``mean_steps`` steps; ``search_step`` is the first step's length (``"l0"``: L2 norm of the
-            normalized gradient step, in pixel units; ``"fmn"``: its ``max_stepsize``) and ``search_gamma`` the
-            first step's relative change of the radius, both decaying to 0 on a cosine schedule.
+            steps, the default), ``"l0"`` (steps projected onto an L0 ball whose radius adapts per image) or
+            ``"fmn"`` (a warm start from Foolbox's L0 fast minimum-norm attack). Each takes ``mean_steps`` steps.
+            ``search_radius`` is the L0 search's radius before its first adaptation (the first projection uses
+            it grown or shrunk once); ``search_step`` the first step's length (``"l0"``: the L2 norm of the
+            normalized gradient step, in pixel units, decaying to 0 on a cosine schedule; ``"fmn"``: Foolbox's
+            ``max_stepsize``); ``search_gamma`` the first step's relative change of the radius (``"l0"``: decaying
+            to 0; ``"fmn"``: Foolbox's ``gamma``). Left ``None``, they and ``l1_weight`` take the values tuned on
+            training digits for the chosen search (:data:`SEARCH_DEFAULTS`; ``"l0"`` and ``"fmn"`` keep no L1
+            price on the support they find).
     """
 
     structure: str = "sparse"
@@ -140,9 +151,9 @@ class AttackOptions:
     tighten_rounds: int = 1
     kappa_step: float = 1.0
     support_search: str = "l1"
-    search_radius: float = 20.0
-    search_step: float = 3.0
-    search_gamma: float = 0.05
+    search_radius: float | None = None
+    search_step: float | None = None
+    search_gamma: float | None = None
     blur_sigma: float | None = None
     l1_weight: float | None = None
     l2_weight: float | None = None
@@ -159,7 +170,9 @@ class AttackOptions:
         self._set("_given", given)
         if not isinstance(self.structure, str) or self.structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {self.structure!r}")
-        for name, value in _STRUCTURE_DEFAULTS[self.structure].items():
+        if self.support_search not in SEARCHES:
+            raise ValueError(f"support_search must be one of {SEARCHES}, got {self.support_search!r}")
+        for name, value in {**_STRUCTURE_DEFAULTS[self.structure], **SEARCH_DEFAULTS[self.support_search]}.items():
             if getattr(self, name) is None:
                 self._set(name, value)
         self._check_choices()
@@ -207,8 +220,6 @@ class AttackOptions:
             raise ValueError(f"method must be one of {VARIANCES}, got {self.method!r}")
         if self.noise_support not in ("mean", "all"):
             raise ValueError(f"noise_support must be 'mean' or 'all', got {self.noise_support!r}")
-        if self.support_search not in SEARCHES:
-            raise ValueError(f"support_search must be one of {SEARCHES}, got {self.support_search!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.linearizer is not None and not callable(self.linearizer):
@@ -236,7 +247,7 @@ class AttackOptions:
             check_int(name, getattr(self, name), 1)
         for name in ("seed", "mean_steps", "final_draws", "tighten_rounds"):
             check_int(name, getattr(self, name), 0)
-        for name in ("lr", "noise_scale", "temperature", "search_step", "search_radius"):
+        for name in ("lr", "noise_scale", "temperature"):
             check_float(name, getattr(self, name), positive=True)
         for name in ("l1_weight", "l2_weight", "tv_weight", "init_noise", "kappa", "blur_sigma", "noise_l1_weight",
                      "noise_reward", "kappa_step"):
@@ -244,7 +255,9 @@ class AttackOptions:
         for name in ("noise_lr", "l1_budget", "l2_budget"):
             check_float(name, getattr(self, name), positive=True, allow_none=True)
         check_float("l1_decay", self.l1_decay, positive=True, upper=1.0)
-        check_float("search_gamma", self.search_gamma, upper=1.0, open_upper=True)
+        for name in ("search_step", "search_radius"):
+            check_float(name, getattr(self, name), positive=True, allow_none=True)
+        check_float("search_gamma", self.search_gamma, upper=1.0, open_upper=True, allow_none=True)
         check_float("goal", self.goal, positive=True, upper=1.0, open_upper=True)
         check_float("final_goal", self.final_goal, positive=True, upper=1.0)
 
@@ -261,6 +274,9 @@ class AttackOptions:
     def _resolve_solver(self):
         if self.solver == "auto":
             self._set("solver", "support" if self.structure == "sparse" and self.linearizer is None else "dense")
+        if self.support_search != "l1" and self.solver != "support":
+            raise ValueError(f"support_search={self.support_search!r} is a setting of the support solver (sparse "
+                             f"structure); these options resolve to solver={self.solver!r}")
         if self.solver == "support":
             if self.blur_sigma > 0:
                 raise ValueError("solver='support' needs blur_sigma = 0 (the sparse structure); use solver='dense'")

@@ -10,11 +10,15 @@ non-zero pixels are the support, with the L1 price ``(B, 1)`` the distribution p
   price lowered per image while it is not fooled (EAD-style continuation). L1 is a convex stand-in for L0: it
   pays for how *far* a pixel moves, so it spreads the change over more pixels than L0 needs.
 * ``"l0"``: projected gradient steps onto an L0 ball intersected with the pixel box (hard thresholding: keep the
-  ``k`` coordinates whose box-clipped value lowers the distance most), the radius ``k`` adapted per image as in
-  the fast minimum-norm attack: it shrinks by a factor ``1 - gamma`` while the image is fooled and grows by
-  ``1 + gamma`` while it is not, ``gamma`` decaying to 0. The smallest fooling ``v`` seen is kept.
+  ``k`` coordinates whose box-clipped value lowers the distance most), the radius ``k`` adapted per image in the
+  manner of the fast minimum-norm attack: before each projection (the first included) it shrinks by a factor
+  ``1 - gamma`` from the number of pixels in use while the image is fooled and grows by ``1 + gamma`` while it is
+  not, ``gamma`` and the step decaying to 0 on a cosine schedule. The fooling ``v`` with the fewest pixels seen
+  (the first of them) is kept; a digit never fooled keeps its last iterate. The last iterate is evaluated with a
+  forward and a backward pass like the others (``mean_steps + 1`` of each, counted).
 * ``"fmn"``: a warm start from a point attack, Foolbox's L0 fast minimum-norm attack (Pintor et al. 2021); the
-  distribution phase then grows the noise on the pixels it moved.
+  distribution phase then grows the noise on the pixels it moved. A digit Foolbox does not fool (one more forward
+  pass checks) gets the ``"l0"`` search instead.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 from ._ops import project_l0_box
 from .common import goal_z, hinge, margin
 from .options import SEARCHES
+from .sources import SolverCost
 from .update import Adam, mean_step
 
 __all__ = ["SEARCHES", "find_support", "project_l0_box"]
@@ -121,6 +126,20 @@ def _fmn_search(model, clean, shape, labels, target, opts, cost):
     cost.backward += counter.backward / bsz
     v = (adv.detach().flatten(1).clamp(0.0, 1.0) - clean)
     v = torch.where(v.abs() > 1e-12, v, torch.zeros_like(v))
+    with torch.no_grad():
+        fooled = margin(model((clean + v).clamp(0.0, 1.0).view(bsz, *shape)), labels, target) < 0
+    cost.forward += 1
+    if not bool(fooled.all()):
+        # Foolbox hands back an image it could not make adversarial; its pixels are no support to grow noise on,
+        # so those digits get the L0 search (with its own tuned settings) instead
+        rows = (~fooled).nonzero().flatten()
+        l0_opts = opts.replace(support_search="l0", search_step=None, search_gamma=None)
+        sub = SolverCost.zeros(len(rows), clean.dtype, clean.device)
+        v_rows, _ = _l0_search(model, clean[rows], shape, labels[rows], None if target is None else target[rows],
+                               l0_opts, sub)
+        v[rows] = v_rows
+        cost.forward[rows] += sub.forward
+        cost.backward[rows] += sub.backward
     l1_weight = torch.full((bsz, 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
     return v, l1_weight
 

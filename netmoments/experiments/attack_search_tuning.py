@@ -12,12 +12,12 @@ the same and the default 0.3 lost successes, :data:`EXPLORED`):
   radius, step length and radius change;
 * ``fmn``: a warm start from Foolbox's L0-FMN point: its step length and radius change.
 
-Foolbox's L0-FMN, the point attack the searches are compared with, gets a grid of the same size on the same
-digits (:data:`FMN_L0_GRID`). Every setting runs on the first correctly classified *training* digits (never the reported test digits), and is
-scored as chapter 9 scores the sparse attacks: the expected success within 20 changed pixels on 100 draws per
-digit (ties: the smaller median L0). The cost ratio to the yardstick (100 steps of L-infinity PGD, timed in the
-same process on the same digits) must stay within :data:`COST_LIMIT`. The file records every score, the chosen
-settings, the digits, and the command, commit, versions and machine.
+Foolbox's L0-FMN, the point attack the searches are compared with, gets a grid of the same size on the same digits
+(:data:`FMN_L0_GRID`). Every setting runs on the first correctly classified *training* digits (never the reported
+test digits), and is scored as chapter 9 scores the sparse attacks: the expected success within 20 changed pixels on
+100 draws per digit (ties: the smaller median L0). The cost ratio to the yardstick (100 steps of L-infinity PGD,
+timed in the same process on the same digits) must stay within :data:`COST_LIMIT`. The file records every score, the
+chosen settings, the digits, and the command, commit, versions and machine.
 """
 from __future__ import annotations
 

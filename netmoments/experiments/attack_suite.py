@@ -28,6 +28,8 @@ Suites (``SUITES``):
   default L1 steps; the adaptive L0 projection and the warm start from L0-FMN, both tuned on training digits:
   :data:`TUNED_SEARCH`), the mean alone on the L0 search's support, and Foolbox L0-FMN, on the sparse suite's
   chunks and seeds, timed against one yardstick.
+* ``sparse-search-fmn``: Foolbox L0-FMN at the settings that won on the same training digits and grid size as the
+  L0 search (:data:`TUNED_SEARCH_FMN`), on the sparse suite's chunks, timed against the yardstick.
 * ``smooth``: our smooth attack, blurred PGD with per-image pre-clip budgets matched to the L2 of our draws (and,
   as a second row, to the L2 of our mean shift only), smooth EOT-PGD.
 * ``targeted``: our sparse attack and L0-FMN at each of the 9 targets of every digit (``target`` column).
@@ -48,11 +50,12 @@ from .runner import (
 )
 from .sittings import end_sitting, git_commit, machine, start_sitting, versions
 
-__all__ = ["SUITES", "TUNED", "TUNED_FAIR", "TUNED_SEARCH", "NO_REWARD_INIT_NOISE", "suite_task", "run_suite", "load_digits"]
+__all__ = ["SUITES", "TUNED", "TUNED_FAIR", "TUNED_SEARCH", "TUNED_SEARCH_FMN", "NO_REWARD_INIT_NOISE", "suite_task",
+           "run_suite", "load_digits"]
 
 #: The attack suites a run can choose.
 SUITES = ("sparse", "ablation", "smooth", "targeted", "calibration", "ablation-truth", "ablation-exact",
-          "sparse-search")
+          "sparse-search", "sparse-search-fmn")
 
 # Set on training digits (``--split train``, see ``book/data/attack_tuning.json``), then frozen for test runs.
 # L0-PGD's success at k = 20 plateaus from step 2 to 8 (0.94); the smallest step on the plateau is kept.
@@ -273,6 +276,18 @@ def _sparse_search_suite(c: _Chunk) -> None:
     c.add("fmn-l0", lambda: fmn_attack(model, images, labels, norm="l0", steps=100, **TUNED["fmn_l0"]))
 
 
+#: Foolbox L0-FMN's settings tuned on the support searches' training digits and grid size
+#: (``book/data/attack_tuning_search.json``, ``best["fmn-l0"]``), then frozen.
+TUNED_SEARCH_FMN = dict(max_stepsize=10.0, gamma=0.2)
+
+
+def _sparse_search_fmn_suite(c: _Chunk) -> None:
+    """Foolbox L0-FMN retuned with the support searches' budget of tuning (pairs with ``sparse-search``)."""
+    from ..attacks import fmn_attack
+
+    c.add("fmn-l0-retuned", lambda: fmn_attack(c.model, c.images, c.labels, norm="l0", steps=100, **TUNED_SEARCH_FMN))
+
+
 def _smooth_suite(c: _Chunk) -> None:
     """Our smooth attack, blurred PGD at budgets matched to it, smooth EOT, and our sparse + smooth attack."""
     from ..attacks import eot_attack, gaussian_attack, smooth_pgd_attack
@@ -328,11 +343,13 @@ def _ablation_exact_suite(c: _Chunk) -> None:
 # suites whose rows carry no cost comparison, so no yardstick is timed for them
 _UNTIMED_SUITES = {"ablation-truth"}
 # suites that rerun another suite's attacks, so they take its chunk seeds
-_SEED_SUITE = {"ablation-truth": "ablation", "ablation-exact": "ablation", "sparse-search": "sparse"}
+_SEED_SUITE = {"ablation-truth": "ablation", "ablation-exact": "ablation", "sparse-search": "sparse",
+               "sparse-search-fmn": "sparse"}
 
 _SUITE_METHODS = {"sparse": _sparse_suite, "ablation": _ablation_suite, "smooth": _smooth_suite,
                   "targeted": _targeted_suite, "ablation-truth": _ablation_truth_suite,
-                  "ablation-exact": _ablation_exact_suite, "sparse-search": _sparse_search_suite}
+                  "ablation-exact": _ablation_exact_suite, "sparse-search": _sparse_search_suite,
+                  "sparse-search-fmn": _sparse_search_fmn_suite}
 
 # ``calibration``: our sparse attack at weakened goals, judged on 1,000 draws per digit (attack_calibration.py)
 from .attack_calibration import CAL_DRAWS, CAL_METHODS, GOALS, calibration_suite  # noqa: E402
