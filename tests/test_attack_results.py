@@ -20,6 +20,7 @@ SLICES = {
     "ablation": ("gauss-var-none-mean-only",),
     "smooth": ("gauss-smooth",),
     "sparse-search": ("gauss-sparse-l0",),
+    "sparse-search-fmn": ("fmn-l0-retuned",),
 }
 
 
@@ -111,19 +112,20 @@ def test_frozen_search_settings_are_the_committed_search_tuning():
     import itertools
     import json
 
-    from netmoments.experiments.attack_search_tuning import COST_LIMIT, SEARCH_GRID
-    from netmoments.experiments.attack_suite import TUNED_SEARCH
+    from netmoments.experiments.attack_search_tuning import COST_LIMIT, FMN_L0_GRID, SEARCH_GRID
+    from netmoments.experiments.attack_suite import TUNED_SEARCH, TUNED_SEARCH_FMN
 
     tuning = json.loads((DATA / "attack_tuning_search.json").read_text())
     assert tuning["split"] == "train" and tuning["git_commit"] and tuning["command"]
-    assert set(tuning["best"]) == set(SEARCH_GRID) == set(TUNED_SEARCH)
-    for search, axes in SEARCH_GRID.items():
+    assert set(tuning["best"]) == {*SEARCH_GRID, "fmn-l0"} and set(TUNED_SEARCH) == set(SEARCH_GRID)
+    frozen = {**TUNED_SEARCH, "fmn-l0": TUNED_SEARCH_FMN}
+    for search, axes in {**SEARCH_GRID, "fmn-l0": FMN_L0_GRID}.items():
         scores = tuning["scores"][search]
         assert len(scores) == len(list(itertools.product(*axes.values()))), search
-        assert TUNED_SEARCH[search] == tuning["best"][search], search
+        assert frozen[search] == tuning["best"][search], search
         usable = [v for v in scores.values() if "error" not in v and v["cost_ratio"] <= COST_LIMIT]
         top = max(usable, key=lambda v: (v["success_l0_20"], -v["l0_median"]))
-        assert all(top[k] == v for k, v in TUNED_SEARCH[search].items()), search
+        assert all(top[k] == v for k, v in frozen[search].items()), search
     # the searches' defaults in AttackOptions are the same winners: support_search="l0" alone runs them
     from netmoments.attacks import AttackOptions
 

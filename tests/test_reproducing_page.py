@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "book" / "A2_reproducing_the_experiments.md"
 DATA = ROOT / "book" / "data"
 SUITES = ("sparse", "smooth", "targeted", "ablation", "ablation-truth", "ablation-exact", "calibration",
-          "sparse-search")
+          "sparse-search", "sparse-search-fmn")
 
 
 def suite_file(suite: str) -> str:
