@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["STEP_GRID", "DEFAULT_FACTOR", "tune_smooth", "main"]
 
-#: Relative steps tried: the step is ``factor * eps / steps`` for a budget ``eps`` and ``steps`` steps.
+#: The relative steps tried (the step is ``factor * eps / steps`` for a budget ``eps`` and ``steps`` steps).
 STEP_GRID = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0)
 #: The factor :func:`~netmoments.attacks.smooth_pgd_attack` uses when no step is given.
 DEFAULT_FACTOR = 2.5

@@ -78,7 +78,7 @@ def end_sitting(sitting: dict, summary) -> None:
 
 def tuning_record(command: str | None, start: float, extra_versions=()) -> dict:
     """What a tuning file records beside its scores: the command, commit, versions, machine, date and the wall
-    seconds since ``start`` (a :func:`time.perf_counter` reading)."""
+    seconds since ``start`` (a ``time.perf_counter()`` reading)."""
     return dict(command=command, git_commit=git_commit(), versions=versions(extra_versions), machine=machine(),
                 date=time.strftime("%Y-%m-%d %H:%M %Z"), wall_s=round(time.perf_counter() - start, 1))
 
