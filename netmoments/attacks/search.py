@@ -52,12 +52,11 @@ def find_support(model, clean, shape, labels, target, opts, cost):
 
 
 def _l1_search(model, clean, shape, labels, target, opts, cost):
-    bsz = clean.shape[0]
     z_goal = goal_z(opts.goal)
     box = (-clean, 1.0 - clean)
     v = torch.zeros_like(clean)
     adam = Adam(v, opts.lr)
-    l1_weight = torch.full((bsz, 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
+    l1_weight = _l1_price(opts, clean)
     current = None
     for step in range(opts.mean_steps):
         if step > 0 and step % opts.relinearize_every == 0 and opts.l1_decay < 1:
@@ -100,9 +99,7 @@ def _l0_search(model, clean, shape, labels, target, opts, cost):
     cost.forward += steps + 1
     cost.backward += steps + 1
     never = best_count > n
-    v = torch.where(never.unsqueeze(-1), v, best_v)
-    l1_weight = torch.full((bsz, 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
-    return v, l1_weight
+    return torch.where(never.unsqueeze(-1), v, best_v), _l1_price(opts, clean)
 
 
 def _fmn_search(model, clean, shape, labels, target, opts, cost):
@@ -140,8 +137,12 @@ def _fmn_search(model, clean, shape, labels, target, opts, cost):
         v[rows] = v_rows
         cost.forward[rows] += sub.forward
         cost.backward[rows] += sub.backward
-    l1_weight = torch.full((bsz, 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
-    return v, l1_weight
+    return v, _l1_price(opts, clean)
+
+
+def _l1_price(opts, clean):
+    """``(B, 1)``: the L1 price of ``opts`` for each of the ``B`` images of ``clean`` ``(B, n)``."""
+    return torch.full((clean.shape[0], 1), float(opts.l1_weight), dtype=clean.dtype, device=clean.device)
 
 
 def _margin_and_gradient(model, clean, v, shape, labels, target, opts, z_goal):
