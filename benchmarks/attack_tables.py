@@ -2,7 +2,7 @@
 
     python benchmarks/attack_tables.py [--data book/data]
 
-Reads ``attack_{sparse,sparse_search,ablation,smooth,targeted}.csv`` (rows of :mod:`netmoments.experiments.attack_suite`)
+Reads ``attack_{sparse,sparse_search,sparse_search_fmn,ablation,smooth,targeted}.csv`` (rows of :mod:`netmoments.experiments.attack_suite`)
 and prints, per suite, one row per method with 95 % bootstrap intervals over digits (never pooled draws), plus
 each run's provenance line (command, commit, digits done). The tables in ``benchmarks/README.md`` are this
 script's output; rerun it after a suite grows.
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT / "book" / "data"))
     args = parser.parse_args(argv)
     data = Path(args.data)
-    for suite, table in (("sparse", sparse_table), ("sparse-search", sparse_table), ("ablation", sparse_table),
+    for suite, table in (("sparse", sparse_table), ("sparse-search", sparse_table),
+                         ("sparse-search-fmn", sparse_table), ("ablation", sparse_table),
                          ("targeted", sparse_table), ("smooth", smooth_table)):
         path = data / f"attack_{suite.replace('-', '_')}.csv"
         if not path.exists() or not path.with_suffix(".json").exists():
