@@ -84,6 +84,7 @@ def tune_search(out, images: int = 96, chunk: int = 8, progress: bool = True, co
     from tqdm.auto import tqdm
 
     from ..attacks import fmn_attack, gaussian_attack
+    from .attack_fair_tuning import score_batch
     from .attack_suite import EXTRA_VERSIONS, TUNED, _yardstick, load_digits
     from .runner import write_json
     from .sittings import tuning_record
@@ -114,7 +115,7 @@ def tune_search(out, images: int = 96, chunk: int = 8, progress: bool = True, co
         yardsticks.append(_yardstick(model, xb, yb) * len(yb))
         for name, (_, attack, draws) in runs.items():
             try:
-                parts[name].append(_score_batch(model, xb, yb, lambda a=attack: a(xb, yb), draws, seed=b))
+                parts[name].append(score_batch(model, xb, yb, lambda a=attack: a(xb, yb), draws, seed=b))
             except (ValueError, IndexError) as err:  # a setting Foolbox cannot run: recorded, never chosen
                 parts[name].append(dict(error=str(err)))
     yardstick_s = sum(yardsticks) / len(y)
@@ -133,24 +134,6 @@ def tune_search(out, images: int = 96, chunk: int = 8, progress: bool = True, co
                 **tuning_record(command, start, EXTRA_VERSIONS))
     write_json(Path(out), data)
     return data
-
-
-def _score_batch(model, images, labels, attack, n_draws: int, seed: int) -> dict:
-    """Run ``attack()`` on one batch and score it per digit on ``n_draws`` draws (numpy arrays ``(B,)``):
-    success within 20 changed pixels, success, the L0 at which the digit is fooled (``inf`` if never), with the
-    batch's wall seconds and network passes per digit."""
-    import torch
-
-    from ..attacks.metrics import image_metrics
-    from .attack_suite import SPARSE_BUDGET
-
-    start = time.perf_counter()
-    res = attack()
-    seconds = time.perf_counter() - start
-    m = image_metrics(model, res, labels, n_samples=n_draws, generator=torch.Generator().manual_seed(seed))
-    passes = sum(float(res.options.get(k, 0.0)) for k in ("forward_passes", "backward_passes", "jvp_passes"))
-    return dict(success_l0_20=m.success_within_l0(SPARSE_BUDGET), success=m.success, l0=m.l0, seconds=seconds,
-                passes=passes * len(labels))
 
 
 def _pooled(parts: list, yardstick_s: float) -> dict:
